@@ -1,0 +1,707 @@
+//! The composition root: turns parsed command lines into work, wiring the backbone, image
+//! folders, caches and heads together. The only module that prints results; the only place
+//! that uses `anyhow`. Errors returned from here are shown as one line and exit with code 2.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::backbone::{self, Backbone, INPUT_SIZE, Precision};
+use crate::cli::{Cli, Command, Global};
+use crate::embcache::{CachedItem, EmbeddingSet};
+use crate::head::Head;
+use crate::head::train::{Examples, TrainConfig, train};
+use crate::imagefolder::{self, Split};
+use crate::metrics;
+
+/// Version of tract this build is pinned to (Cargo.toml pins `=0.23.9`).
+pub const TRACT_VERSION: &str = "0.23.9";
+
+/// Run one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Embed {
+            ref dataset,
+            ref out,
+            jobs,
+        } => cmd_embed(g, dataset, out, jobs),
+        Command::Train {
+            ref dataset,
+            ref out,
+            ref val,
+            val_split,
+            seed,
+            threshold,
+            jobs,
+        } => cmd_train(
+            g,
+            dataset,
+            out,
+            val.as_deref(),
+            val_split,
+            seed,
+            threshold,
+            jobs,
+        ),
+        Command::Eval {
+            ref dataset,
+            ref head,
+            json,
+            jobs,
+        } => cmd_eval(g, dataset, head, json, jobs),
+        Command::Classify {
+            ref images,
+            ref head,
+            top_k,
+            json,
+        } => cmd_classify(g, images, head, top_k, json),
+        Command::Bench { runs, warmup, json } => cmd_bench(g, runs, warmup, json),
+        Command::Info { json } => cmd_info(g, json),
+        Command::Synth {
+            ref out,
+            train,
+            val,
+            seed,
+        } => {
+            let n = crate::demo::write_dataset(out, train, val, seed)
+                .with_context(|| format!("cannot write synthetic dataset to {}", out.display()))?;
+            println!("wrote {n} images to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn load_backbone(g: &Global) -> Result<Backbone> {
+    let dir = backbone::find_models_dir(g.models.as_deref())?;
+    let t = Instant::now();
+    let b = Backbone::load(&dir, g.precision)?;
+    log::info!(
+        "loaded {} ({}) in {:.0} ms",
+        b.path().display(),
+        g.precision,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(b)
+}
+
+fn jobs_or_default(jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(len as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Embed `paths` on `jobs` threads; `None` for images that could not be decoded (reported).
+fn embed_paths(backbone: &Backbone, paths: &[PathBuf], jobs: usize) -> Vec<Option<Vec<f32>>> {
+    let results: Mutex<Vec<Option<Vec<f32>>>> = Mutex::new(vec![None; paths.len()]);
+    let next = AtomicUsize::new(0);
+    let pb = progress(paths.len(), "embedding");
+    std::thread::scope(|s| {
+        for _ in 0..jobs.min(paths.len().max(1)) {
+            s.spawn(|| {
+                let mut emb = backbone.embedder();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { break };
+                    let r = imagefolder::load_rgb(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|img| {
+                            emb.embed(&img.data, img.width, img.height)
+                                .map_err(|e| e.to_string())
+                        });
+                    match r {
+                        Ok(v) => {
+                            if let Ok(mut guard) = results.lock() {
+                                guard[i] = Some(v);
+                            }
+                        }
+                        Err(e) => pb.suspend(|| log::warn!("skipping {}: {e}", path.display())),
+                    }
+                    pb.inc(1);
+                }
+            });
+        }
+    });
+    pb.finish_and_clear();
+    results.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Embed a scanned folder; corrupt images are skipped and counted.
+fn embed_folder(
+    backbone: &Backbone,
+    folder: &imagefolder::ImageFolder,
+    split: Option<&str>,
+    jobs: usize,
+    set: &mut EmbeddingSet,
+) -> usize {
+    let paths: Vec<PathBuf> = folder.items.iter().map(|i| i.path.clone()).collect();
+    let embs = embed_paths(backbone, &paths, jobs);
+    let mut skipped = 0;
+    for (item, e) in folder.items.iter().zip(embs) {
+        let Some(e) = e else {
+            skipped += 1;
+            continue;
+        };
+        let label = set
+            .classes
+            .iter()
+            .position(|c| *c == folder.classes[item.label]);
+        let label = match label {
+            Some(l) => l,
+            None => {
+                set.classes.push(folder.classes[item.label].clone());
+                set.classes.len() - 1
+            }
+        };
+        set.items.push(CachedItem {
+            path: item.path.display().to_string(),
+            label,
+            split: split.map(str::to_string),
+        });
+        set.data.extend_from_slice(&e);
+    }
+    skipped
+}
+
+fn empty_set(backbone: &Backbone, precision: Precision) -> EmbeddingSet {
+    EmbeddingSet {
+        dim: backbone.dim(),
+        backbone_sha256: backbone.sha256().to_string(),
+        precision: precision.name().to_string(),
+        classes: Vec::new(),
+        items: Vec::new(),
+        data: Vec::new(),
+    }
+}
+
+fn is_cache(path: &Path) -> bool {
+    path.is_file()
+}
+
+fn report_skipped(skipped: usize, total: usize) {
+    if skipped > 0 {
+        log::warn!("{skipped} of {total} images could not be read and were skipped");
+    }
+}
+
+/// Embeddings for `split` of `path`: from a cache file, or by embedding an image folder.
+fn examples_for(
+    g: &Global,
+    path: &Path,
+    split: Split,
+    backbone: &mut Option<Backbone>,
+    jobs: Option<usize>,
+) -> Result<EmbeddingSet> {
+    if is_cache(path) {
+        let set = EmbeddingSet::load(path)?;
+        return Ok(set.select_split(split.dir_name()));
+    }
+    let folder = imagefolder::scan(&imagefolder::split_dir(path, split))?;
+    if backbone.is_none() {
+        *backbone = Some(load_backbone(g)?);
+    }
+    let b = backbone.as_ref().context("backbone")?;
+    let mut set = empty_set(b, g.precision);
+    set.classes = folder.classes.clone();
+    let skipped = embed_folder(b, &folder, None, jobs_or_default(jobs), &mut set);
+    report_skipped(skipped, folder.items.len());
+    Ok(set)
+}
+
+fn cmd_embed(g: &Global, dataset: &Path, out: &Path, jobs: Option<usize>) -> Result<()> {
+    let split_layout = dataset.join("train").is_dir() && dataset.join("val").is_dir();
+    let folders: Vec<(Option<&str>, PathBuf)> = if split_layout {
+        vec![
+            (Some("train"), dataset.join("train")),
+            (Some("val"), dataset.join("val")),
+        ]
+    } else {
+        vec![(None, dataset.to_path_buf())]
+    };
+    let scanned = folders
+        .iter()
+        .map(|(s, d)| imagefolder::scan(d).map(|f| (*s, f)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let backbone = load_backbone(g)?;
+    let mut set = empty_set(&backbone, g.precision);
+    // Class order: sorted union over splits, so labels agree between train and val.
+    let mut classes: Vec<String> = scanned
+        .iter()
+        .flat_map(|(_, f)| f.classes.clone())
+        .collect();
+    classes.sort();
+    classes.dedup();
+    set.classes = classes;
+    let t = Instant::now();
+    let (mut skipped, mut total) = (0, 0);
+    for (split, folder) in &scanned {
+        total += folder.items.len();
+        skipped += embed_folder(&backbone, folder, *split, jobs_or_default(jobs), &mut set);
+    }
+    report_skipped(skipped, total);
+    if set.items.is_empty() {
+        bail!(
+            "no image in {} could be read; nothing written",
+            dataset.display()
+        );
+    }
+    set.save(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "embedded {} images ({} skipped) in {:.1} s ({:.1} images/s) -> {}",
+        set.items.len(),
+        skipped,
+        secs,
+        set.items.len() as f64 / secs,
+        out.display()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_train(
+    g: &Global,
+    dataset: &Path,
+    out: &Path,
+    val: Option<&Path>,
+    val_split: f32,
+    seed: u64,
+    threshold: f32,
+    jobs: Option<usize>,
+) -> Result<()> {
+    if !(0.0..0.9).contains(&val_split) {
+        bail!("--val-split must be in [0, 0.9), got {val_split}");
+    }
+    if !(0.0..=1.0).contains(&threshold) {
+        bail!("--threshold must be in [0, 1], got {threshold}");
+    }
+    let mut backbone = None;
+    let tr = examples_for(g, dataset, Split::Train, &mut backbone, jobs)?;
+    if tr.items.is_empty() {
+        bail!("no training image in {} could be read", dataset.display());
+    }
+    let va = match val {
+        Some(v) => {
+            let mut set = examples_for(g, v, Split::Val, &mut backbone, jobs)?;
+            if set.backbone_sha256 != tr.backbone_sha256 {
+                bail!(
+                    "{} was embedded with another backbone than {}; re-embed one of them",
+                    v.display(),
+                    dataset.display()
+                );
+            }
+            remap_classes(&mut set, &tr.classes, v)?;
+            Some(set)
+        }
+        None => None,
+    };
+    let cfg = TrainConfig {
+        seed,
+        holdout: val_split,
+        threshold,
+        ..TrainConfig::default()
+    };
+    let labels = tr.labels();
+    let val_labels = va.as_ref().map(EmbeddingSet::labels);
+    let t = Instant::now();
+    let (head, report) = train(
+        Examples {
+            dim: tr.dim,
+            data: &tr.data,
+            labels: &labels,
+        },
+        va.as_ref().zip(val_labels.as_ref()).map(|(v, l)| Examples {
+            dim: v.dim,
+            data: &v.data,
+            labels: l,
+        }),
+        tr.classes.clone(),
+        &tr.backbone_sha256,
+        &tr.precision,
+        &cfg,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot train on {}: {e}", dataset.display()))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    head.save(out)?;
+    println!(
+        "trained {} classes on {} examples in {ms:.0} ms: l2 {:.0e}, {} epochs, held-out accuracy {} ({} examples), training accuracy {:.3} -> {}",
+        head.num_classes(),
+        labels.len(),
+        report.l2,
+        report.epochs,
+        report
+            .holdout_accuracy
+            .map_or("n/a".to_string(), |a| format!("{a:.3}")),
+        report.holdout_count,
+        report.train_accuracy,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Renumber `set`'s labels to follow `classes` (by name); unknown class names are an error.
+fn remap_classes(set: &mut EmbeddingSet, classes: &[String], origin: &Path) -> Result<()> {
+    let map = set
+        .classes
+        .iter()
+        .map(|c| {
+            classes.iter().position(|h| h == c).with_context(|| {
+                format!(
+                    "class {c:?} of {} is not one the head knows ({})",
+                    origin.display(),
+                    classes.join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    for it in &mut set.items {
+        it.label = map[it.label];
+    }
+    set.classes = classes.to_vec();
+    Ok(())
+}
+
+fn load_head_for(path: &Path, sha256: &str, precision: &str, dim: usize) -> Result<Head> {
+    let head = Head::load(path)?;
+    head.check_backbone(path, sha256, precision, dim)?;
+    Ok(head)
+}
+
+fn cmd_eval(
+    g: &Global,
+    dataset: &Path,
+    head_path: &Path,
+    json_out: bool,
+    jobs: Option<usize>,
+) -> Result<()> {
+    let mut backbone = None;
+    let mut set = examples_for(g, dataset, Split::Val, &mut backbone, jobs)?;
+    let head = load_head_for(head_path, &set.backbone_sha256, &set.precision, set.dim)?;
+    remap_classes(&mut set, &head.classes, dataset)?;
+    if set.items.is_empty() {
+        bail!("no image in {} could be read", dataset.display());
+    }
+    let outcomes: Vec<(usize, usize, bool)> = (0..set.items.len())
+        .map(|i| {
+            let p = head.predict(set.row(i));
+            (set.items[i].label, p.best, p.known)
+        })
+        .collect();
+    let ev = metrics::evaluate(&head.classes, &outcomes);
+    if json_out {
+        println!("{}", serde_json::to_string(&ev)?);
+        return Ok(());
+    }
+    println!(
+        "accuracy {:.4} on {} images ({} below the confidence threshold)",
+        ev.accuracy, ev.count, ev.unknown
+    );
+    let width = head
+        .classes
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    for pc in &ev.per_class {
+        println!(
+            "  {:width$}  {:.3}  ({} images)",
+            pc.class, pc.accuracy, pc.count
+        );
+    }
+    if head.num_classes() <= 12 {
+        println!("confusion (rows: true, columns: predicted):");
+        print!("  {:width$}", "");
+        for c in &head.classes {
+            print!(" {:>w$}", c, w = c.len().max(4));
+        }
+        println!();
+        for (k, row) in ev.confusion.iter().enumerate() {
+            print!("  {:width$}", head.classes[k]);
+            for (c, n) in head.classes.iter().zip(row) {
+                print!(" {:>w$}", n, w = c.len().max(4));
+            }
+            println!();
+        }
+    }
+    Ok(())
+}
+
+fn cmd_classify(
+    g: &Global,
+    images: &[PathBuf],
+    head_path: &Path,
+    top_k: usize,
+    json_out: bool,
+) -> Result<()> {
+    let backbone = load_backbone(g)?;
+    let head = load_head_for(
+        head_path,
+        backbone.sha256(),
+        g.precision.name(),
+        backbone.dim(),
+    )?;
+    let mut emb = backbone.embedder();
+    let mut failed = 0;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for path in images {
+        let img = match imagefolder::load_rgb(path) {
+            Ok(i) => i,
+            Err(e) => {
+                log::error!("cannot read {}: {e}", path.display());
+                failed += 1;
+                continue;
+            }
+        };
+        let e = emb.embed(&img.data, img.width, img.height)?;
+        let p = head.predict(&e);
+        let top = p.top_k(top_k.max(1));
+        if json_out {
+            let top: Vec<_> = top
+                .iter()
+                .map(|&(k, pr)| json!({"class": head.classes[k], "p": pr}))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                json!({"path": path, "label": p.label(&head), "confidence": p.confidence, "top": top})
+            )?;
+        } else {
+            let rest: Vec<String> = top
+                .iter()
+                .map(|&(k, pr)| format!("{} {:.3}", head.classes[k], pr))
+                .collect();
+            writeln!(
+                out,
+                "{}\t{}\t{}",
+                path.display(),
+                p.label(&head),
+                rest.join(", ")
+            )?;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} images could not be read", images.len());
+    }
+    Ok(())
+}
+
+fn time_ms(runs: usize, mut f: impl FnMut()) -> Vec<f64> {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+fn synthetic_embeddings(classes: usize, n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    // Non-negative, sparse-ish vectors around class prototypes, like pooled ReLU6 features.
+    let mut r = crate::rng::Rng::new(seed);
+    let protos: Vec<Vec<f32>> = (0..classes)
+        .map(|_| (0..dim).map(|_| (r.normal() * 0.8).max(0.0)).collect())
+        .collect();
+    let mut x = Vec::with_capacity(n * dim);
+    let y: Vec<usize> = (0..n).map(|i| i % classes).collect();
+    for &k in &y {
+        x.extend(
+            protos[k]
+                .iter()
+                .map(|m| (m + 0.6 * r.normal()).clamp(0.0, 6.0)),
+        );
+    }
+    (x, y)
+}
+
+fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool) -> Result<()> {
+    let runs = runs.max(1);
+    let t = Instant::now();
+    let backbone = load_backbone(g)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (w, h) = (640, 480);
+    let frame = crate::demo::render(0, w, h, &mut crate::rng::Rng::new(1));
+    let jpeg = crate::demo::encode_jpeg(
+        &image::RgbImage::from_raw(w as u32, h as u32, frame.clone()).context("frame size")?,
+    )?;
+    let decode = time_ms(runs, || {
+        let _ = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg);
+    });
+    let plan = crate::preprocess::Plan::new(w, h, INPUT_SIZE);
+    let mut input = vec![0f32; 3 * INPUT_SIZE * INPUT_SIZE];
+    let pre = time_ms(runs, || plan.run(&frame, &mut input));
+    for _ in 0..warmup {
+        backbone.run_tensor(&input)?;
+    }
+    let mut last = Vec::new();
+    let mut err = None;
+    let bb = time_ms(runs, || match backbone.run_tensor(&input) {
+        Ok(v) => last = v,
+        Err(e) => err = Some(e),
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    // Heads: 2 classes × 2000 examples, and 37 classes × 296 examples (the pets set's shape).
+    let dim = backbone.dim();
+    let mut train_ms = Vec::new();
+    let mut head_us = Vec::new();
+    for (classes, n) in [(2usize, 2000usize), (37, 296)] {
+        let (x, y) = synthetic_embeddings(classes, n, dim, 7);
+        let names: Vec<String> = (0..classes).map(|k| format!("c{k}")).collect();
+        let t = Instant::now();
+        let (head, _) = train(
+            Examples {
+                dim,
+                data: &x,
+                labels: &y,
+            },
+            None,
+            names,
+            backbone.sha256(),
+            g.precision.name(),
+            &TrainConfig::default(),
+        )?;
+        train_ms.push((classes, n, t.elapsed().as_secs_f64() * 1e3));
+        let p = time_ms(runs * 10, || {
+            let _ = head.predict(&last);
+        });
+        head_us.push((classes, metrics::median_p95(&p).0 * 1e3));
+    }
+    let (dm, dp) = metrics::median_p95(&decode);
+    let (pm, pp) = metrics::median_p95(&pre);
+    let (bm, bp) = metrics::median_p95(&bb);
+    let v = json!({
+        "precision": g.precision.name(),
+        "model_path": backbone.path(),
+        "threads": 1,
+        "runs": runs,
+        "load_ms": load_ms,
+        "decode_jpeg_640x480_ms_median": dm, "decode_jpeg_640x480_ms_p95": dp,
+        "preprocess_640x480_ms_median": pm, "preprocess_640x480_ms_p95": pp,
+        "backbone_ms_median": bm, "backbone_ms_p95": bp,
+        "head_predict_us_median": head_us.iter().map(|(c, u)| json!({"classes": c, "us": u})).collect::<Vec<_>>(),
+        "train_ms": train_ms.iter().map(|(c, n, ms)| json!({"classes": c, "examples": n, "ms": ms})).collect::<Vec<_>>(),
+    });
+    if json_out {
+        println!("{v}");
+    } else {
+        println!(
+            "precision {} ({}), 1 thread, {runs} runs",
+            g.precision,
+            backbone.path().display()
+        );
+        println!("  model load + optimise  {load_ms:8.1} ms");
+        println!("  decode 640x480 JPEG    {dm:8.2} ms median  {dp:8.2} ms p95");
+        println!("  preprocess 640x480     {pm:8.2} ms median  {pp:8.2} ms p95");
+        println!("  backbone               {bm:8.2} ms median  {bp:8.2} ms p95");
+        for (c, us) in &head_us {
+            println!("  head predict {c:2} classes {us:8.1} us median");
+        }
+        for (c, n, ms) in &train_ms {
+            println!("  train head {c:2} classes x {n} examples {ms:8.0} ms");
+        }
+    }
+    Ok(())
+}
+
+/// CPU features relevant to tract's kernels, detected at run time.
+pub fn cpu_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut f = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("sse4.1") {
+            f.push("sse4.1");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            f.push("avx2");
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            f.push("fma");
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            f.push("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx512vnni") {
+            f.push("avx512vnni");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            f.push("neon");
+        }
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            f.push("dotprod");
+        }
+        if std::arch::is_aarch64_feature_detected!("fp16") {
+            f.push("fp16");
+        }
+    }
+    f
+}
+
+fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
+    let dir = backbone::find_models_dir(g.models.as_deref())?;
+    let path = dir.join(g.precision.file_name());
+    let check = backbone::verify_model(&path);
+    let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+    let v = json!({
+        "teachcam_version": env!("CARGO_PKG_VERSION"),
+        "tract_version": TRACT_VERSION,
+        "model_path": path,
+        "models_dir": dir,
+        "precision": g.precision.name(),
+        "model_bytes": size,
+        "model_sha256": check.as_ref().ok(),
+        "model_ok": check.is_ok(),
+        "model_error": check.as_ref().err().map(|e| e.to_string()),
+        "input": [1, 3, INPUT_SIZE, INPUT_SIZE],
+        "arch": std::env::consts::ARCH,
+        "cpu_features": cpu_features(),
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+    });
+    if json_out {
+        println!("{v}");
+    } else {
+        println!(
+            "teachcam {} (tract {TRACT_VERSION}), {}",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        );
+        println!(
+            "model      {} ({}, {} bytes)",
+            path.display(),
+            g.precision,
+            size.unwrap_or(0)
+        );
+        match &check {
+            Ok(h) => println!("checksum   ok ({h})"),
+            Err(e) => println!("checksum   FAILED: {e}"),
+        }
+        println!("input      1x3x{INPUT_SIZE}x{INPUT_SIZE} RGB, x/127.5-1");
+        println!("cpu        {}", cpu_features().join(" "));
+    }
+    check.map(|_| ()).map_err(Into::into)
+}

@@ -1,0 +1,414 @@
+//! The feature extractor: a MobileNetV2 ONNX model run by tract.
+//!
+//! Owns finding the model file, checking it against `SHA256SUMS`, loading and optimising it
+//! once for a fixed input shape, and turning RGB frames into L2-comparable 1280-d embeddings.
+//! The optimised plan is immutable and shared (`Arc`); per-call state lives in the caller's
+//! [`Embedder`], so several threads can embed at once without locks.
+//! Must not: know about heads, labels or cameras.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use crate::fsutil;
+use crate::preprocess::Plan;
+
+/// Side of the square model input, in pixels.
+pub const INPUT_SIZE: usize = 224;
+
+/// Which of the shipped model variants to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Float weights, float compute.
+    F32,
+    /// Int8 per-channel weights dequantised at load, float compute (the default: 4× smaller
+    /// than float, same speed in tract, faithful).
+    W8,
+    /// Static int8, QDQ format (fake-quantised activations).
+    Qdq,
+    /// Static int8, QOperator format with standard ops (`QLinearConv`).
+    Qop,
+}
+
+impl Precision {
+    /// Every variant, in the order benchmarks print them.
+    pub const ALL: [Precision; 4] = [
+        Precision::F32,
+        Precision::W8,
+        Precision::Qdq,
+        Precision::Qop,
+    ];
+
+    /// File name of this variant inside the models directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Precision::F32 => "mobilenetv2_f32.onnx",
+            Precision::W8 => "mobilenetv2_w8.onnx",
+            Precision::Qdq => "mobilenetv2_qdq.onnx",
+            Precision::Qop => "mobilenetv2_qop.onnx",
+        }
+    }
+
+    /// Short name used on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::W8 => "w8",
+            Precision::Qdq => "qdq",
+            Precision::Qop => "qop",
+        }
+    }
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Precision::W8
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown precision {s:?}; choose one of f32, w8, qdq, qop"))
+    }
+}
+
+/// Why the model could not be used. Every variant names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// No models directory could be found.
+    #[error(
+        "no models directory found (looked in: {looked}); pass --models DIR or set TEACHCAM_MODELS"
+    )]
+    NoModelsDir {
+        /// Places searched.
+        looked: String,
+    },
+    /// The model file does not exist.
+    #[error("model file {path} not found; run `make models` to rebuild it or pass --models DIR")]
+    Missing {
+        /// Expected path.
+        path: PathBuf,
+    },
+    /// The checksum file is missing or does not list the model.
+    #[error(
+        "{sums} does not list {name}; add its checksum (sha256sum {name} >> SHA256SUMS) or restore the shipped models"
+    )]
+    NotListed {
+        /// The SHA256SUMS file.
+        sums: PathBuf,
+        /// Model file name.
+        name: String,
+    },
+    /// The model file's checksum does not match.
+    #[error(
+        "model file {path} is damaged or was replaced (sha256 {actual}, expected {expected}); restore it with `git checkout models/` or `make models`"
+    )]
+    Checksum {
+        /// Model path.
+        path: PathBuf,
+        /// Digest found.
+        actual: String,
+        /// Digest expected.
+        expected: String,
+    },
+    /// Reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// tract could not load or run the model.
+    #[error("cannot load model {path}: {message}")]
+    Tract {
+        /// Model path.
+        path: PathBuf,
+        /// tract's explanation.
+        message: String,
+    },
+}
+
+/// Find the models directory: explicit, `$TEACHCAM_MODELS`, next to the executable
+/// (`models/` or `../share/teachcam/models/`), `./models`, then the source tree.
+pub fn find_models_dir(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("TEACHCAM_MODELS") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("models"));
+            candidates.push(dir.join("../share/teachcam/models"));
+        }
+    }
+    candidates.push(PathBuf::from("models"));
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    for c in &candidates {
+        if c.join("SHA256SUMS").is_file() {
+            return Ok(c.clone());
+        }
+    }
+    Err(ModelError::NoModelsDir {
+        looked: candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Check `path` against the `SHA256SUMS` in its directory; returns the digest.
+pub fn verify_model(path: &Path) -> Result<String, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::Missing {
+            path: path.to_path_buf(),
+        });
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let sums = dir.join("SHA256SUMS");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let listing = std::fs::read_to_string(&sums).map_err(|_| ModelError::NotListed {
+        sums: sums.clone(),
+        name: name.clone(),
+    })?;
+    let expected = listing
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(_, n)| n.trim().trim_start_matches('*') == name)
+        .map(|(h, _)| h.to_ascii_lowercase())
+        .ok_or_else(|| ModelError::NotListed {
+            sums: sums.clone(),
+            name: name.clone(),
+        })?;
+    let actual = fsutil::sha256_file(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if actual != expected {
+        return Err(ModelError::Checksum {
+            path: path.to_path_buf(),
+            actual,
+            expected,
+        });
+    }
+    Ok(actual)
+}
+
+/// A loaded, optimised, immutable backbone. Cheap to clone (shared plan).
+#[derive(Clone)]
+pub struct Backbone {
+    plan: Arc<TypedRunnableModel>,
+    path: PathBuf,
+    sha256: String,
+    precision: Option<Precision>,
+    dim: usize,
+}
+
+impl fmt::Debug for Backbone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backbone")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl Backbone {
+    /// Load the shipped variant `precision` from `models_dir`, verifying its checksum.
+    pub fn load(models_dir: &Path, precision: Precision) -> Result<Self, ModelError> {
+        let mut b = Self::load_file(&models_dir.join(precision.file_name()))?;
+        b.precision = Some(precision);
+        Ok(b)
+    }
+
+    /// Load any model file listed in the `SHA256SUMS` beside it.
+    pub fn load_file(path: &Path) -> Result<Self, ModelError> {
+        let sha256 = verify_model(path)?;
+        let tract_err = |e: TractError| ModelError::Tract {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let plan = tract_onnx::onnx()
+            .model_for_path(path)
+            .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, INPUT_SIZE, INPUT_SIZE]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(tract_err)?;
+        let dim = plan
+            .model()
+            .output_fact(0)
+            .ok()
+            .and_then(|f| f.shape.as_concrete().map(|s| s.iter().product::<usize>()))
+            .ok_or_else(|| ModelError::Tract {
+                path: path.to_path_buf(),
+                message: "output shape is not fixed".into(),
+            })?;
+        Ok(Backbone {
+            plan,
+            path: path.to_path_buf(),
+            sha256,
+            precision: None,
+            dim,
+        })
+    }
+
+    /// Embedding length (1280 for MobileNetV2).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// SHA-256 of the model file (heads record it).
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Path of the model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Shipped variant, when loaded through [`Backbone::load`].
+    pub fn precision(&self) -> Option<Precision> {
+        self.precision
+    }
+
+    /// Number of nodes in the optimised graph (for `info`).
+    pub fn node_count(&self) -> usize {
+        self.plan.model().nodes().len()
+    }
+
+    /// A per-thread embedder with its own input buffer.
+    pub fn embedder(&self) -> Embedder {
+        Embedder {
+            backbone: self.clone(),
+            input: vec![0f32; 3 * INPUT_SIZE * INPUT_SIZE],
+            plan: None,
+        }
+    }
+
+    /// Run the network on an already preprocessed NCHW input.
+    pub fn run_tensor(&self, input: &[f32]) -> Result<Vec<f32>, ModelError> {
+        let t = Tensor::from_shape(&[1, 3, INPUT_SIZE, INPUT_SIZE], input).map_err(|e| {
+            ModelError::Tract {
+                path: self.path.clone(),
+                message: format!("{e:#}"),
+            }
+        })?;
+        let out = self
+            .plan
+            .run(tvec!(t.into()))
+            .map_err(|e| ModelError::Tract {
+                path: self.path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let view = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| ModelError::Tract {
+                path: self.path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        Ok(view.iter().copied().collect())
+    }
+}
+
+/// Reusable per-thread state: input tensor buffer and a cached preprocessing plan.
+pub struct Embedder {
+    backbone: Backbone,
+    input: Vec<f32>,
+    plan: Option<Plan>,
+}
+
+impl Embedder {
+    /// Preprocess a packed RGB8 frame into the internal input buffer.
+    pub fn preprocess(&mut self, rgb: &[u8], width: usize, height: usize) {
+        if self.plan.as_ref().map(|p| p.source_size()) != Some((width, height)) {
+            self.plan = Some(Plan::new(width, height, INPUT_SIZE));
+        }
+        if let Some(plan) = &self.plan {
+            plan.run(rgb, &mut self.input);
+        }
+    }
+
+    /// Run the backbone on what [`Embedder::preprocess`] left in the buffer.
+    pub fn run(&mut self) -> Result<Vec<f32>, ModelError> {
+        self.backbone.run_tensor(&self.input)
+    }
+
+    /// Preprocess and embed one packed RGB8 frame.
+    pub fn embed(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.preprocess(rgb, width, height);
+        self.run()
+    }
+
+    /// The preprocessed input (for tests and diagnostics).
+    pub fn input(&self) -> &[f32] {
+        &self.input
+    }
+
+    /// The shared backbone.
+    pub fn backbone(&self) -> &Backbone {
+        &self.backbone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_names_round_trip() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
+        let e = "int4".parse::<Precision>().unwrap_err();
+        assert!(e.contains("f32, w8"));
+    }
+
+    #[test]
+    fn missing_and_unlisted_and_damaged_models_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.onnx");
+        let e = verify_model(&p).unwrap_err();
+        assert!(matches!(e, ModelError::Missing { .. }) && e.to_string().contains("make models"));
+        std::fs::write(&p, b"not a model").unwrap();
+        let e = verify_model(&p).unwrap_err();
+        assert!(matches!(e, ModelError::NotListed { .. }));
+        std::fs::write(
+            dir.path().join("SHA256SUMS"),
+            format!("{}  m.onnx\n", "0".repeat(64)),
+        )
+        .unwrap();
+        let e = verify_model(&p).unwrap_err();
+        assert!(matches!(e, ModelError::Checksum { .. }), "{e}");
+        let good = fsutil::sha256_hex(b"not a model");
+        std::fs::write(dir.path().join("SHA256SUMS"), format!("{good}  m.onnx\n")).unwrap();
+        assert_eq!(verify_model(&p).unwrap(), good);
+    }
+}

@@ -1,0 +1,138 @@
+//! Command-line grammar (clap). Reads like the table of contents of the program: each
+//! subcommand, its arguments and their defaults. Must not: do any work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::backbone::Precision;
+
+/// teachcam: teach a camera to recognise things, offline.
+#[derive(Debug, Parser)]
+#[command(name = "teachcam", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every command.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Directory holding the models and SHA256SUMS (default: next to the binary, ./models,
+    /// or $TEACHCAM_MODELS).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Backbone precision: f32, w8 (default), qdq or qop.
+    #[arg(long, global = true, default_value = "w8", value_name = "P")]
+    pub precision: Precision,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute and cache the embeddings of an image folder (both splits if it has train/ and val/).
+    Embed {
+        /// Image folder: <class>/*.jpg, or train/<class>/ and val/<class>/.
+        dataset: PathBuf,
+        /// Cache file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Parallel embedding threads (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Train a head on an image folder (its train/ split) or an embedding cache.
+    Train {
+        /// Image folder or embedding cache (.tce).
+        dataset: PathBuf,
+        /// Head file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validation folder or cache for model selection and early stopping.
+        #[arg(long, conflicts_with = "val_split")]
+        val: Option<PathBuf>,
+        /// Fraction of each class held out for selection when --val is not given.
+        #[arg(long, default_value_t = 0.15)]
+        val_split: f32,
+        /// Random seed (same seed and data give the same head).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Confidence below which the answer is "unknown".
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+        /// Parallel embedding threads (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Measure a head on an image folder (its val/ split) or an embedding cache.
+    Eval {
+        /// Image folder or embedding cache (.tce).
+        dataset: PathBuf,
+        /// Head file.
+        #[arg(long)]
+        head: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Parallel embedding threads (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Classify image files.
+    Classify {
+        /// Images to classify.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Head file.
+        #[arg(long)]
+        head: PathBuf,
+        /// Show the K most probable classes.
+        #[arg(long, default_value_t = 1)]
+        top_k: usize,
+        /// Print JSON lines, one per image.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time preprocessing, backbone and head on this machine (1 thread).
+    Bench {
+        /// Timed backbone runs.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Untimed warm-up runs.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the model, precision, CPU features and versions.
+    Info {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a synthetic image-folder dataset (balls, blocks, rings) for demos and tests.
+    Synth {
+        /// Output folder (gets train/ and val/).
+        out: PathBuf,
+        /// Training images per class.
+        #[arg(long, default_value_t = 12)]
+        train: usize,
+        /// Validation images per class.
+        #[arg(long, default_value_t = 6)]
+        val: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}

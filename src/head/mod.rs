@@ -1,0 +1,399 @@
+//! The classifier on top of the backbone: a linear softmax head.
+//!
+//! Owns turning an embedding into class probabilities (L2-normalise, standardise with the
+//! statistics stored in the head, `W·z + b`, softmax, "unknown" below a confidence threshold),
+//! and the head file format. Training lives in [`train`].
+//!
+//! File format: the [`crate::framed`] container, kind `teachcam-head`, version 1; the JSON
+//! metadata carries the classes, dimension, threshold, the backbone's SHA-256 and how it was
+//! trained; the payload is `mean[dim] ‖ inv_std[dim] ‖ W[classes·dim] ‖ b[classes]`.
+//! A head made for another backbone or dimension is refused when loaded.
+
+pub mod train;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::framed::{self, FramedError};
+
+const KIND: &str = "teachcam-head";
+const VERSION: u32 = 1;
+
+/// Label reported when the best class is below the head's confidence threshold.
+pub const UNKNOWN: &str = "unknown";
+
+/// Why a head cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// Unreadable or corrupt file.
+    #[error(transparent)]
+    File(#[from] FramedError),
+    /// Trained on another backbone.
+    #[error(
+        "head {path} was trained for backbone {head_backbone} ({head_precision}), but the loaded backbone is {backbone} ({precision}); retrain it (teachcam train ... --precision {precision}) or run with --precision {head_precision}"
+    )]
+    WrongBackbone {
+        /// Head file.
+        path: PathBuf,
+        /// Backbone digest recorded in the head (shortened).
+        head_backbone: String,
+        /// Precision recorded in the head.
+        head_precision: String,
+        /// Digest of the loaded backbone (shortened).
+        backbone: String,
+        /// Precision of the loaded backbone.
+        precision: String,
+    },
+    /// Dimension mismatch.
+    #[error(
+        "head {path} expects {head_dim}-d embeddings but the backbone gives {dim}-d; retrain the head for this backbone"
+    )]
+    WrongDim {
+        /// Head file.
+        path: PathBuf,
+        /// Dimension in the head.
+        head_dim: usize,
+        /// Backbone dimension.
+        dim: usize,
+    },
+    /// Writing failed.
+    #[error("cannot write head {path}: {source}")]
+    Write {
+        /// Head file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// How a head was made (kept in the file for `info` and reproducibility).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainInfo {
+    /// RNG seed.
+    pub seed: u64,
+    /// Chosen L2 regularisation strength.
+    pub l2: f32,
+    /// Epochs run in the final fit.
+    pub epochs: usize,
+    /// Training examples per class.
+    pub samples_per_class: Vec<usize>,
+    /// Accuracy on the held-out split used for model selection, if there was one.
+    pub holdout_accuracy: Option<f32>,
+    /// Held-out examples.
+    pub holdout_count: usize,
+}
+
+/// A trained linear softmax head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// Class names, index = output.
+    pub classes: Vec<String>,
+    /// Embedding length.
+    pub dim: usize,
+    /// Per-dimension mean of L2-normalised training embeddings.
+    pub mean: Vec<f32>,
+    /// Per-dimension 1/std of L2-normalised training embeddings.
+    pub inv_std: Vec<f32>,
+    /// `classes · dim` weights, row per class.
+    pub weights: Vec<f32>,
+    /// One bias per class.
+    pub bias: Vec<f32>,
+    /// Below this top probability the answer is "unknown".
+    pub threshold: f32,
+    /// SHA-256 of the backbone model file.
+    pub backbone_sha256: String,
+    /// Precision name of that backbone.
+    pub precision: String,
+    /// Training record.
+    pub info: TrainInfo,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    classes: Vec<String>,
+    dim: usize,
+    threshold: f32,
+    backbone_sha256: String,
+    precision: String,
+    info: TrainInfo,
+}
+
+/// A classification result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Probability per class.
+    pub probs: Vec<f32>,
+    /// Index of the most probable class.
+    pub best: usize,
+    /// Its probability.
+    pub confidence: f32,
+    /// False when `confidence` is below the threshold (the answer is "unknown").
+    pub known: bool,
+}
+
+impl Prediction {
+    /// The label to show: the class name, or [`UNKNOWN`].
+    pub fn label<'a>(&self, head: &'a Head) -> &'a str {
+        if self.known {
+            &head.classes[self.best]
+        } else {
+            UNKNOWN
+        }
+    }
+
+    /// The `k` most probable classes, best first.
+    pub fn top_k(&self, k: usize) -> Vec<(usize, f32)> {
+        let mut v: Vec<(usize, f32)> = self.probs.iter().copied().enumerate().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+}
+
+/// L2-normalise `x` into `out`.
+pub fn l2_normalise(x: &[f32], out: &mut [f32]) {
+    let n = x.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v / n;
+    }
+}
+
+/// Dot product, written so the compiler vectorises it (eight independent accumulators).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// In-place numerically stable softmax.
+pub fn softmax(v: &mut [f32]) {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - m).exp();
+        s += *x;
+    }
+    for x in v.iter_mut() {
+        *x /= s;
+    }
+}
+
+impl Head {
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// The standardised feature vector the weights act on.
+    pub fn features(&self, embedding: &[f32], out: &mut [f32]) {
+        l2_normalise(embedding, out);
+        for ((o, m), s) in out.iter_mut().zip(&self.mean).zip(&self.inv_std) {
+            *o = (*o - m) * s;
+        }
+    }
+
+    /// Logits for already standardised features.
+    pub fn logits(&self, z: &[f32], out: &mut [f32]) {
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = dot(&self.weights[c * self.dim..(c + 1) * self.dim], z) + self.bias[c];
+        }
+    }
+
+    /// Classify one embedding.
+    pub fn predict(&self, embedding: &[f32]) -> Prediction {
+        let mut z = vec![0f32; self.dim];
+        self.features(embedding, &mut z);
+        let mut probs = vec![0f32; self.num_classes()];
+        self.logits(&z, &mut probs);
+        softmax(&mut probs);
+        let (best, confidence) =
+            probs
+                .iter()
+                .copied()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |a, (i, p)| if p > a.1 { (i, p) } else { a },
+                );
+        Prediction {
+            known: confidence >= self.threshold,
+            probs,
+            best,
+            confidence,
+        }
+    }
+
+    /// Serialise to the head file format.
+    pub fn encode(&self) -> Vec<u8> {
+        let meta = Meta {
+            classes: self.classes.clone(),
+            dim: self.dim,
+            threshold: self.threshold,
+            backbone_sha256: self.backbone_sha256.clone(),
+            precision: self.precision.clone(),
+            info: self.info.clone(),
+        };
+        // Plain data: serialisation cannot fail.
+        let meta = serde_json::to_value(meta).unwrap_or_default();
+        let mut payload = Vec::with_capacity(2 * self.dim + self.weights.len() + self.bias.len());
+        payload.extend_from_slice(&self.mean);
+        payload.extend_from_slice(&self.inv_std);
+        payload.extend_from_slice(&self.weights);
+        payload.extend_from_slice(&self.bias);
+        framed::encode(KIND, VERSION, &meta, &payload)
+    }
+
+    /// Write atomically (temp file, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), HeadError> {
+        crate::fsutil::atomic_write(path, &self.encode()).map_err(|source| HeadError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Parse head bytes (already read from `path`, which is only used in messages).
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, HeadError> {
+        let (meta, p) = framed::decode(path, bytes, KIND, VERSION, |m| {
+            let dim = m["dim"].as_u64().ok_or("no dim")? as usize;
+            let c = m["classes"].as_array().ok_or("no classes")?.len();
+            Ok(2 * dim + c * dim + c)
+        })?;
+        let meta: Meta = serde_json::from_value(meta).map_err(|e| FramedError::Corrupt {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        let (d, c) = (meta.dim, meta.classes.len());
+        Ok(Head {
+            mean: p[..d].to_vec(),
+            inv_std: p[d..2 * d].to_vec(),
+            weights: p[2 * d..2 * d + c * d].to_vec(),
+            bias: p[2 * d + c * d..].to_vec(),
+            classes: meta.classes,
+            dim: d,
+            threshold: meta.threshold,
+            backbone_sha256: meta.backbone_sha256,
+            precision: meta.precision,
+            info: meta.info,
+        })
+    }
+
+    /// Read and verify a head file.
+    pub fn load(path: &Path) -> Result<Self, HeadError> {
+        let bytes = std::fs::read(path).map_err(|source| FramedError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::decode(path, &bytes)
+    }
+
+    /// Refuse a head made for another backbone or dimension.
+    pub fn check_backbone(
+        &self,
+        path: &Path,
+        sha256: &str,
+        precision: &str,
+        dim: usize,
+    ) -> Result<(), HeadError> {
+        if self.dim != dim {
+            return Err(HeadError::WrongDim {
+                path: path.to_path_buf(),
+                head_dim: self.dim,
+                dim,
+            });
+        }
+        if self.backbone_sha256 != sha256 {
+            return Err(HeadError::WrongBackbone {
+                path: path.to_path_buf(),
+                head_backbone: short(&self.backbone_sha256),
+                head_precision: self.precision.clone(),
+                backbone: short(sha256),
+                precision: precision.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn short(h: &str) -> String {
+    h.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Head {
+        Head {
+            classes: vec!["a".into(), "b".into()],
+            dim: 2,
+            mean: vec![0.0, 0.0],
+            inv_std: vec![1.0, 1.0],
+            weights: vec![5.0, 0.0, 0.0, 5.0],
+            bias: vec![0.0, 0.0],
+            threshold: 0.6,
+            backbone_sha256: "f".repeat(64),
+            precision: "w8".into(),
+            info: TrainInfo {
+                seed: 3,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn predicts_and_reports_unknown_below_threshold() {
+        let h = tiny();
+        let p = h.predict(&[1.0, 0.0]);
+        assert_eq!((p.best, p.label(&h)), (0, "a"));
+        assert!(p.confidence > 0.99);
+        let p = h.predict(&[1.0, 1.0]);
+        assert!(!p.known, "a tie must be unknown at threshold 0.6: {p:?}");
+        assert_eq!(p.label(&h), UNKNOWN);
+        assert_eq!(
+            h.predict(&[0.0, 2.0]).top_k(1),
+            vec![(1, h.predict(&[0.0, 2.0]).probs[1])]
+        );
+    }
+
+    #[test]
+    fn file_round_trip_and_backbone_check() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.head");
+        let h = tiny();
+        h.save(&p).unwrap();
+        let back = Head::load(&p).unwrap();
+        assert_eq!(back, h);
+        back.check_backbone(&p, &"f".repeat(64), "w8", 2).unwrap();
+        let e = back
+            .check_backbone(&p, &"0".repeat(64), "f32", 2)
+            .unwrap_err();
+        assert!(e.to_string().contains("--precision f32"), "{e}");
+        let e = back
+            .check_backbone(&p, &"f".repeat(64), "w8", 1280)
+            .unwrap_err();
+        assert!(matches!(e, HeadError::WrongDim { .. }));
+    }
+
+    #[test]
+    fn dot_matches_naive_for_odd_lengths() {
+        for n in [0, 1, 7, 8, 9, 1280, 1283] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - naive).abs() < 1e-3, "n={n}");
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! teachcam: teach a camera on a small board to recognise things, offline.
+//!
+//! Module map (dependencies point down the list, never up):
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`app`], [`cli`] | composition root and command-line grammar |
+//! | [`head`] | linear softmax head: predict, train, file format |
+//! | [`backbone`] | tract model: find, verify, load once, embed |
+//! | [`preprocess`] | frame → model input, one pass |
+//! | [`imagefolder`], [`embcache`] | datasets on disk, embedding caches |
+//! | [`metrics`] | accuracy, confusion, latency summaries |
+//! | [`demo`] | synthetic scenes for demos and tests |
+//! | [`framed`], [`fsutil`], [`rng`] | file container, atomic writes, seeded randomness |
+
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod backbone;
+pub mod cli;
+pub mod demo;
+pub mod embcache;
+pub mod framed;
+pub mod fsutil;
+pub mod head;
+pub mod imagefolder;
+pub mod metrics;
+pub mod preprocess;
+pub mod rng;

@@ -1,0 +1,25 @@
+//! The `teachcam` executable: parse, set up logging, dispatch, map errors to exit codes.
+//! All work happens in the library (`teachcam::app`).
+
+use clap::Parser;
+
+fn main() {
+    let cli = teachcam::cli::Cli::parse();
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => log::LevelFilter::Error,
+        (false, 0) => log::LevelFilter::Warn,
+        (false, 1) => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("TEACHCAM_LOG")
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    if let Err(e) = teachcam::app::run(cli) {
+        // One line that names the file or setting and says what to do; exit code 2.
+        eprintln!("teachcam: error: {e:#}");
+        std::process::exit(2);
+    }
+}

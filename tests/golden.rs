@@ -1,0 +1,112 @@
+//! Golden test for the model path: the committed test images, preprocessed by our Rust code
+//! and run by tract, must reproduce what the export script computed with an independent
+//! runtime (onnxruntime, plain op-by-op) and an independent preprocessing implementation
+//! (numpy, float64). See `models/export.py` and `tests/fixtures/golden/golden.json`.
+//!
+//! Tolerances: preprocessing probes within 1e-4 (float32 vs float64 arithmetic on 0..255
+//! inputs); float-compute models (f32, w8) cosine ≥ 0.9999 and max |Δ| ≤ 1e-3 · max |x|;
+//! int8-activation models (qdq, qop) cosine ≥ 0.99, because a 1e-6 difference in an input can
+//! move a value across a rounding boundary of a quantised activation.
+
+use std::path::Path;
+
+use teachcam::backbone::{Backbone, Precision};
+use teachcam::imagefolder::load_rgb;
+
+fn golden() -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/golden.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+fn models() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let d: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    d / (na * nb)
+}
+
+#[test]
+fn preprocessing_matches_the_export_script() {
+    let g = golden();
+    let b = Backbone::load(&models(), Precision::W8).unwrap();
+    let mut e = b.embedder();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    let images = g["images"].as_array().unwrap();
+    assert!(images.len() >= 4);
+    for im in images {
+        let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
+        e.preprocess(&img.data, img.width, img.height);
+        let input = e.input();
+        let s = 224;
+        for probe in im["probe"].as_array().unwrap() {
+            let p = floats(probe);
+            let (c, y, x) = (p[0] as usize, p[1] as usize, p[2] as usize);
+            let got = input[c * s * s + y * s + x];
+            assert!(
+                (got - p[3]).abs() < 1e-4,
+                "{}: probe {c},{y},{x}: {got} vs {}",
+                im["file"],
+                p[3]
+            );
+        }
+        for (c, want) in floats(&im["channel_mean"]).into_iter().enumerate() {
+            let mean: f32 = input[c * s * s..(c + 1) * s * s].iter().sum::<f32>() / (s * s) as f32;
+            assert!(
+                (mean - want).abs() < 1e-4,
+                "{}: channel {c} mean {mean} vs {want}",
+                im["file"]
+            );
+        }
+    }
+}
+
+#[test]
+fn embeddings_match_onnxruntime_for_every_variant() {
+    let g = golden();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    for p in Precision::ALL {
+        let b = Backbone::load(&models(), p).unwrap();
+        assert_eq!(b.dim(), 1280);
+        assert_eq!(
+            b.sha256(),
+            g["models"][p.name()]["sha256"].as_str().unwrap()
+        );
+        let mut e = b.embedder();
+        for im in g["images"].as_array().unwrap() {
+            let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
+            let got = e.embed(&img.data, img.width, img.height).unwrap();
+            let want = floats(&im["embeddings"][p.name()]);
+            let cos = cosine(&got, &want);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let max_diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            match p {
+                Precision::F32 | Precision::W8 => {
+                    assert!(cos >= 0.9999, "{p} {}: cosine {cos}", im["file"]);
+                    assert!(
+                        max_diff <= 1e-3 * scale,
+                        "{p} {}: max diff {max_diff}",
+                        im["file"]
+                    );
+                }
+                Precision::Qdq | Precision::Qop => {
+                    assert!(cos >= 0.99, "{p} {}: cosine {cos}", im["file"]);
+                }
+            }
+        }
+    }
+}
