@@ -38,6 +38,7 @@ pub fn run(cli: Cli) -> Result<()> {
             val_split,
             seed,
             threshold,
+            ref l2,
             jobs,
         } => cmd_train(
             g,
@@ -47,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
             val_split,
             seed,
             threshold,
+            l2,
             jobs,
         ),
         Command::Eval {
@@ -61,7 +63,12 @@ pub fn run(cli: Cli) -> Result<()> {
             top_k,
             json,
         } => cmd_classify(g, images, head, top_k, json),
-        Command::Bench { runs, warmup, json } => cmd_bench(g, runs, warmup, json),
+        Command::Bench {
+            runs,
+            warmup,
+            json,
+            profile,
+        } => cmd_bench(g, runs, warmup, json, profile),
         Command::Info { json } => cmd_info(g, json),
         Command::Synth {
             ref out,
@@ -286,8 +293,12 @@ fn cmd_train(
     val_split: f32,
     seed: u64,
     threshold: f32,
+    l2: &[f32],
     jobs: Option<usize>,
 ) -> Result<()> {
+    if l2.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+        bail!("--l2 values must be finite and >= 0");
+    }
     if !(0.0..0.9).contains(&val_split) {
         bail!("--val-split must be in [0, 0.9), got {val_split}");
     }
@@ -314,12 +325,15 @@ fn cmd_train(
         }
         None => None,
     };
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         seed,
         holdout: val_split,
         threshold,
         ..TrainConfig::default()
     };
+    if !l2.is_empty() {
+        cfg.l2_grid = l2.to_vec();
+    }
     let labels = tr.labels();
     let val_labels = va.as_ref().map(EmbeddingSet::labels);
     let t = Instant::now();
@@ -534,7 +548,7 @@ fn synthetic_embeddings(classes: usize, n: usize, dim: usize, seed: u64) -> (Vec
     (x, y)
 }
 
-fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool) -> Result<()> {
+fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bool) -> Result<()> {
     let runs = runs.max(1);
     let t = Instant::now();
     let backbone = load_backbone(g)?;
@@ -588,10 +602,15 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool) -> Result<(
         });
         head_us.push((classes, metrics::median_p95(&p).0 * 1e3));
     }
+    let prof = if profile {
+        backbone.profile(&input, runs)?
+    } else {
+        Vec::new()
+    };
     let (dm, dp) = metrics::median_p95(&decode);
     let (pm, pp) = metrics::median_p95(&pre);
     let (bm, bp) = metrics::median_p95(&bb);
-    let v = json!({
+    let mut v = json!({
         "precision": g.precision.name(),
         "model_path": backbone.path(),
         "threads": 1,
@@ -603,6 +622,9 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool) -> Result<(
         "head_predict_us_median": head_us.iter().map(|(c, u)| json!({"classes": c, "us": u})).collect::<Vec<_>>(),
         "train_ms": train_ms.iter().map(|(c, n, ms)| json!({"classes": c, "examples": n, "ms": ms})).collect::<Vec<_>>(),
     });
+    if profile {
+        v["profile"] = serde_json::to_value(&prof)?;
+    }
     if json_out {
         println!("{v}");
     } else {
@@ -620,6 +642,24 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool) -> Result<(
         }
         for (c, n, ms) in &train_ms {
             println!("  train head {c:2} classes x {n} examples {ms:8.0} ms");
+        }
+        if profile {
+            let total: f64 = prof.iter().map(|p| p.ms).sum();
+            println!("per-operator profile (median of {runs} runs, sum of nodes):");
+            println!(
+                "  {:<28} {:>5} {:>9} {:>6} {:>9}",
+                "operator", "nodes", "ms", "share", "Mmacs"
+            );
+            for p in &prof {
+                println!(
+                    "  {:<28} {:>5} {:>9.3} {:>5.1}% {:>9.1}",
+                    p.op,
+                    p.nodes,
+                    p.ms,
+                    100.0 * p.ms / total.max(1e-9),
+                    p.mmacs
+                );
+            }
         }
     }
     Ok(())

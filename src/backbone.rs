@@ -20,13 +20,14 @@ use crate::preprocess::Plan;
 pub const INPUT_SIZE: usize = 224;
 
 /// Which of the shipped model variants to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Float weights, float compute.
     F32,
     /// Int8 per-channel weights dequantised at load, float compute (the default: 4× smaller
     /// than float, same speed in tract, faithful).
+    #[default]
     W8,
     /// Static int8, QDQ format (fake-quantised activations).
     Qdq,
@@ -61,12 +62,6 @@ impl Precision {
             Precision::Qdq => "qdq",
             Precision::Qop => "qop",
         }
-    }
-}
-
-impl Default for Precision {
-    fn default() -> Self {
-        Precision::W8
     }
 }
 
@@ -153,11 +148,11 @@ pub fn find_models_dir(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
     if let Some(p) = std::env::var_os("TEACHCAM_MODELS") {
         return Ok(PathBuf::from(p));
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("models"));
-            candidates.push(dir.join("../share/teachcam/models"));
-        }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join("models"));
+        candidates.push(dir.join("../share/teachcam/models"));
     }
     candidates.push(PathBuf::from("models"));
     candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
@@ -330,6 +325,81 @@ impl Backbone {
                 message: format!("{e:#}"),
             })?;
         Ok(view.iter().copied().collect())
+    }
+}
+
+/// Time spent in one kind of operator during a profiled run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpProfile {
+    /// tract operator name (after optimisation), e.g. `OptMatMul`, `DepthWise`.
+    pub op: String,
+    /// Nodes of this kind.
+    pub nodes: usize,
+    /// Median over runs of the summed time of these nodes, in ms.
+    pub ms: f64,
+    /// Multiply-adds per run declared by the operators (tract's cost model), in millions.
+    pub mmacs: f64,
+}
+
+impl Backbone {
+    /// Per-operator profile: run the plan `runs` times, timing every node, and group by
+    /// operator name. (The same information `tract dump --profile --cost` prints, gathered
+    /// through tract's public evaluation hook so no separate tool is needed.)
+    pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<OpProfile>, ModelError> {
+        use std::collections::BTreeMap;
+        use std::time::Instant;
+        let err = |e: TractError| ModelError::Tract {
+            path: self.path.clone(),
+            message: format!("{e:#}"),
+        };
+        let model = self.plan.model();
+        let mut per_run: Vec<BTreeMap<String, f64>> = Vec::new();
+        for _ in 0..runs.max(1) {
+            let t = Tensor::from_shape(&[1, 3, INPUT_SIZE, INPUT_SIZE], input).map_err(err)?;
+            let mut state = self.plan.spawn().map_err(err)?;
+            let mut times: BTreeMap<String, f64> = BTreeMap::new();
+            state
+                .run_plan_with_eval(tvec!(t.into()), |ctx, st, node, inputs| {
+                    let start = Instant::now();
+                    let r = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
+                    *times.entry(node.op().name().to_string()).or_default() +=
+                        start.elapsed().as_secs_f64() * 1e3;
+                    r
+                })
+                .map_err(err)?;
+            per_run.push(times);
+        }
+        let mut out = Vec::new();
+        let names: Vec<String> = per_run[0].keys().cloned().collect();
+        for name in names {
+            let mut v: Vec<f64> = per_run
+                .iter()
+                .map(|m| m.get(&name).copied().unwrap_or(0.0))
+                .collect();
+            v.sort_by(f64::total_cmp);
+            let mut nodes = 0;
+            let mut macs = 0f64;
+            for node in model.nodes().iter().filter(|n| n.op().name() == name) {
+                nodes += 1;
+                if let Ok(facts) = model.node_input_facts(node.id)
+                    && let Ok(costs) = node.op.cost(&facts)
+                {
+                    for (c, n) in costs {
+                        if matches!(c, tract_onnx::tract_core::ops::Cost::FMA(_)) {
+                            macs += n.to_i64().unwrap_or(0) as f64;
+                        }
+                    }
+                }
+            }
+            out.push(OpProfile {
+                op: name,
+                nodes,
+                ms: v[v.len() / 2],
+                mmacs: macs / 1e6,
+            });
+        }
+        out.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(out)
     }
 }
 

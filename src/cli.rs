@@ -61,8 +61,9 @@ pub enum Command {
         /// Validation folder or cache for model selection and early stopping.
         #[arg(long, conflicts_with = "val_split")]
         val: Option<PathBuf>,
-        /// Fraction of each class held out for selection when --val is not given.
-        #[arg(long, default_value_t = 0.15)]
+        /// Fraction of each class held out per cross-validation fold (k = 1/F folds) when
+        /// --val is not given; 0 skips selection.
+        #[arg(long, default_value_t = 0.2)]
         val_split: f32,
         /// Random seed (same seed and data give the same head).
         #[arg(long, default_value_t = 0)]
@@ -70,6 +71,9 @@ pub enum Command {
         /// Confidence below which the answer is "unknown".
         #[arg(long, default_value_t = 0.5)]
         threshold: f32,
+        /// L2 strengths to choose from (comma-separated; default: the built-in grid).
+        #[arg(long, value_delimiter = ',')]
+        l2: Vec<f32>,
         /// Parallel embedding threads (default: all cores).
         #[arg(long)]
         jobs: Option<usize>,
@@ -114,6 +118,9 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Also time every node and print a per-operator profile.
+        #[arg(long)]
+        profile: bool,
     },
     /// Show the model, precision, CPU features and versions.
     Info {

@@ -11,6 +11,7 @@
 //! | [`imagefolder`], [`embcache`] | datasets on disk, embedding caches |
 //! | [`metrics`] | accuracy, confusion, latency summaries |
 //! | [`demo`] | synthetic scenes for demos and tests |
+//! | [`linalg`] | dot/axpy kernels with CPU-feature dispatch |
 //! | [`framed`], [`fsutil`], [`rng`] | file container, atomic writes, seeded randomness |
 
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@ pub mod framed;
 pub mod fsutil;
 pub mod head;
 pub mod imagefolder;
+pub mod linalg;
 pub mod metrics;
 pub mod preprocess;
 pub mod rng;

@@ -14,12 +14,23 @@ fn main() {
     env_logger::Builder::new()
         .filter_level(level)
         .parse_env("TEACHCAM_LOG")
-        .format_timestamp(None)
-        .format_target(false)
+        .format(|buf, record| {
+            use std::io::Write;
+            let level = record.level().as_str().to_ascii_lowercase();
+            writeln!(buf, "teachcam: {level}: {}", record.args())
+        })
         .init();
     if let Err(e) = teachcam::app::run(cli) {
         // One line that names the file or setting and says what to do; exit code 2.
-        eprintln!("teachcam: error: {e:#}");
+        // Causes whose text the message already contains are not repeated.
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg = format!("{msg}: {c}");
+            }
+        }
+        eprintln!("teachcam: error: {msg}");
         std::process::exit(2);
     }
 }

@@ -2,8 +2,9 @@
 """Linear-probe baseline for teachcam embeddings with scikit-learn (owns the sklearn reference accuracy).
 
     python tools/probe_sklearn.py TRAIN.tce VAL.tce [--json]
+    python tools/probe_sklearn.py CACHE.tce [--json]      # one cache with train/val splits
 
-Reads two embedding caches written by `teachcam embed`, L2-normalises every
+Reads embedding caches written by `teachcam embed`, L2-normalises every
 embedding, picks C for LogisticRegression(lbfgs, max_iter=2000) by 5-fold
 stratified CV on train over C in [0.1, 0.3, 1, 3, 10], refits on all of train
 and prints the accuracy on val.  The Rust softmax head can be compared to it.
@@ -21,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tce import TceError, read_tce  # noqa: E402
+from tce import TceError, read_tce, select_split  # noqa: E402
 
 C_GRID = [0.1, 0.3, 1.0, 3.0, 10.0]
 FOLDS = 5
@@ -35,11 +36,15 @@ def l2n(x: np.ndarray) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description="sklearn logistic-regression probe on .tce embeddings")
     ap.add_argument("train", type=Path)
-    ap.add_argument("val", type=Path)
+    ap.add_argument("val", type=Path, nargs="?", help="omit when TRAIN holds both splits")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = ap.parse_args()
     try:
-        tr, va = read_tce(args.train), read_tce(args.val)
+        if args.val is None:
+            both = read_tce(args.train)
+            tr, va = select_split(both, "train"), select_split(both, "val")
+        else:
+            tr, va = read_tce(args.train), read_tce(args.val)
     except (OSError, TceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

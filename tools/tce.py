@@ -85,6 +85,16 @@ def parse_tce(data: bytes, name: str = "<bytes>") -> Embeddings:
                       str(header.get("precision", "")), header)
 
 
+def select_split(e: Embeddings, split: str) -> Embeddings:
+    """Rows whose item carries `"split": split` (all rows when no item carries a split),
+    matching `EmbeddingSet::select_split` on the Rust side."""
+    items = e.header.get("items", [])
+    tagged = any("split" in it for it in items)
+    keep = np.array([not tagged or it.get("split") == split for it in items], dtype=bool)
+    return Embeddings(e.embeddings[keep], e.labels[keep], e.classes,
+                      [p for p, k in zip(e.paths, keep) if k], e.backbone_sha256, e.precision, e.header)
+
+
 def read_tce(path) -> Embeddings:
     """Read and verify a .tce file from disk."""
     return parse_tce(Path(path).read_bytes(), str(path))

@@ -159,24 +159,7 @@ pub fn l2_normalise(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Dot product, written so the compiler vectorises it (eight independent accumulators).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+pub use crate::linalg::dot;
 
 /// In-place numerically stable softmax.
 pub fn softmax(v: &mut [f32]) {
@@ -385,15 +368,5 @@ mod tests {
             .check_backbone(&p, &"f".repeat(64), "w8", 1280)
             .unwrap_err();
         assert!(matches!(e, HeadError::WrongDim { .. }));
-    }
-
-    #[test]
-    fn dot_matches_naive_for_odd_lengths() {
-        for n in [0, 1, 7, 8, 9, 1280, 1283] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot(&a, &b) - naive).abs() < 1e-3, "n={n}");
-        }
     }
 }

@@ -29,7 +29,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// L2 strengths to try.
     pub l2_grid: Vec<f32>,
-    /// Fraction of each class held out for selection when no explicit validation set is given.
+    /// Fraction of each class held out per cross-validation fold (k ≈ 1/holdout folds) when
+    /// no explicit validation set is given; 0 disables selection.
     pub holdout: f32,
     /// Upper bound on epochs.
     pub max_epochs: usize,
@@ -49,12 +50,12 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             seed: 0,
-            l2_grid: vec![1e-4, 1e-3, 1e-2],
-            holdout: 0.15,
+            l2_grid: vec![1e-5, 1e-4, 1e-3, 1e-2],
+            holdout: 0.2,
             max_epochs: 60,
             patience: 6,
             batch: 32,
-            lr: 2e-3,
+            lr: 1e-2,
             threshold: 0.5,
             deadline: None,
         }
@@ -155,9 +156,12 @@ fn stats(u: &[f32], d: usize) -> Stats {
     // Pooled variance; for a single example fall back to that of a random unit vector.
     let pooled = (var.iter().sum::<f64>() / d as f64).max(1.0 / d as f64 * 1e-2);
     const SHRINK: f64 = 8.0;
+    // The extra 1/sqrt(d) gives standardised vectors unit norm on average, so weights are
+    // O(1) per class and one learning rate suits any embedding length.
+    let unit = 1.0 / (d as f64).sqrt();
     let inv_std = var
         .iter()
-        .map(|v| (1.0 / ((n as f64 * v + SHRINK * pooled) / (n as f64 + SHRINK)).sqrt()) as f32)
+        .map(|v| (unit / ((n as f64 * v + SHRINK * pooled) / (n as f64 + SHRINK)).sqrt()) as f32)
         .collect();
     Stats {
         mean: mean.into_iter().map(|m| m as f32).collect(),
@@ -189,7 +193,8 @@ fn imprint(set: &Set, c: usize, d: usize) -> Params {
             *a += v;
         }
     }
-    let scale = 10.0 / (d as f32).sqrt();
+    // Logits of 10·cos(mean, z) for unit-norm features.
+    let scale = 10.0;
     for k in 0..c {
         let r = &mut w[k * d..(k + 1) * d];
         let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -228,7 +233,26 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-/// Adam state and the per-class index lists for balanced sampling.
+/// What one fit works on: standardised training rows, an optional held-out set, sizes and
+/// the configuration.
+struct Problem<'a> {
+    set: &'a Set,
+    holdout: Option<&'a Set>,
+    c: usize,
+    d: usize,
+    cfg: &'a TrainConfig,
+}
+
+/// Outcome of one fit: best parameters and, with a held-out set, the epoch, accuracy and loss
+/// at which they were taken.
+struct Fitted {
+    params: Params,
+    epoch: usize,
+    accuracy: f32,
+    loss: f32,
+}
+
+/// Adam state.
 struct Optimiser {
     mw: Vec<f32>,
     vw: Vec<f32>,
@@ -240,13 +264,12 @@ struct Optimiser {
 fn run_epoch(
     p: &mut Params,
     opt: &mut Optimiser,
-    set: &Set,
+    prob: &Problem,
     by_class: &[Vec<usize>],
-    cfg: &TrainConfig,
     l2: f32,
     rng: &mut Rng,
-    d: usize,
 ) {
+    let (set, cfg, d) = (prob.set, prob.cfg, prob.d);
     let c = by_class.len();
     let present: Vec<usize> = (0..c).filter(|&k| !by_class[k].is_empty()).collect();
     let steps = set.y.len().div_ceil(cfg.batch).max(8);
@@ -268,9 +291,7 @@ fn run_epoch(
             logits[set.y[i]] -= 1.0;
             for (k, &g) in logits.iter().enumerate() {
                 gb[k] += g;
-                for (a, v) in gw[k * d..(k + 1) * d].iter_mut().zip(row) {
-                    *a += g * v;
-                }
+                crate::linalg::axpy(&mut gw[k * d..(k + 1) * d], g, row);
             }
         }
         let inv_b = 1.0 / cfg.batch as f32;
@@ -302,17 +323,8 @@ fn by_class(y: &[usize], c: usize) -> Vec<Vec<usize>> {
 
 /// Fit from `init` for up to `epochs`; with a held-out set, early-stop on its loss and return
 /// the best parameters and (epoch, accuracy, loss); without one, run exactly `epochs`.
-fn fit(
-    set: &Set,
-    holdout: Option<&Set>,
-    init: Params,
-    c: usize,
-    d: usize,
-    l2: f32,
-    epochs: usize,
-    cfg: &TrainConfig,
-    seed: u64,
-) -> (Params, usize, f32, f32) {
+fn fit(prob: &Problem, init: Params, l2: f32, epochs: usize, seed: u64) -> Fitted {
+    let (set, c, d, cfg) = (prob.set, prob.c, prob.d, prob.cfg);
     let mut rng = Rng::new(seed);
     let groups = by_class(&set.y, c);
     let mut p = init;
@@ -323,46 +335,65 @@ fn fit(
         vb: vec![0.0; c],
         t: 0,
     };
-    let mut best = match holdout {
-        Some(h) => {
-            let (loss, acc) = evaluate(&p, h, c, d);
-            (p.clone(), 0, acc, loss)
-        }
-        None => (p.clone(), 0, f32::NAN, f32::NAN),
+    let score = |p: &Params| {
+        prob.holdout
+            .map_or((f32::NAN, f32::NAN), |h| evaluate(p, h, c, d))
+    };
+    let (loss, accuracy) = score(&p);
+    let mut best = Fitted {
+        params: p.clone(),
+        epoch: 0,
+        accuracy,
+        loss,
     };
     for epoch in 1..=epochs {
         if cfg.deadline.is_some_and(|t| Instant::now() >= t) {
             break;
         }
-        run_epoch(&mut p, &mut opt, set, &groups, cfg, l2, &mut rng, d);
-        match holdout {
-            Some(h) => {
-                let (loss, acc) = evaluate(&p, h, c, d);
-                if loss < best.3 {
-                    best = (p.clone(), epoch, acc, loss);
-                } else if epoch - best.1 >= cfg.patience {
-                    break;
-                }
-            }
-            None => best = (p.clone(), epoch, f32::NAN, f32::NAN),
+        run_epoch(&mut p, &mut opt, prob, &groups, l2, &mut rng);
+        if prob.holdout.is_none() {
+            best.epoch = epoch;
+            continue;
         }
+        let (loss, accuracy) = score(&p);
+        if loss < best.loss {
+            best = Fitted {
+                params: p.clone(),
+                epoch,
+                accuracy,
+                loss,
+            };
+        } else if epoch - best.epoch >= cfg.patience {
+            break;
+        }
+    }
+    if prob.holdout.is_none() {
+        best.params = p;
     }
     best
 }
 
-/// Stratified split of row indices: per class, `round(n·frac)` rows held out, but always
-/// leaving at least one row of each class for training.
-fn stratified_split(y: &[usize], c: usize, frac: f32, rng: &mut Rng) -> (Vec<usize>, Vec<usize>) {
-    let (mut tr, mut ho) = (Vec::new(), Vec::new());
+/// Stratified k-fold assignment: per class, shuffled rows dealt round-robin into `k` folds.
+/// Returns, per fold, (training rows, held-out rows).
+fn stratified_folds(
+    y: &[usize],
+    c: usize,
+    k: usize,
+    rng: &mut Rng,
+) -> Vec<(Vec<usize>, Vec<usize>)> {
+    let mut fold_of = vec![0usize; y.len()];
     for mut idx in by_class(y, c) {
         rng.shuffle(&mut idx);
-        let k = ((idx.len() as f32 * frac).round() as usize).min(idx.len().saturating_sub(1));
-        ho.extend_from_slice(&idx[..k]);
-        tr.extend_from_slice(&idx[k..]);
+        for (j, i) in idx.into_iter().enumerate() {
+            fold_of[i] = j % k;
+        }
     }
-    tr.sort_unstable();
-    ho.sort_unstable();
-    (tr, ho)
+    (0..k)
+        .map(|f| {
+            let (ho, tr): (Vec<usize>, Vec<usize>) = (0..y.len()).partition(|&i| fold_of[i] == f);
+            (tr, ho)
+        })
+        .collect()
 }
 
 fn make_set(ex: &Examples, idx: &[usize], st: &Stats) -> Set {
@@ -399,9 +430,41 @@ fn validate(ex: &Examples, classes: &[String]) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Train a head. With `val`, selection and early stopping use it and the result is the
-/// early-stopped head; without, a stratified `cfg.holdout` split of `train` is used for
-/// selection and the head is refitted on all of `train`.
+/// Number of cross-validation folds for a held-out fraction: each fold holds out about
+/// `holdout` of every class. `None` when there is too little data to hold anything out.
+fn fold_count(y: &[usize], c: usize, holdout: f32) -> Option<usize> {
+    if holdout <= 0.0 {
+        return None;
+    }
+    let smallest = by_class(y, c).iter().map(Vec::len).min().unwrap_or(0);
+    let k = ((1.0 / holdout).round() as usize)
+        .clamp(2, 10)
+        .min(smallest);
+    (k >= 2).then_some(k)
+}
+
+/// A fold's fit with the standardisation it was made with.
+struct FoldFit {
+    fit: Fitted,
+    stats: Stats,
+    holdout: usize,
+}
+
+/// One model-selection fit: an L2 strength on one fold.
+struct Task<'a> {
+    l2: f32,
+    train_rows: &'a [usize],
+    /// Held-out rows of `train`, or `None` for the explicit validation set.
+    holdout_rows: Option<&'a [usize]>,
+    seed: u64,
+}
+
+/// Train a head.
+///
+/// Without `val`, the L2 strength and epoch count are chosen by stratified k-fold
+/// cross-validation (k ≈ 1/`cfg.holdout`), each fold early-stopped on its held-out rows, and
+/// the head is then refitted on all of `train`. With `val`, each strength is early-stopped on
+/// `val` and the best early-stopped head is returned as is.
 pub fn train(
     train: Examples,
     val: Option<Examples>,
@@ -411,111 +474,181 @@ pub fn train(
     cfg: &TrainConfig,
 ) -> Result<(Head, TrainReport), TrainError> {
     validate(&train, &classes)?;
+    if let Some(v) = &val {
+        if v.dim != train.dim || v.data.len() != v.labels.len() * v.dim {
+            return Err(TrainError::Shape(
+                "validation set does not match the training set".into(),
+            ));
+        }
+        if v.labels.iter().any(|&l| l >= classes.len()) {
+            return Err(TrainError::Shape("validation label out of range".into()));
+        }
+    }
     let (c, d) = (classes.len(), train.dim);
     let mut rng = Rng::new(cfg.seed);
     let all: Vec<usize> = (0..train.labels.len()).collect();
-    let (tr_idx, ho_idx) = match val {
-        Some(_) => (all.clone(), Vec::new()),
-        None => stratified_split(train.labels, c, cfg.holdout, &mut rng),
-    };
-    let st = stats(&normalised(&train, &tr_idx), d);
-    let set = make_set(&train, &tr_idx, &st);
-    let holdout = match val {
-        Some(v) if !v.labels.is_empty() => {
-            let idx: Vec<usize> = (0..v.labels.len()).collect();
-            Some(make_set(&v, &idx, &st))
-        }
-        Some(_) => None,
-        None if !ho_idx.is_empty() => Some(make_set(&train, &ho_idx, &st)),
-        None => None,
-    };
+    let val = val.filter(|v| !v.labels.is_empty());
+    let folds: Vec<(Vec<usize>, Option<Vec<usize>>)> =
+        match (&val, fold_count(train.labels, c, cfg.holdout)) {
+            (Some(_), _) => vec![(all.clone(), None)],
+            (None, Some(k)) => stratified_folds(train.labels, c, k, &mut rng)
+                .into_iter()
+                .map(|(tr, ho)| (tr, Some(ho)))
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+    let tasks: Vec<Task> = cfg
+        .l2_grid
+        .iter()
+        .enumerate()
+        .flat_map(|(g, &l2)| {
+            folds.iter().enumerate().map(move |(f, (tr, ho))| Task {
+                l2,
+                train_rows: tr,
+                holdout_rows: ho.as_deref(),
+                seed: cfg.seed.wrapping_add(1 + (g * 64 + f) as u64),
+            })
+        })
+        .collect();
 
-    // Model selection over the L2 grid, one thread per candidate.
-    let init = imprint(&set, c, d);
-    let mut results: Vec<(Params, Candidate)> = match &holdout {
-        Some(h) => std::thread::scope(|s| {
-            let handles: Vec<_> = cfg
-                .l2_grid
-                .iter()
-                .enumerate()
-                .map(|(k, &l2)| {
-                    let (set, init) = (&set, init.clone());
-                    s.spawn(move || {
-                        let seed = cfg.seed.wrapping_add(1 + k as u64);
-                        let (p, e, acc, loss) =
-                            fit(set, Some(h), init, c, d, l2, cfg.max_epochs, cfg, seed);
-                        (
-                            p,
-                            Candidate {
-                                l2,
-                                epochs: e,
-                                accuracy: acc,
-                                loss,
-                            },
-                        )
-                    })
-                })
-                .collect();
-            handles.into_iter().filter_map(|h| h.join().ok()).collect()
-        }),
-        None => Vec::new(),
+    // Run every (strength, fold) fit on a small pool of threads. Each task has its own
+    // seed, so the outcome does not depend on which thread runs it.
+    let run_task = |t: &Task| {
+        let st = stats(&normalised(&train, t.train_rows), d);
+        let set = make_set(&train, t.train_rows, &st);
+        let ho = match (t.holdout_rows, &val) {
+            (Some(rows), _) => make_set(&train, rows, &st),
+            (None, Some(v)) => make_set(v, &(0..v.labels.len()).collect::<Vec<_>>(), &st),
+            (None, None) => unreachable!("tasks exist only with a held-out set"),
+        };
+        let init = imprint(&set, c, d);
+        let prob = Problem {
+            set: &set,
+            holdout: Some(&ho),
+            c,
+            d,
+            cfg,
+        };
+        FoldFit {
+            fit: fit(&prob, init, t.l2, cfg.max_epochs, t.seed),
+            stats: st,
+            holdout: ho.y.len(),
+        }
     };
-    let chosen = results
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(tasks.len())
+        .max(1);
+    let mut outcomes: Vec<Option<FoldFit>> = Vec::new();
+    outcomes.resize_with(tasks.len(), || None);
+    let done: Vec<Vec<(usize, FoldFit)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(t) = tasks.get(i) else { break };
+                        mine.push((i, run_task(t)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    for (i, r) in done.into_iter().flatten() {
+        outcomes[i] = Some(r);
+    }
+
+    // Aggregate per strength: mean held-out accuracy and loss, median best epoch.
+    let nf = folds.len().max(1);
+    let candidates: Vec<Candidate> = cfg
+        .l2_grid
+        .iter()
+        .enumerate()
+        .filter(|_| !folds.is_empty())
+        .map(|(g, &l2)| {
+            let rs: Vec<_> = outcomes[g * nf..(g + 1) * nf].iter().flatten().collect();
+            let n = rs.len().max(1) as f32;
+            let mut epochs: Vec<usize> = rs.iter().map(|r| r.fit.epoch).collect();
+            epochs.sort_unstable();
+            Candidate {
+                l2,
+                epochs: epochs.get(epochs.len() / 2).copied().unwrap_or(1),
+                accuracy: rs.iter().map(|r| r.fit.accuracy).sum::<f32>() / n,
+                loss: rs.iter().map(|r| r.fit.loss).sum::<f32>() / n,
+            }
+        })
+        .collect();
+    let chosen = candidates
         .iter()
         .enumerate()
         .max_by(|(_, a), (_, b)| {
-            a.1.accuracy
-                .total_cmp(&b.1.accuracy)
-                .then(b.1.loss.total_cmp(&a.1.loss))
+            a.accuracy
+                .total_cmp(&b.accuracy)
+                .then(b.loss.total_cmp(&a.loss))
         })
         .map(|(i, _)| i);
-    let candidates: Vec<Candidate> = results.iter().map(|r| r.1.clone()).collect();
+    let holdout_count = outcomes
+        .iter()
+        .take(nf)
+        .flatten()
+        .map(|r| r.holdout)
+        .sum::<usize>();
     let default_l2 = cfg
         .l2_grid
         .get(cfg.l2_grid.len() / 2)
         .copied()
         .unwrap_or(1e-3);
 
-    let (params, st, l2, epochs, holdout_accuracy) = match (chosen, val) {
-        // Explicit validation set: keep the early-stopped head as selected.
+    let (params, st, l2, epochs, holdout_accuracy) = match (chosen, &val) {
+        // Explicit validation set: keep the early-stopped head of the chosen strength.
         (Some(i), Some(_)) => {
-            let (p, cand) = results.swap_remove(i);
-            (p, st, cand.l2, cand.epochs, Some(cand.accuracy))
+            let cand = candidates[i].clone();
+            let ff = outcomes[i * nf]
+                .take()
+                .ok_or_else(|| TrainError::Shape("a training thread failed".into()))?;
+            (
+                ff.fit.params,
+                ff.stats,
+                cand.l2,
+                cand.epochs,
+                Some(cand.accuracy),
+            )
         }
-        // Held-out split: refit on everything with the selected strength and epoch count.
+        // Cross-validated: refit on everything with the chosen strength and epoch count.
         (Some(i), None) => {
             let cand = candidates[i].clone();
-            let st_all = stats(&normalised(&train, &all), d);
-            let full = make_set(&train, &all, &st_all);
+            let st = stats(&normalised(&train, &all), d);
+            let full = make_set(&train, &all, &st);
             let init = imprint(&full, c, d);
             let epochs = cand.epochs.max(1);
-            let (p, ..) = fit(
-                &full,
-                None,
-                init,
+            let prob = Problem {
+                set: &full,
+                holdout: None,
                 c,
                 d,
-                cand.l2,
-                epochs,
                 cfg,
-                cfg.seed.wrapping_add(99),
-            );
-            (p, st_all, cand.l2, epochs, Some(cand.accuracy))
+            };
+            let p = fit(&prob, init, cand.l2, epochs, cfg.seed.wrapping_add(99)).params;
+            (p, st, cand.l2, epochs, Some(cand.accuracy))
         }
         // Too little data to hold anything out: a short fixed fit from the imprint.
         (None, _) => {
             let epochs = 10;
-            let (p, ..) = fit(
-                &set,
-                None,
-                init,
+            let st = stats(&normalised(&train, &all), d);
+            let full = make_set(&train, &all, &st);
+            let init = imprint(&full, c, d);
+            let prob = Problem {
+                set: &full,
+                holdout: None,
                 c,
                 d,
-                default_l2,
-                epochs,
                 cfg,
-                cfg.seed.wrapping_add(99),
-            );
+            };
+            let p = fit(&prob, init, default_l2, epochs, cfg.seed.wrapping_add(99)).params;
             (p, st, default_l2, epochs, None)
         }
     };
@@ -537,7 +670,7 @@ pub fn train(
             epochs,
             samples_per_class: counts,
             holdout_accuracy,
-            holdout_count: holdout.as_ref().map_or(0, |h| h.y.len()),
+            holdout_count,
         },
     };
     let correct = (0..train.labels.len())
@@ -548,7 +681,7 @@ pub fn train(
         l2,
         epochs,
         holdout_accuracy,
-        holdout_count: head.info.holdout_count,
+        holdout_count,
         train_accuracy: correct as f32 / train.labels.len() as f32,
     };
     Ok((head, report))
@@ -623,7 +756,7 @@ mod tests {
         let (head, rep) = train(ex, None, names(4), "h", "w8", &TrainConfig::default()).unwrap();
         assert!(rep.train_accuracy > 0.97, "{rep:?}");
         assert!(rep.holdout_accuracy.unwrap() > 0.95, "{rep:?}");
-        assert_eq!(rep.candidates.len(), 3);
+        assert_eq!(rep.candidates.len(), TrainConfig::default().l2_grid.len());
         assert_eq!(head.info.samples_per_class, vec![100; 4]);
     }
 
@@ -681,8 +814,8 @@ mod tests {
         let mut y = vec![0usize; 300];
         for _ in 0..6 {
             x.extend(c1.iter().map(|m| m + 0.5 * r.normal()));
-            y.push(1);
         }
+        y.extend([1; 6]);
         let ex = Examples {
             dim: 16,
             data: &x,

@@ -1,0 +1,227 @@
+//! Integration tests: drive the real `teachcam` executable in temporary directories, the way
+//! a user would. Inputs are generated here (synthetic scenes, deliberately broken files);
+//! nothing outside the repository is read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn teachcam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_teachcam"))
+        .args(args)
+        .env_remove("TEACHCAM_MODELS")
+        .output()
+        .expect("run teachcam")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = teachcam(args);
+    assert!(
+        o.status.success(),
+        "teachcam {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = teachcam(args);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "teachcam {args:?} should exit 2: {o:?}"
+    );
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "one-line error expected, got: {err}"
+    );
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A small synthetic dataset shared by several tests (written once per test).
+fn dataset(dir: &Path, train: usize, val: usize) -> PathBuf {
+    let d = dir.join("data");
+    ok(&[
+        "synth",
+        s(&d),
+        "--train",
+        &train.to_string(),
+        "--val",
+        &val.to_string(),
+        "--seed",
+        "3",
+    ]);
+    d
+}
+
+#[test]
+fn info_reports_model_and_precision() {
+    let out = ok(&["info", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["precision"], "w8");
+    assert!(
+        v["model_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("mobilenetv2_w8.onnx")
+    );
+    assert_eq!(v["model_ok"], true);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", "--precision", "f32"])).unwrap();
+    assert!(
+        v["model_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("mobilenetv2_f32.onnx")
+    );
+}
+
+#[test]
+fn train_eval_classify_round_trip_on_synthetic_scenes() {
+    let t = tempfile::tempdir().unwrap();
+    let data = dataset(t.path(), 10, 5);
+    let head = t.path().join("h.head");
+    ok(&["train", s(&data), "--out", s(&head), "--seed", "1"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", s(&data), "--head", s(&head), "--json"])).unwrap();
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.8, "synthetic scenes should be easy, got {acc}");
+    assert_eq!(v["per_class"].as_array().unwrap().len(), 3);
+    let confusion = v["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 15);
+
+    let img = data.join("val/ring/000.jpg");
+    let line = ok(&[
+        "classify",
+        s(&img),
+        "--head",
+        s(&head),
+        "--json",
+        "--top-k",
+        "3",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["top"].as_array().unwrap().len(), 3);
+    let p: f64 = v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["p"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (p - 1.0).abs() < 1e-3,
+        "3-class probabilities sum to 1, got {p}"
+    );
+}
+
+#[test]
+fn same_seed_gives_byte_identical_heads_and_cache_reuse_matches() {
+    let t = tempfile::tempdir().unwrap();
+    let data = dataset(t.path(), 6, 2);
+    let cache = t.path().join("c.tce");
+    ok(&["embed", s(&data), "--out", s(&cache)]);
+    let (a, b) = (t.path().join("a.head"), t.path().join("b.head"));
+    ok(&["train", s(&cache), "--out", s(&a), "--seed", "9"]);
+    ok(&["train", s(&cache), "--out", s(&b), "--seed", "9"]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // Evaluating from the cache and from the folder gives the same answer.
+    let from_cache = ok(&["eval", s(&cache), "--head", s(&a), "--json"]);
+    let from_folder = ok(&["eval", s(&data), "--head", s(&a), "--json", "--jobs", "1"]);
+    let (x, y): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&from_cache).unwrap(),
+        serde_json::from_str(&from_folder).unwrap(),
+    );
+    assert_eq!(x["confusion"], y["confusion"]);
+}
+
+#[test]
+fn corrupt_images_are_reported_by_path_and_skipped() {
+    let t = tempfile::tempdir().unwrap();
+    let data = dataset(t.path(), 4, 2);
+    let bad = data.join("train/ball/zz_broken.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff definitely not a jpeg").unwrap();
+    let head = t.path().join("h.head");
+    let o = teachcam(&["train", s(&data), "--out", s(&head)]);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("zz_broken.jpg"),
+        "the broken file must be named: {err}"
+    );
+    assert!(err.contains("1 of 13 images"), "and counted: {err}");
+    assert!(head.is_file());
+}
+
+#[test]
+fn bad_inputs_get_one_line_errors_and_exit_code_2() {
+    let t = tempfile::tempdir().unwrap();
+    // Empty dataset.
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = fails(&["train", s(&empty), "--out", "x.head"]);
+    assert!(e.contains("no class folders"), "{e}");
+    // A class with no images.
+    std::fs::create_dir_all(empty.join("cats")).unwrap();
+    let e = fails(&["train", s(&empty), "--out", "x.head"]);
+    assert!(e.contains("cats") && e.contains("no images"), "{e}");
+    // Missing dataset.
+    let e = fails(&["eval", "/nonexistent/ds", "--head", "x.head"]);
+    assert!(e.contains("/nonexistent/ds"), "{e}");
+    // A models directory without the model.
+    let e = fails(&[
+        "classify",
+        "a.jpg",
+        "--head",
+        "x.head",
+        "--models",
+        s(t.path()),
+    ]);
+    assert!(
+        e.contains("mobilenetv2_w8.onnx") && e.contains("make models"),
+        "{e}"
+    );
+    // A damaged model file.
+    let models = t.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let repo_models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    std::fs::copy(repo_models.join("SHA256SUMS"), models.join("SHA256SUMS")).unwrap();
+    let mut bytes = std::fs::read(repo_models.join("mobilenetv2_w8.onnx")).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(models.join("mobilenetv2_w8.onnx"), bytes).unwrap();
+    let e = fails(&["info", "--models", s(&models)]);
+    assert!(e.contains("damaged"), "{e}");
+    // A corrupt head.
+    let head = t.path().join("bad.head");
+    std::fs::write(&head, b"teachcam-head 1\n{}\n").unwrap();
+    let e = fails(&["classify", "a.jpg", "--head", s(&head)]);
+    assert!(e.contains("bad.head") && e.contains("corrupt"), "{e}");
+}
+
+#[test]
+fn a_head_for_another_backbone_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let data = dataset(t.path(), 3, 1);
+    let head = t.path().join("w8.head");
+    ok(&["train", s(&data), "--out", s(&head), "--precision", "w8"]);
+    let img = data.join("val/ball/000.jpg");
+    let e = fails(&[
+        "classify",
+        s(&img),
+        "--head",
+        s(&head),
+        "--precision",
+        "f32",
+    ]);
+    assert!(e.contains("--precision w8"), "the fix must be named: {e}");
+}
