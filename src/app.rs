@@ -19,6 +19,23 @@ use crate::head::train::{Examples, TrainConfig, train};
 use crate::imagefolder::{self, Split};
 use crate::metrics;
 
+/// `println!` that returns an error instead of panicking when stdout is closed (for example
+/// `teachcam eval ... | head -1`); `main` turns a broken pipe into a quiet exit.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
+/// `print!` counterpart of [`out!`].
+macro_rules! out_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 /// Version of tract this build is pinned to (Cargo.toml pins `=0.23.9`).
 pub const TRACT_VERSION: &str = "0.23.9";
 
@@ -78,7 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let n = crate::demo::write_dataset(out, train, val, seed)
                 .with_context(|| format!("cannot write synthetic dataset to {}", out.display()))?;
-            println!("wrote {n} images to {}", out.display());
+            out!("wrote {n} images to {}", out.display());
             Ok(())
         }
     }
@@ -273,7 +290,7 @@ fn cmd_embed(g: &Global, dataset: &Path, out: &Path, jobs: Option<usize>) -> Res
     set.save(out)
         .with_context(|| format!("cannot write {}", out.display()))?;
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    out!(
         "embedded {} images ({} skipped) in {:.1} s ({:.1} images/s) -> {}",
         set.items.len(),
         skipped,
@@ -356,7 +373,7 @@ fn cmd_train(
     .map_err(|e| anyhow::anyhow!("cannot train on {}: {e}", dataset.display()))?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     head.save(out)?;
-    println!(
+    out!(
         "trained {} classes on {} examples in {ms:.0} ms: l2 {:.0e}, {} epochs, held-out accuracy {} ({} examples), training accuracy {:.3} -> {}",
         head.num_classes(),
         labels.len(),
@@ -422,12 +439,14 @@ fn cmd_eval(
         .collect();
     let ev = metrics::evaluate(&head.classes, &outcomes);
     if json_out {
-        println!("{}", serde_json::to_string(&ev)?);
+        out!("{}", serde_json::to_string(&ev)?);
         return Ok(());
     }
-    println!(
+    out!(
         "accuracy {:.4} on {} images ({} below the confidence threshold)",
-        ev.accuracy, ev.count, ev.unknown
+        ev.accuracy,
+        ev.count,
+        ev.unknown
     );
     let width = head
         .classes
@@ -437,24 +456,26 @@ fn cmd_eval(
         .unwrap_or(5)
         .max(5);
     for pc in &ev.per_class {
-        println!(
+        out!(
             "  {:width$}  {:.3}  ({} images)",
-            pc.class, pc.accuracy, pc.count
+            pc.class,
+            pc.accuracy,
+            pc.count
         );
     }
     if head.num_classes() <= 12 {
-        println!("confusion (rows: true, columns: predicted):");
-        print!("  {:width$}", "");
+        out!("confusion (rows: true, columns: predicted):");
+        out_part!("  {:width$}", "");
         for c in &head.classes {
-            print!(" {:>w$}", c, w = c.len().max(4));
+            out_part!(" {:>w$}", c, w = c.len().max(4));
         }
-        println!();
+        out!("");
         for (k, row) in ev.confusion.iter().enumerate() {
-            print!("  {:width$}", head.classes[k]);
+            out_part!("  {:width$}", head.classes[k]);
             for (c, n) in head.classes.iter().zip(row) {
-                print!(" {:>w$}", n, w = c.len().max(4));
+                out_part!(" {:>w$}", n, w = c.len().max(4));
             }
-            println!();
+            out!("");
         }
     }
     Ok(())
@@ -626,32 +647,36 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
         v["profile"] = serde_json::to_value(&prof)?;
     }
     if json_out {
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!(
+        out!(
             "precision {} ({}), 1 thread, {runs} runs",
             g.precision,
             backbone.path().display()
         );
-        println!("  model load + optimise  {load_ms:8.1} ms");
-        println!("  decode 640x480 JPEG    {dm:8.2} ms median  {dp:8.2} ms p95");
-        println!("  preprocess 640x480     {pm:8.2} ms median  {pp:8.2} ms p95");
-        println!("  backbone               {bm:8.2} ms median  {bp:8.2} ms p95");
+        out!("  model load + optimise  {load_ms:8.1} ms");
+        out!("  decode 640x480 JPEG    {dm:8.2} ms median  {dp:8.2} ms p95");
+        out!("  preprocess 640x480     {pm:8.2} ms median  {pp:8.2} ms p95");
+        out!("  backbone               {bm:8.2} ms median  {bp:8.2} ms p95");
         for (c, us) in &head_us {
-            println!("  head predict {c:2} classes {us:8.1} us median");
+            out!("  head predict {c:2} classes {us:8.1} us median");
         }
         for (c, n, ms) in &train_ms {
-            println!("  train head {c:2} classes x {n} examples {ms:8.0} ms");
+            out!("  train head {c:2} classes x {n} examples {ms:8.0} ms");
         }
         if profile {
             let total: f64 = prof.iter().map(|p| p.ms).sum();
-            println!("per-operator profile (median of {runs} runs, sum of nodes):");
-            println!(
+            out!("per-operator profile (median of {runs} runs, sum of nodes):");
+            out!(
                 "  {:<28} {:>5} {:>9} {:>6} {:>9}",
-                "operator", "nodes", "ms", "share", "Mmacs"
+                "operator",
+                "nodes",
+                "ms",
+                "share",
+                "Mmacs"
             );
             for p in &prof {
-                println!(
+                out!(
                     "  {:<28} {:>5} {:>9.3} {:>5.1}% {:>9.1}",
                     p.op,
                     p.nodes,
@@ -723,25 +748,25 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
     if json_out {
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!(
+        out!(
             "teachcam {} (tract {TRACT_VERSION}), {}",
             env!("CARGO_PKG_VERSION"),
             std::env::consts::ARCH
         );
-        println!(
+        out!(
             "model      {} ({}, {} bytes)",
             path.display(),
             g.precision,
             size.unwrap_or(0)
         );
         match &check {
-            Ok(h) => println!("checksum   ok ({h})"),
-            Err(e) => println!("checksum   FAILED: {e}"),
+            Ok(h) => out!("checksum   ok ({h})"),
+            Err(e) => out!("checksum   FAILED: {e}"),
         }
-        println!("input      1x3x{INPUT_SIZE}x{INPUT_SIZE} RGB, x/127.5-1");
-        println!("cpu        {}", cpu_features().join(" "));
+        out!("input      1x3x{INPUT_SIZE}x{INPUT_SIZE} RGB, x/127.5-1");
+        out!("cpu        {}", cpu_features().join(" "));
     }
     check.map(|_| ()).map_err(Into::into)
 }

@@ -21,6 +21,13 @@ fn main() {
         })
         .init();
     if let Err(e) = teachcam::app::run(cli) {
+        // A closed stdout (`teachcam eval ... | head`) is not an error worth reporting.
+        if e.chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            std::process::exit(0);
+        }
         // One line that names the file or setting and says what to do; exit code 2.
         // Causes whose text the message already contains are not repeated.
         let mut msg = e.to_string();
