@@ -1,6 +1,7 @@
 # teachcam: the one entry point for people and CI.
 #
 #   make demo     train on generated images and classify them (no hardware, no downloads)
+#   make run      the appliance loop on a generated camera with scripted button presses
 #   make test     formatting, lints, unit + integration + golden tests
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency, per-operator profile, head timings, peak memory
@@ -14,7 +15,7 @@ DEMO    := target/demo
 VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
-.PHONY: all build demo test lint fmt eval bench profile models clean
+.PHONY: all build demo run test lint fmt eval bench profile models clean
 
 all: build
 
@@ -29,6 +30,16 @@ demo: build
 	$(BIN) eval $(DEMO)/images --head $(DEMO)/demo.head
 	$(BIN) classify --head $(DEMO)/demo.head --top-k 2 \
 		$(DEMO)/images/val/ball/000.jpg $(DEMO)/images/val/block/000.jpg $(DEMO)/images/val/ring/000.jpg
+
+# The appliance on a generated camera: objects change every 4 s; scripted button presses teach
+# ball, block and ring during the first 12 s; then it recognises them live. About 30 s.
+RUN_STATE := target/run-state
+run: build
+	rm -rf $(RUN_STATE)
+	$(BIN) run --state $(RUN_STATE) --camera synthetic:4000 --fps 10 --classes ball,block,ring \
+		--buttons script:1000@1,1600@1,2200@1,2800@1,5000@2,5600@2,6200@2,6800@2,9000@3,9600@3,10200@3,10800@3 \
+		--duration 30 --status $(RUN_STATE)/status.json
+	cat $(RUN_STATE)/status.json; echo
 
 test: lint
 	$(CARGO) test --locked --all-targets

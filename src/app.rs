@@ -87,6 +87,26 @@ pub fn run(cli: Cli) -> Result<()> {
             profile,
         } => cmd_bench(g, runs, warmup, json, profile),
         Command::Info { json } => cmd_info(g, json),
+        Command::Run {
+            ref state,
+            ref camera,
+            fps,
+            ref buttons,
+            ref classes,
+            duration,
+            ref status,
+            threshold,
+        } => cmd_run(
+            g,
+            state,
+            camera,
+            fps,
+            buttons,
+            classes,
+            duration,
+            status.clone(),
+            threshold,
+        ),
         Command::Synth {
             ref out,
             train,
@@ -235,10 +255,18 @@ fn examples_for(
     jobs: Option<usize>,
 ) -> Result<EmbeddingSet> {
     if is_cache(path) {
-        let set = EmbeddingSet::load(path)?;
-        return Ok(set.select_split(split.dir_name()));
+        let set = EmbeddingSet::load(path)?.select_split(split.dir_name());
+        if set.items.is_empty() {
+            bail!(
+                "cache {} has no {} examples; embed a dataset with a {}/ folder",
+                path.display(),
+                split.dir_name(),
+                split.dir_name()
+            );
+        }
+        return Ok(set);
     }
-    let folder = imagefolder::scan(&imagefolder::split_dir(path, split))?;
+    let folder = imagefolder::scan(&imagefolder::split_dir(path, split)?)?;
     if backbone.is_none() {
         *backbone = Some(load_backbone(g)?);
     }
@@ -251,12 +279,13 @@ fn examples_for(
 }
 
 fn cmd_embed(g: &Global, dataset: &Path, out: &Path, jobs: Option<usize>) -> Result<()> {
-    let split_layout = dataset.join("train").is_dir() && dataset.join("val").is_dir();
+    let split_layout = imagefolder::has_splits(dataset);
     let folders: Vec<(Option<&str>, PathBuf)> = if split_layout {
-        vec![
-            (Some("train"), dataset.join("train")),
-            (Some("val"), dataset.join("val")),
-        ]
+        ["train", "val"]
+            .into_iter()
+            .filter(|s| dataset.join(s).is_dir())
+            .map(|s| (Some(s), dataset.join(s)))
+            .collect()
     } else {
         vec![(None, dataset.to_path_buf())]
     };
@@ -322,6 +351,7 @@ fn cmd_train(
     if !(0.0..=1.0).contains(&threshold) {
         bail!("--threshold must be in [0, 1], got {threshold}");
     }
+    check_writable_parent(out)?;
     let mut backbone = None;
     let tr = examples_for(g, dataset, Split::Train, &mut backbone, jobs)?;
     if tr.items.is_empty() {
@@ -411,6 +441,22 @@ fn remap_classes(set: &mut EmbeddingSet, classes: &[String], origin: &Path) -> R
     Ok(())
 }
 
+/// Fail before any long work when `out` cannot be created.
+fn check_writable_parent(out: &Path) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "cannot write {}: folder {} does not exist; create it first",
+            out.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
 fn load_head_for(path: &Path, sha256: &str, precision: &str, dim: usize) -> Result<Head> {
     let head = Head::load(path)?;
     head.check_backbone(path, sha256, precision, dim)?;
@@ -424,9 +470,11 @@ fn cmd_eval(
     json_out: bool,
     jobs: Option<usize>,
 ) -> Result<()> {
+    // Read the head first: a missing or corrupt head must not cost a whole embedding run.
+    let head = Head::load(head_path)?;
     let mut backbone = None;
     let mut set = examples_for(g, dataset, Split::Val, &mut backbone, jobs)?;
-    let head = load_head_for(head_path, &set.backbone_sha256, &set.precision, set.dim)?;
+    head.check_backbone(head_path, &set.backbone_sha256, &set.precision, set.dim)?;
     remap_classes(&mut set, &head.classes, dataset)?;
     if set.items.is_empty() {
         bail!("no image in {} could be read", dataset.display());
@@ -508,7 +556,14 @@ fn cmd_classify(
                 continue;
             }
         };
-        let e = emb.embed(&img.data, img.width, img.height)?;
+        let e = match emb.embed(&img.data, img.width, img.height) {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("cannot classify {}: {e}", path.display());
+                failed += 1;
+                continue;
+            }
+        };
         let p = head.predict(&e);
         let top = p.top_k(top_k.max(1));
         if json_out {
@@ -519,7 +574,7 @@ fn cmd_classify(
             writeln!(
                 out,
                 "{}",
-                json!({"path": path, "label": p.label(&head), "confidence": p.confidence, "top": top})
+                json!({"path": path.to_string_lossy(), "label": p.label(&head), "confidence": p.confidence, "top": top})
             )?;
         } else {
             let rest: Vec<String> = top
@@ -570,7 +625,7 @@ fn synthetic_embeddings(classes: usize, n: usize, dim: usize, seed: u64) -> (Vec
 }
 
 fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bool) -> Result<()> {
-    let runs = runs.max(1);
+    let runs = runs.clamp(1, 100_000);
     let t = Instant::now();
     let backbone = load_backbone(g)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -633,7 +688,7 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
     let (bm, bp) = metrics::median_p95(&bb);
     let mut v = json!({
         "precision": g.precision.name(),
-        "model_path": backbone.path(),
+        "model_path": backbone.path().to_string_lossy(),
         "threads": 1,
         "runs": runs,
         "load_ms": load_ms,
@@ -735,8 +790,8 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
     let v = json!({
         "teachcam_version": env!("CARGO_PKG_VERSION"),
         "tract_version": TRACT_VERSION,
-        "model_path": path,
-        "models_dir": dir,
+        "model_path": path.to_string_lossy(),
+        "models_dir": dir.to_string_lossy(),
         "precision": g.precision.name(),
         "model_bytes": size,
         "model_sha256": check.as_ref().ok(),
@@ -769,4 +824,60 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         out!("cpu        {}", cpu_features().join(" "));
     }
     check.map(|_| ()).map_err(Into::into)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_run(
+    g: &Global,
+    state: &Path,
+    camera_uri: &str,
+    fps: f64,
+    buttons_uri: &str,
+    classes: &[String],
+    duration: Option<f64>,
+    status: Option<PathBuf>,
+    threshold: f32,
+) -> Result<()> {
+    if classes.is_empty()
+        || classes
+            .iter()
+            .any(|c| c.is_empty() || c == crate::head::UNKNOWN)
+    {
+        bail!(
+            "--classes needs one or more non-empty names other than {:?}",
+            crate::head::UNKNOWN
+        );
+    }
+    if !(fps >= 0.0 && fps.is_finite()) {
+        bail!("--fps must be >= 0, got {fps}");
+    }
+    // Validate every input before the slow model load.
+    let mut camera = crate::camera::open(camera_uri, fps)?;
+    let mut buttons = crate::gpio::open_buttons(buttons_uri, classes.len() + 1)?;
+    let (mut store, report) = crate::store::Store::open(state)?;
+    if report.index_rebuilt && report.samples > 0 {
+        log::warn!(
+            "rebuilt the sample index of {} from {} records",
+            state.display(),
+            report.samples
+        );
+    }
+    let backbone = load_backbone(g)?;
+    let settings = crate::daemon::Settings {
+        classes: classes.to_vec(),
+        duration: duration.map(std::time::Duration::from_secs_f64),
+        train_budget: std::time::Duration::from_secs(2),
+        status,
+        timing: crate::gpio::debounce::Timing::default(),
+        threshold,
+    };
+    log::info!("camera {}", camera.describe());
+    crate::daemon::run(
+        &settings,
+        &backbone,
+        &mut store,
+        camera.as_mut(),
+        buttons.as_mut(),
+        &mut crate::gpio::LogIndicator,
+    )
 }

@@ -22,8 +22,8 @@ pub struct Cli {
 /// Options shared by every command.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Directory holding the models and SHA256SUMS (default: next to the binary, ./models,
-    /// or $TEACHCAM_MODELS).
+    /// Directory holding the models and SHA256SUMS (default: $TEACHCAM_MODELS, else the
+    /// first of models/ next to the binary, ../share/teachcam/models, ./models).
     #[arg(long, global = true, value_name = "DIR")]
     pub models: Option<PathBuf>,
     /// Backbone precision: f32, w8 (default), qdq or qop.
@@ -61,8 +61,8 @@ pub enum Command {
         /// Validation folder or cache for model selection and early stopping.
         #[arg(long, conflicts_with = "val_split")]
         val: Option<PathBuf>,
-        /// Fraction of each class held out per cross-validation fold (k = 1/F folds) when
-        /// --val is not given; 0 skips selection.
+        /// Fraction of each class held out per cross-validation fold (k = 1/F folds, 2 to 10,
+        /// at most the smallest class's size) when --val is not given; 0 skips selection.
         #[arg(long, default_value_t = 0.2)]
         val_split: f32,
         /// Random seed (same seed and data give the same head).
@@ -127,6 +127,38 @@ pub enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the appliance: classify the camera stream, learn from button presses, keep what
+    /// was taught in the state directory.
+    Run {
+        /// State directory (samples, heads).
+        #[arg(long, default_value = "/var/lib/teachcam")]
+        state: PathBuf,
+        /// Frame source: dir:PATH or synthetic[:PHASE_MS].
+        #[arg(long, default_value = "synthetic")]
+        camera: String,
+        /// Frames per second to take from the source (0 = as fast as possible).
+        #[arg(long, default_value_t = 10.0)]
+        fps: f64,
+        /// Buttons: script:MS@BUTTON[+HOLD_MS],... or none. Button 0 = undo (hold), 1.. = classes.
+        #[arg(long, default_value = "none")]
+        buttons: String,
+        /// Class names, in button order.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "class1,class2,class3,class4"
+        )]
+        classes: Vec<String>,
+        /// Stop after this many seconds (default: run until SIGTERM/SIGINT).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Write a JSON status file here about once a second (atomically).
+        #[arg(long)]
+        status: Option<PathBuf>,
+        /// Confidence below which the answer is "unknown".
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
     },
     /// Write a synthetic image-folder dataset (balls, blocks, rings) for demos and tests.
     Synth {

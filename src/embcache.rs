@@ -106,9 +106,14 @@ impl EmbeddingSet {
     /// Read and verify a cache file.
     pub fn load(path: &Path) -> Result<Self, FramedError> {
         let (meta, data) = framed::read(path, KIND, VERSION, |m| {
-            let dim = m["dim"].as_u64().ok_or("no dim")? as usize;
+            let dim = m["dim"]
+                .as_u64()
+                .filter(|&d| d > 0)
+                .ok_or("no positive dim")? as usize;
             let count = m["count"].as_u64().ok_or("no count")? as usize;
-            Ok(dim * count)
+            dim.checked_mul(count)
+                .filter(|&n| n < (1 << 40))
+                .ok_or_else(|| "size overflows".to_string())
         })?;
         let corrupt = |why: String| FramedError::Corrupt {
             path: PathBuf::from(path),

@@ -102,11 +102,11 @@ pub fn decode(
         .map_err(|e| corrupt(format!("metadata is not JSON: {e}")))?;
     let data = &rest[nl + 1..];
     let n = payload_len(&meta).map_err(corrupt)?;
-    if data.len() != n * 4 {
+    if Some(data.len()) != n.checked_mul(4) {
         return Err(corrupt(format!(
             "payload is {} bytes, metadata says {}",
             data.len(),
-            n * 4
+            n.saturating_mul(4)
         )));
     }
     let payload = data

@@ -38,6 +38,11 @@ pub enum DatasetError {
         "dataset folder {0} has no class folders; expected <class>/*.jpg (or train/<class>/ and val/<class>/)"
     )]
     NoClasses(PathBuf),
+    /// A dataset with the train/val layout lacks the split a command needs.
+    #[error(
+        "{0} does not exist; this dataset uses train/ and val/ folders, so add it or point the command at a folder of class folders"
+    )]
+    MissingSplit(PathBuf),
     /// A class folder has no images.
     #[error("class folder {0} has no images (.jpg, .jpeg, .png); add some or remove the folder")]
     EmptyClass(PathBuf),
@@ -71,13 +76,22 @@ pub struct ImageFolder {
     pub items: Vec<Item>,
 }
 
-/// The folder holding class folders for `split` under `root`.
-pub fn split_dir(root: &Path, split: Split) -> PathBuf {
+/// True when `root` uses the `train/` + `val/` layout (either folder present).
+pub fn has_splits(root: &Path) -> bool {
+    root.join("train").is_dir() || root.join("val").is_dir()
+}
+
+/// The folder holding class folders for `split` under `root`: `root/<split>/` in the split
+/// layout, else `root` itself. In the split layout a missing `<split>/` is an error.
+pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DatasetError> {
+    if !has_splits(root) {
+        return Ok(root.to_path_buf());
+    }
     let sub = root.join(split.dir_name());
     if sub.is_dir() {
-        sub
+        Ok(sub)
     } else {
-        root.to_path_buf()
+        Err(DatasetError::MissingSplit(sub))
     }
 }
 
@@ -179,7 +193,7 @@ mod tests {
         touch_png(&d.path().join("train/a/2.PNG"));
         touch_png(&d.path().join("train/a/1.png"));
         std::fs::write(d.path().join("train/a/notes.txt"), "x").unwrap();
-        let f = scan(&split_dir(d.path(), Split::Train)).unwrap();
+        let f = scan(&split_dir(d.path(), Split::Train).unwrap()).unwrap();
         assert_eq!(f.classes, vec!["a", "b"]);
         let names: Vec<_> = f
             .items
@@ -191,8 +205,14 @@ mod tests {
             f.items.iter().map(|i| i.label).collect::<Vec<_>>(),
             [0, 0, 1]
         );
-        // No val/: the root itself is used, which has no image class folders of its own.
-        assert_eq!(split_dir(d.path(), Split::Val), d.path());
+        // train/ but no val/: asking for val is an error naming the missing folder.
+        let e = split_dir(d.path(), Split::Val).unwrap_err();
+        assert!(e.to_string().contains("val"), "{e}");
+        // A plain folder of class folders serves both splits.
+        assert_eq!(
+            split_dir(&d.path().join("train"), Split::Val).unwrap(),
+            d.path().join("train")
+        );
         let rgb = load_rgb(&f.items[0].path).unwrap();
         assert_eq!(
             (rgb.width, rgb.height, &rgb.data[..3]),

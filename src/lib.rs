@@ -5,6 +5,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`app`], [`cli`] | composition root and command-line grammar |
+//! | [`daemon`] | the appliance loop (`teachcam run`) and its pure controller |
+//! | [`camera`], [`gpio`] | frame sources, buttons, indicators (traits + fakes), debouncer |
+//! | [`store`] | crash-safe store of captured samples and heads |
 //! | [`head`] | linear softmax head: predict, train, file format |
 //! | [`backbone`] | tract model: find, verify, load once, embed |
 //! | [`preprocess`] | frame → model input, one pass |
@@ -18,14 +21,18 @@
 
 pub mod app;
 pub mod backbone;
+pub mod camera;
 pub mod cli;
+pub mod daemon;
 pub mod demo;
 pub mod embcache;
 pub mod framed;
 pub mod fsutil;
+pub mod gpio;
 pub mod head;
 pub mod imagefolder;
 pub mod linalg;
 pub mod metrics;
 pub mod preprocess;
 pub mod rng;
+pub mod store;

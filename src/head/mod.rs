@@ -250,9 +250,20 @@ impl Head {
     /// Parse head bytes (already read from `path`, which is only used in messages).
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, HeadError> {
         let (meta, p) = framed::decode(path, bytes, KIND, VERSION, |m| {
-            let dim = m["dim"].as_u64().ok_or("no dim")? as usize;
-            let c = m["classes"].as_array().ok_or("no classes")?.len();
-            Ok(2 * dim + c * dim + c)
+            let dim = m["dim"]
+                .as_u64()
+                .filter(|&d| d > 0)
+                .ok_or("no positive dim")? as usize;
+            let c = m["classes"]
+                .as_array()
+                .filter(|c| !c.is_empty())
+                .ok_or("no classes")?
+                .len();
+            c.checked_add(2)
+                .and_then(|k| k.checked_mul(dim))
+                .and_then(|n| n.checked_add(c))
+                .filter(|&n| n < (1 << 40))
+                .ok_or_else(|| "size overflows".to_string())
         })?;
         let meta: Meta = serde_json::from_value(meta).map_err(|e| FramedError::Corrupt {
             path: path.to_path_buf(),

@@ -556,7 +556,10 @@ pub fn train(
                 })
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
     });
     for (i, r) in done.into_iter().flatten() {
         outcomes[i] = Some(r);
@@ -571,14 +574,23 @@ pub fn train(
         .filter(|_| !folds.is_empty())
         .map(|(g, &l2)| {
             let rs: Vec<_> = outcomes[g * nf..(g + 1) * nf].iter().flatten().collect();
-            let n = rs.len().max(1) as f32;
+            // Pooled over folds (folds differ in size by up to one row per class).
+            let n = rs.iter().map(|r| r.holdout).sum::<usize>().max(1) as f32;
             let mut epochs: Vec<usize> = rs.iter().map(|r| r.fit.epoch).collect();
             epochs.sort_unstable();
             Candidate {
                 l2,
                 epochs: epochs.get(epochs.len() / 2).copied().unwrap_or(1),
-                accuracy: rs.iter().map(|r| r.fit.accuracy).sum::<f32>() / n,
-                loss: rs.iter().map(|r| r.fit.loss).sum::<f32>() / n,
+                accuracy: rs
+                    .iter()
+                    .map(|r| r.fit.accuracy * r.holdout as f32)
+                    .sum::<f32>()
+                    / n,
+                loss: rs
+                    .iter()
+                    .map(|r| r.fit.loss * r.holdout as f32)
+                    .sum::<f32>()
+                    / n,
             }
         })
         .collect();

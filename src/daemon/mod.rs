@@ -1,0 +1,493 @@
+//! `teachcam run`: the appliance loop. Classifies the live stream, captures labelled samples
+//! when a button is pressed, fine-tunes the head in a background thread and swaps it in
+//! without pausing inference, and keeps everything in the crash-safe [`crate::store`].
+//!
+//! The decision logic ([`Controller`]) is pure: button levels and predictions in, actions and
+//! display changes out, time passed in. [`run`] is the thin shell that owns the camera,
+//! backbone, store and trainer thread and feeds the controller.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use heapless::HistoryBuffer;
+use serde_json::json;
+
+use crate::backbone::Backbone;
+use crate::camera::FrameSource;
+use crate::gpio::debounce::{Debouncer, Event, Timing};
+use crate::gpio::{Buttons, Indicator};
+use crate::head::Head;
+use crate::head::train::{Examples, TrainConfig, TrainReport, imprint_head, train};
+use crate::store::Store;
+
+/// Frames the top class is voted over.
+pub const SMOOTHING: usize = 5;
+
+/// What a button press asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Store the current frame as an example of class `k`.
+    Capture(usize),
+    /// Remove the newest stored example.
+    Undo,
+}
+
+/// Pure decision logic: debouncing, button meaning, smoothing, "unknown".
+#[derive(Debug)]
+pub struct Controller {
+    debouncers: Vec<Debouncer>,
+    votes: HistoryBuffer<Option<usize>, SMOOTHING>,
+    shown: Option<Option<usize>>,
+}
+
+impl Controller {
+    /// Button 0 is undo (hold it), buttons 1..=classes capture class 0..classes-1.
+    pub fn new(buttons: usize, timing: Timing) -> Self {
+        Controller {
+            debouncers: vec![Debouncer::new(timing); buttons],
+            votes: HistoryBuffer::new(),
+            shown: None,
+        }
+    }
+
+    /// Feed raw button levels; returns the actions they trigger.
+    pub fn buttons(&mut self, now_ms: u64, levels: &[bool]) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (b, (d, &level)) in self.debouncers.iter_mut().zip(levels).enumerate() {
+            match (b, d.update(now_ms, level)) {
+                (0, Some(Event::Hold)) => out.push(Action::Undo),
+                (0, _) => {}
+                (b, Some(Event::Press | Event::Repeat)) => out.push(Action::Capture(b - 1)),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Feed one frame's decision (`None` = unknown); returns the class to show when the
+    /// smoothed decision changes (majority over the last [`SMOOTHING`] frames).
+    pub fn prediction(&mut self, class: Option<usize>) -> Option<Option<usize>> {
+        self.votes.write(class);
+        let mut best: (Option<usize>, usize) = (None, 0);
+        for v in self.votes.iter() {
+            let n = self.votes.iter().filter(|w| *w == v).count();
+            if n > best.1 {
+                best = (*v, n);
+            }
+        }
+        // The display changes only when one answer has a strict majority of the window.
+        if best.1 * 2 <= self.votes.len() {
+            return None;
+        }
+        let decided = best.0;
+        if self.shown != Some(decided) {
+            self.shown = Some(decided);
+            Some(decided)
+        } else {
+            None
+        }
+    }
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Class names (button k+1 captures class k).
+    pub classes: Vec<String>,
+    /// Stop after this long (for demos and tests); `None` = until SIGTERM/SIGINT.
+    pub duration: Option<Duration>,
+    /// Fine-tuning time budget.
+    pub train_budget: Duration,
+    /// Where to write the status JSON (atomically, about once a second).
+    pub status: Option<std::path::PathBuf>,
+    /// Button timing.
+    pub timing: Timing,
+    /// Confidence threshold for "unknown".
+    pub threshold: f32,
+}
+
+struct Job {
+    generation: u64,
+    data: Vec<f32>,
+    labels: Vec<usize>,
+    classes: Vec<String>,
+}
+
+/// The embeddings and labels of all stored samples, restricted to classes that have some.
+fn training_set(store: &Store, classes: &[String]) -> (Vec<f32>, Vec<usize>, Vec<String>) {
+    let present: Vec<String> = classes
+        .iter()
+        .filter(|c| store.samples().iter().any(|s| &s.label == *c))
+        .cloned()
+        .collect();
+    let mut data = Vec::new();
+    let mut labels = Vec::new();
+    for s in store.samples() {
+        if let Some(k) = present.iter().position(|c| *c == s.label) {
+            data.extend_from_slice(&s.embedding);
+            labels.push(k);
+        }
+    }
+    (data, labels, present)
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Run the appliance loop until the duration passes or SIGTERM/SIGINT arrives.
+pub fn run(
+    settings: &Settings,
+    backbone: &Backbone,
+    store: &mut Store,
+    camera: &mut dyn FrameSource,
+    buttons: &mut dyn Buttons,
+    indicator: &mut dyn Indicator,
+) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    let classes = &settings.classes;
+    let mut ctl = Controller::new(classes.len() + 1, settings.timing);
+    let mut emb = backbone.embedder();
+    let dim = backbone.dim();
+    let precision = backbone
+        .precision()
+        .map_or("custom", |p| p.name())
+        .to_string();
+    let sha = backbone.sha256().to_string();
+
+    // The head: the stored one if it fits this backbone, else imprinted from the samples.
+    let mut head: Option<Head> = store
+        .load_head()
+        .filter(|h| h.backbone_sha256 == sha && h.dim == dim);
+    let mut generation = 0u64;
+    if head.is_none() && !store.samples().is_empty() {
+        let (data, labels, present) = training_set(store, classes);
+        head = imprint_head(
+            Examples {
+                dim,
+                data: &data,
+                labels: &labels,
+            },
+            present,
+            &sha,
+            &precision,
+            settings.threshold,
+        )
+        .ok();
+    }
+
+    // Background fine-tuning: jobs in, heads out. Inference never waits for it.
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let (head_tx, head_rx) = mpsc::channel::<(u64, Head, TrainReport)>();
+    let budget = settings.train_budget;
+    let (sha_t, prec_t, threshold) = (sha.clone(), precision.clone(), settings.threshold);
+    let trainer = std::thread::spawn(move || {
+        while let Ok(mut job) = job_rx.recv() {
+            // Only the newest request matters.
+            while let Ok(newer) = job_rx.try_recv() {
+                job = newer;
+            }
+            let cfg = TrainConfig {
+                deadline: Some(Instant::now() + budget),
+                threshold,
+                ..TrainConfig::default()
+            };
+            let ex = Examples {
+                dim: job.data.len() / job.labels.len().max(1),
+                data: &job.data,
+                labels: &job.labels,
+            };
+            match train(ex, None, job.classes, &sha_t, &prec_t, &cfg) {
+                Ok((h, r)) => {
+                    if head_tx.send((job.generation, h, r)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => log::warn!("fine-tuning skipped: {e}"),
+            }
+        }
+    });
+
+    let start = Instant::now();
+    // Buttons are sampled on their own thread every few milliseconds, so a press is seen
+    // however long one inference takes; actions arrive over a channel.
+    let (act_tx, act_rx) = mpsc::channel::<Action>();
+    let timing = settings.timing;
+    let nbuttons = classes.len() + 1;
+    let stop_b = Arc::clone(&stop);
+    let frames = std::thread::scope(|scope| -> anyhow::Result<u64> {
+        scope.spawn(move || {
+            let mut logic = Controller::new(nbuttons, timing);
+            while !stop_b.load(Ordering::Relaxed) {
+                let now_ms = start.elapsed().as_millis() as u64;
+                match buttons.read(now_ms) {
+                    Ok(levels) => {
+                        for a in logic.buttons(now_ms, &levels) {
+                            if act_tx.send(a).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => log::warn!("{e}"),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        // However the loop ends (stop, duration, error), the button thread is told to stop,
+        // so the scope can join it.
+        let _stop_buttons = StopOnDrop(&stop);
+        let mut last_embedding: Option<Vec<f32>> = None;
+        let mut last_thumb: Option<Vec<u8>> = None;
+        let mut frames = 0u64;
+        let mut fps_window = (Instant::now(), 0u64);
+        let mut fps = 0.0;
+        let mut last_status = Instant::now() - Duration::from_secs(10);
+        let mut shown: Option<usize> = None;
+        let mut confidence = 0.0f32;
+        let mut head_version = 0u64;
+        println!(
+            "teachcam: running with {} classes ({}), {} stored samples",
+            classes.len(),
+            classes.join(", "),
+            store.samples().len()
+        );
+        while !stop.load(Ordering::Relaxed) {
+            let now = start.elapsed();
+            if settings.duration.is_some_and(|d| now >= d) {
+                break;
+            }
+            let now_ms = now.as_millis() as u64;
+            let mut busy = false;
+
+            // 1. A new frame: embed, classify, smooth, show.
+            match camera.poll(now_ms) {
+                Ok(Some(frame)) => {
+                    busy = true;
+                    let e = emb.embed(&frame.rgb, frame.width, frame.height)?;
+                    if let Some(h) = &head {
+                        let p = h.predict(&e);
+                        let class = p
+                            .known
+                            .then(|| classes.iter().position(|c| *c == h.classes[p.best]))
+                            .flatten();
+                        confidence = p.confidence;
+                        if let Some(change) = ctl.prediction(class) {
+                            shown = change;
+                            indicator.show(change);
+                            let name = change.map_or(crate::head::UNKNOWN, |k| classes[k].as_str());
+                            println!("class: {name} ({confidence:.2}) [{}]", frame.tag);
+                        }
+                    }
+                    last_thumb = Some(thumbnail(&frame));
+                    last_embedding = Some(e);
+                    frames += 1;
+                    fps_window.1 += 1;
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("{e}"),
+            }
+
+            // 2. Button actions from the button thread.
+            while let Ok(action) = act_rx.try_recv() {
+                match action {
+                    Action::Capture(k) if k < classes.len() => {
+                        let (Some(e), Some(t)) = (&last_embedding, &last_thumb) else {
+                            continue;
+                        };
+                        let id = store.add(&classes[k], e, t, now_unix_ms())?;
+                        println!("captured id={id} class={}", classes[k]);
+                    }
+                    Action::Capture(_) => {}
+                    Action::Undo => match store.remove_last()? {
+                        Some(s) => println!("undo id={} class={}", s.id, s.label),
+                        None => println!("undo: nothing stored"),
+                    },
+                }
+                // Usable at once: imprint from everything stored, then fine-tune in the background.
+                let (data, labels, present) = training_set(store, classes);
+                if labels.is_empty() {
+                    head = None;
+                    continue;
+                }
+                generation += 1;
+                let imprinted = imprint_head(
+                    Examples {
+                        dim,
+                        data: &data,
+                        labels: &labels,
+                    },
+                    present.clone(),
+                    &sha,
+                    &precision,
+                    settings.threshold,
+                )
+                .ok();
+                if let Some(h) = &imprinted {
+                    // Persist at once: after a restart the class is still known, even if
+                    // the fine-tune never finished. The previous head is kept beside it.
+                    store.save_head(h)?;
+                }
+                head = imprinted;
+                let _ = job_tx.send(Job {
+                    generation,
+                    data,
+                    labels,
+                    classes: present,
+                });
+            }
+
+            // 3. A fine-tuned head: swap in only if it is for the current samples and no worse.
+            while let Ok((g, h, r)) = head_rx.try_recv() {
+                if g != generation {
+                    continue;
+                }
+                let current = head
+                    .as_ref()
+                    .and_then(|h| h.info.holdout_accuracy)
+                    .unwrap_or(0.0);
+                let new = r.holdout_accuracy.unwrap_or(1.0);
+                if new + 1e-6 >= current {
+                    store.save_head(&h)?;
+                    head_version += 1;
+                    println!(
+                        "head: fine-tuned v{head_version} on {} samples, held-out accuracy {}",
+                        h.info.samples_per_class.iter().sum::<usize>(),
+                        r.holdout_accuracy
+                            .map_or("n/a".into(), |a| format!("{a:.3}"))
+                    );
+                    head = Some(h);
+                } else {
+                    log::info!(
+                        "fine-tuned head kept out: held-out accuracy {new:.3} < {current:.3}"
+                    );
+                }
+            }
+
+            // 4. Status, about once a second.
+            if fps_window.0.elapsed() >= Duration::from_secs(1) {
+                fps = fps_window.1 as f64 / fps_window.0.elapsed().as_secs_f64();
+                fps_window = (Instant::now(), 0);
+            }
+            if let Some(path) = &settings.status
+                && last_status.elapsed() >= Duration::from_secs(1)
+            {
+                last_status = Instant::now();
+                let v = json!({
+                    "class": shown.map_or(crate::head::UNKNOWN, |k| classes[k].as_str()),
+                    "confidence": confidence,
+                    "fps": fps,
+                    "frames": frames,
+                    "samples_per_class": classes.iter().zip(store.counts(classes)).map(|(c, n)| (c.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                    "head_version": head_version,
+                    "uptime_s": now.as_secs(),
+                });
+                if let Err(e) = crate::fsutil::atomic_write(path, v.to_string().as_bytes()) {
+                    log::warn!("cannot write status {}: {e}", path.display());
+                }
+            }
+            if !busy {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // Stops the button thread too.
+        stop.store(true, Ordering::Relaxed);
+        Ok(frames)
+    })?;
+    drop(job_tx);
+    let _ = trainer.join();
+    println!(
+        "teachcam: stopped after {frames} frames; {} samples stored",
+        store.samples().len()
+    );
+    Ok(())
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A small JPEG of the frame (longest side 160 px) kept with each capture.
+fn thumbnail(frame: &crate::camera::Frame) -> Vec<u8> {
+    let Some(img) =
+        image::RgbImage::from_raw(frame.width as u32, frame.height as u32, frame.rgb.clone())
+    else {
+        return Vec::new();
+    };
+    let scale = 160.0 / frame.width.max(frame.height) as f32;
+    let img = if scale < 1.0 {
+        image::imageops::thumbnail(
+            &img,
+            (frame.width as f32 * scale) as u32,
+            (frame.height as f32 * scale) as u32,
+        )
+    } else {
+        img
+    };
+    crate::demo::encode_jpeg(&img).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Timing {
+        Timing {
+            debounce_ms: 20,
+            hold_ms: 500,
+            repeat_ms: 200,
+        }
+    }
+
+    #[test]
+    fn class_buttons_capture_and_holding_button_zero_undoes() {
+        let mut c = Controller::new(3, t());
+        let mut actions = Vec::new();
+        for ms in 0..2000u64 {
+            let levels = [
+                (1000..1700).contains(&ms),
+                (100..200).contains(&ms),
+                (300..400).contains(&ms),
+            ];
+            actions.extend(c.buttons(ms, &levels));
+        }
+        assert_eq!(
+            actions,
+            vec![Action::Capture(0), Action::Capture(1), Action::Undo]
+        );
+    }
+
+    #[test]
+    fn a_short_tap_on_button_zero_destroys_nothing() {
+        let mut c = Controller::new(2, t());
+        let acts: Vec<Action> = (0..1000u64)
+            .flat_map(|ms| c.buttons(ms, &[(100..250).contains(&ms), false]))
+            .collect();
+        assert!(acts.is_empty());
+    }
+
+    #[test]
+    fn smoothing_needs_a_majority_and_reports_only_changes() {
+        let mut c = Controller::new(1, t());
+        assert_eq!(c.prediction(Some(1)), Some(Some(1)));
+        assert_eq!(c.prediction(Some(1)), None);
+        assert_eq!(
+            c.prediction(Some(2)),
+            None,
+            "one odd frame does not flip the display"
+        );
+        assert_eq!(c.prediction(Some(2)), None);
+        assert_eq!(c.prediction(Some(2)), Some(Some(2)));
+        assert_eq!(c.prediction(None), None);
+    }
+}

@@ -1,0 +1,140 @@
+//! Buttons and indicator outputs behind two small traits, chosen at run time by URI, plus
+//! the pure [`debounce`] state machine every backend's raw levels go through.
+//!
+//! Implemented here: `script:T@B[+D],...` (button B held from T ms for D ms, default 300; for
+//! tests and demos) and `none`. Board backends (rppal on Raspberry Pi, the GPIO character
+//! device elsewhere) and `keyboard` are not built yet. Must not: know what a button means.
+
+pub mod debounce;
+
+/// Why a GPIO backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GpioError {
+    /// The URI is not understood.
+    #[error(
+        "unknown buttons {0:?}; use script:T@B,... or none (rppal, gpiochip and keyboard are not built yet)"
+    )]
+    UnknownUri(String),
+    /// A script entry is malformed.
+    #[error("bad button script entry {entry:?}: {why}; expected MS@BUTTON or MS@BUTTON+HOLD_MS")]
+    Script {
+        /// The entry.
+        entry: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Raw button levels.
+pub trait Buttons: Send {
+    /// Number of buttons.
+    fn count(&self) -> usize;
+    /// Raw levels at `now_ms` (`true` = pressed).
+    fn read(&mut self, now_ms: u64) -> Result<Vec<bool>, GpioError>;
+}
+
+/// Something that shows the current class (LEDs, a relay, a log line).
+pub trait Indicator: Send {
+    /// Show `class` (index), or nothing for "unknown".
+    fn show(&mut self, class: Option<usize>);
+}
+
+/// Scripted presses: `(start_ms, button, hold_ms)`.
+#[derive(Debug, Clone)]
+pub struct Script {
+    presses: Vec<(u64, usize, u64)>,
+    count: usize,
+}
+
+impl Script {
+    /// Parse `T@B[+D],...`.
+    pub fn parse(spec: &str, count: usize) -> Result<Self, GpioError> {
+        let mut presses = Vec::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |why: &str| GpioError::Script {
+                entry: entry.to_string(),
+                why: why.to_string(),
+            };
+            let (t, rest) = entry.split_once('@').ok_or_else(|| bad("missing @"))?;
+            let (b, d) = rest.split_once('+').unwrap_or((rest, "300"));
+            let t: u64 = t
+                .parse()
+                .map_err(|_| bad("time is not a whole number of ms"))?;
+            let b: usize = b.parse().map_err(|_| bad("button is not a number"))?;
+            let d: u64 = d
+                .parse()
+                .map_err(|_| bad("hold is not a whole number of ms"))?;
+            if b >= count {
+                return Err(bad(&format!("button {b} does not exist (0..{count})")));
+            }
+            presses.push((t, b, d));
+        }
+        Ok(Script { presses, count })
+    }
+}
+
+impl Buttons for Script {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn read(&mut self, now_ms: u64) -> Result<Vec<bool>, GpioError> {
+        let mut v = vec![false; self.count];
+        for &(t, b, d) in &self.presses {
+            if now_ms >= t && now_ms < t + d {
+                v[b] = true;
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// Open buttons from a URI.
+pub fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioError> {
+    if uri == "none" {
+        return Ok(Box::new(Script {
+            presses: Vec::new(),
+            count,
+        }));
+    }
+    if let Some(spec) = uri.strip_prefix("script:") {
+        return Ok(Box::new(Script::parse(spec, count)?));
+    }
+    Err(GpioError::UnknownUri(uri.to_string()))
+}
+
+/// An indicator that only logs (the default until board outputs exist).
+#[derive(Debug, Default)]
+pub struct LogIndicator;
+
+impl Indicator for LogIndicator {
+    fn show(&mut self, _class: Option<usize>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_levels_follow_the_schedule() {
+        let mut s = open_buttons("script:100@1,300@0+500", 3).unwrap();
+        assert_eq!(s.read(50).unwrap(), vec![false, false, false]);
+        assert_eq!(s.read(150).unwrap(), vec![false, true, false]);
+        assert_eq!(s.read(700).unwrap(), vec![true, false, false]);
+        assert_eq!(s.read(900).unwrap(), vec![false, false, false]);
+    }
+
+    #[test]
+    fn bad_scripts_name_the_entry() {
+        let e = open_buttons("script:100@7", 3).err().unwrap();
+        assert!(
+            e.to_string().contains("100@7") && e.to_string().contains("does not exist"),
+            "{e}"
+        );
+        assert!(open_buttons("script:abc", 3).is_err());
+        assert!(matches!(
+            open_buttons("rppal", 3),
+            Err(GpioError::UnknownUri(_))
+        ));
+    }
+}
