@@ -134,13 +134,14 @@ pub enum Command {
         /// State directory (samples, heads).
         #[arg(long, default_value = "/var/lib/teachcam")]
         state: PathBuf,
-        /// Frame source: dir:PATH or synthetic[:PHASE_MS].
+        /// Frame source: rpicam, gst:PIPELINE, cmd:COMMAND, dir:PATH or synthetic[:PHASE_MS].
         #[arg(long, default_value = "synthetic")]
         camera: String,
         /// Frames per second to take from the source (0 = as fast as possible).
         #[arg(long, default_value_t = 10.0)]
         fps: f64,
-        /// Buttons: script:MS@BUTTON[+HOLD_MS],... or none. Button 0 = undo (hold), 1.. = classes.
+        /// Buttons: keyboard, script:MS@BUTTON[+HOLD_MS],... or none. Button 0 = undo (hold it),
+        /// buttons 1.. capture classes 1.. (hold for a burst).
         #[arg(long, default_value = "none")]
         buttons: String,
         /// Class names, in button order.

@@ -1,9 +1,12 @@
 //! Frame sources behind one small trait, chosen at run time by URI.
 //!
-//! Implemented here: `dir:PATH` (replay image files in name order, looping, at a set rate) and
+//! Implemented: `rpicam`, `gst:PIPELINE` and `cmd:COMMAND` (child processes writing MJPEG,
+//! see [`pipe`]), `dir:PATH` (replay image files in name order, looping, at a set rate) and
 //! `synthetic` (generated scenes whose object kind changes on a fixed schedule, for demos and
-//! tests). Time is passed in; a source never sleeps: it returns `Ok(None)` when no new frame
+//! tests). `v4l2:` (USB webcams through nokhwa) is not built yet. Time is passed in; a source never sleeps: it returns `Ok(None)` when no new frame
 //! is due. Must not: preprocess or embed.
+
+pub mod pipe;
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +63,15 @@ pub fn open(uri: &str, fps: f64) -> Result<Box<dyn FrameSource>, CameraError> {
     }
     if uri == "synthetic" {
         return Ok(Box::new(Synthetic::new(period, 3000)));
+    }
+    if uri == "rpicam" {
+        return Ok(Box::new(pipe::PipeSource::rpicam(period)));
+    }
+    if let Some(p) = uri.strip_prefix("gst:") {
+        return Ok(Box::new(pipe::PipeSource::gst(p, period)));
+    }
+    if let Some(c) = uri.strip_prefix("cmd:") {
+        return Ok(Box::new(pipe::PipeSource::command(c, period)));
     }
     if let Some(phase) = uri.strip_prefix("synthetic:") {
         let phase = phase

@@ -1,9 +1,10 @@
 //! Buttons and indicator outputs behind two small traits, chosen at run time by URI, plus
 //! the pure [`debounce`] state machine every backend's raw levels go through.
 //!
-//! Implemented here: `script:T@B[+D],...` (button B held from T ms for D ms, default 300; for
-//! tests and demos) and `none`. Board backends (rppal on Raspberry Pi, the GPIO character
-//! device elsewhere) and `keyboard` are not built yet. Must not: know what a button means.
+//! Implemented here: `keyboard` (button numbers typed on stdin), `script:T@B[+D],...`
+//! (button B held from T ms for D ms, default 300; for tests and demos) and `none`. Board
+//! backends (rppal on Raspberry Pi, the GPIO character device elsewhere) are not built yet.
+//! Must not: know what a button means.
 
 pub mod debounce;
 
@@ -12,7 +13,7 @@ pub mod debounce;
 pub enum GpioError {
     /// The URI is not understood.
     #[error(
-        "unknown buttons {0:?}; use script:T@B,... or none (rppal, gpiochip and keyboard are not built yet)"
+        "unknown buttons {0:?}; use keyboard, script:MS@BUTTON,... or none (rppal and gpiochip are not built yet)"
     )]
     UnknownUri(String),
     /// A script entry is malformed.
@@ -89,6 +90,62 @@ impl Buttons for Script {
     }
 }
 
+/// Buttons from the terminal (`keyboard`): type a button number and Enter to press it
+/// briefly; `u` and Enter holds button 0 (undo). For a laptop or a board over ssh.
+pub struct Keyboard {
+    count: usize,
+    presses: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, usize, u64)>>>,
+}
+
+impl Keyboard {
+    /// Start reading stdin on a background thread.
+    pub fn new(count: usize) -> Self {
+        let presses = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&presses);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                let key = line.trim();
+                let press = match key {
+                    "u" | "U" => Some((0, 1500)),
+                    k => k
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&b| b < count)
+                        .map(|b| (b, 300)),
+                };
+                match (press, sink.lock()) {
+                    (Some((b, hold)), Ok(mut v)) => v.push((std::time::Instant::now(), b, hold)),
+                    (None, _) => {
+                        log::warn!("keyboard: type 1..{} to capture, u to undo", count - 1)
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Keyboard { count, presses }
+    }
+}
+
+impl Buttons for Keyboard {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn read(&mut self, _now_ms: u64) -> Result<Vec<bool>, GpioError> {
+        let mut v = vec![false; self.count];
+        if let Ok(mut p) = self.presses.lock() {
+            p.retain(|(t, _, hold)| t.elapsed().as_millis() < u128::from(*hold) + 100);
+            for (t, b, hold) in p.iter() {
+                if t.elapsed().as_millis() < u128::from(*hold) {
+                    v[*b] = true;
+                }
+            }
+        }
+        Ok(v)
+    }
+}
+
 /// Open buttons from a URI.
 pub fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioError> {
     if uri == "none" {
@@ -96,6 +153,9 @@ pub fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioErr
             presses: Vec::new(),
             count,
         }));
+    }
+    if uri == "keyboard" {
+        return Ok(Box::new(Keyboard::new(count)));
     }
     if let Some(spec) = uri.strip_prefix("script:") {
         return Ok(Box::new(Script::parse(spec, count)?));
