@@ -369,3 +369,62 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_capture() {
         acked.len()
     );
 }
+
+/// Under systemd (`Type=notify`), the daemon reports readiness after loading, pings the
+/// watchdog from its loop, and says it is stopping; SIGTERM ends it cleanly with exit code 0.
+#[test]
+fn systemd_readiness_watchdog_and_clean_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    let t = tempfile::tempdir().unwrap();
+    let sock_path = t.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teachcam"))
+        .args([
+            "run",
+            "--state",
+            s(&t.path().join("state")),
+            "--camera",
+            "synthetic",
+            "--fps",
+            "5",
+            "-q",
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got: Vec<String> = Vec::new();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 256];
+    while t0.elapsed() < Duration::from_secs(60)
+        && !(got.iter().any(|m| m.contains("READY=1"))
+            && got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3)
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    // SIGTERM: a clean stop.
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    assert!(
+        got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{got:?}"
+    );
+    assert!(got.iter().any(|m| m.contains("STOPPING=1")), "{got:?}");
+    assert!(
+        status.success(),
+        "SIGTERM must stop the daemon cleanly: {status:?}"
+    );
+}

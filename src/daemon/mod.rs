@@ -214,6 +214,13 @@ pub fn run(
         }
     });
 
+    // systemd: readiness now that the model is loaded and the store is open; watchdog pings
+    // come from the processing loop itself, so a hung loop gets the service restarted.
+    // Both are no-ops outside systemd (no NOTIFY_SOCKET).
+    let watchdog = watchdog_interval();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut last_ping = Instant::now();
+
     let start = Instant::now();
     // Buttons are sampled on their own thread every few milliseconds, so a press is seen
     // however long one inference takes; actions arrive over a channel.
@@ -369,7 +376,13 @@ pub fn run(
                 }
             }
 
-            // 4. Status, about once a second.
+            // 4. Watchdog and status.
+            if let Some(every) = watchdog
+                && last_ping.elapsed() >= every
+            {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                last_ping = Instant::now();
+            }
             if fps_window.0.elapsed() >= Duration::from_secs(1) {
                 fps = fps_window.1 as f64 / fps_window.0.elapsed().as_secs_f64();
                 fps_window = (Instant::now(), 0);
@@ -399,6 +412,7 @@ pub fn run(
         stop.store(true, Ordering::Relaxed);
         Ok(frames)
     })?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     drop(job_tx);
     let _ = trainer.join();
     println!(
@@ -406,6 +420,18 @@ pub fn run(
         store.samples().len()
     );
     Ok(())
+}
+
+/// Half the watchdog period systemd asked for (`WATCHDOG_USEC`, for this process when
+/// `WATCHDOG_PID` is set), or `None` without a watchdog.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    Some(Duration::from_micros(usec / 2))
 }
 
 /// Sets the flag when dropped.
