@@ -133,6 +133,38 @@ fn training_set(store: &Store, classes: &[String]) -> (Vec<f32>, Vec<usize>, Vec
     (data, labels, present)
 }
 
+/// A head imprinted from everything stored, with the fine-tune job for the same samples
+/// (generation left at 0 for the caller to set); `None` when nothing usable is stored.
+fn imprint_from_store(
+    store: &Store,
+    classes: &[String],
+    dim: usize,
+    sha: &str,
+    precision: &str,
+    threshold: f32,
+) -> Option<(Head, Job)> {
+    let (data, labels, present) = training_set(store, classes);
+    let head = imprint_head(
+        Examples {
+            dim,
+            data: &data,
+            labels: &labels,
+        },
+        present.clone(),
+        sha,
+        precision,
+        threshold,
+    )
+    .ok()?;
+    let job = Job {
+        generation: 0,
+        data,
+        labels,
+        classes: present,
+    };
+    Some((head, job))
+}
+
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -166,20 +198,9 @@ pub fn run(
         .load_head()
         .filter(|h| h.backbone_sha256 == sha && h.dim == dim);
     let mut generation = 0u64;
-    if head.is_none() && !store.samples().is_empty() {
-        let (data, labels, present) = training_set(store, classes);
-        head = imprint_head(
-            Examples {
-                dim,
-                data: &data,
-                labels: &labels,
-            },
-            present,
-            &sha,
-            &precision,
-            settings.threshold,
-        )
-        .ok();
+    if head.is_none() {
+        head = imprint_from_store(store, classes, dim, &sha, &precision, settings.threshold)
+            .map(|(h, ..)| h);
     }
 
     // Background fine-tuning: jobs in, heads out. Inference never waits for it.
@@ -301,6 +322,9 @@ pub fn run(
             }
 
             // 2. Button actions from the button thread.
+            // Several actions may arrive together (a burst): apply them all, then re-imprint
+            // once from everything stored (usable at once) and queue one fine-tune.
+            let mut changed = false;
             while let Ok(action) = act_rx.try_recv() {
                 match action {
                     Action::Capture(k) if k < classes.len() => {
@@ -309,44 +333,31 @@ pub fn run(
                         };
                         let id = store.add(&classes[k], e, t, now_unix_ms())?;
                         println!("captured id={id} class={}", classes[k]);
+                        changed = true;
                     }
                     Action::Capture(_) => {}
                     Action::Undo => match store.remove_last()? {
-                        Some(s) => println!("undo id={} class={}", s.id, s.label),
+                        Some(s) => {
+                            println!("undo id={} class={}", s.id, s.label);
+                            changed = true;
+                        }
                         None => println!("undo: nothing stored"),
                     },
                 }
-                // Usable at once: imprint from everything stored, then fine-tune in the background.
-                let (data, labels, present) = training_set(store, classes);
-                if labels.is_empty() {
-                    head = None;
-                    continue;
-                }
+            }
+            if changed {
                 generation += 1;
-                let imprinted = imprint_head(
-                    Examples {
-                        dim,
-                        data: &data,
-                        labels: &labels,
-                    },
-                    present.clone(),
-                    &sha,
-                    &precision,
-                    settings.threshold,
-                )
-                .ok();
-                if let Some(h) = &imprinted {
+                head = None;
+                if let Some((h, mut job)) =
+                    imprint_from_store(store, classes, dim, &sha, &precision, settings.threshold)
+                {
                     // Persist at once: after a restart the class is still known, even if
                     // the fine-tune never finished. The previous head is kept beside it.
-                    store.save_head(h)?;
+                    store.save_head(&h)?;
+                    head = Some(h);
+                    job.generation = generation;
+                    let _ = job_tx.send(job);
                 }
-                head = imprinted;
-                let _ = job_tx.send(Job {
-                    generation,
-                    data,
-                    labels,
-                    classes: present,
-                });
             }
 
             // 3. A fine-tuned head: swap in only if it is for the current samples and no worse.

@@ -405,6 +405,14 @@ fn make_set(ex: &Examples, idx: &[usize], st: &Stats) -> Set {
     }
 }
 
+/// Standardisation statistics of all rows of `ex` and the standardised rows themselves.
+fn whole(ex: &Examples) -> (Stats, Set) {
+    let all: Vec<usize> = (0..ex.labels.len()).collect();
+    let st = stats(&normalised(ex, &all), ex.dim);
+    let set = make_set(ex, &all, &st);
+    (st, set)
+}
+
 fn validate(ex: &Examples, classes: &[String]) -> Result<(), TrainError> {
     if ex.labels.is_empty() {
         return Err(TrainError::NoData);
@@ -633,8 +641,7 @@ pub fn train(
         // Cross-validated: refit on everything with the chosen strength and epoch count.
         (Some(i), None) => {
             let cand = candidates[i].clone();
-            let st = stats(&normalised(&train, &all), d);
-            let full = make_set(&train, &all, &st);
+            let (st, full) = whole(&train);
             let init = imprint(&full, c, d);
             let epochs = cand.epochs.max(1);
             let prob = Problem {
@@ -650,8 +657,7 @@ pub fn train(
         // Too little data to hold anything out: a short fixed fit from the imprint.
         (None, _) => {
             let epochs = 10;
-            let st = stats(&normalised(&train, &all), d);
-            let full = make_set(&train, &all, &st);
+            let (st, full) = whole(&train);
             let init = imprint(&full, c, d);
             let prob = Problem {
                 set: &full,
@@ -710,9 +716,7 @@ pub fn imprint_head(
 ) -> Result<Head, TrainError> {
     validate(&train, &classes)?;
     let (c, d) = (classes.len(), train.dim);
-    let all: Vec<usize> = (0..train.labels.len()).collect();
-    let st = stats(&normalised(&train, &all), d);
-    let set = make_set(&train, &all, &st);
+    let (st, set) = whole(&train);
     let p = imprint(&set, c, d);
     Ok(Head {
         classes,
