@@ -37,7 +37,7 @@ RUN_STATE := target/run-state
 run: build
 	rm -rf $(RUN_STATE)
 	$(BIN) run --state $(RUN_STATE) --camera synthetic:4000 --fps 10 --classes ball,block,ring \
-		--buttons script:1000@1,1600@1,2200@1,2800@1,5000@2,5600@2,6200@2,6800@2,9000@3,9600@3,10200@3,10800@3 \
+		--gpio script:1000@1,1600@1,2200@1,2800@1,5000@2,5600@2,6200@2,6800@2,9000@3,9600@3,10200@3,10800@3 \
 		--duration 30 --status $(RUN_STATE)/status.json
 	cat $(RUN_STATE)/status.json; echo
 

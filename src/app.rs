@@ -12,7 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::backbone::{self, Backbone, INPUT_SIZE, Precision};
-use crate::cli::{Cli, Command, Global};
+use crate::cli::{Cli, Command, DatasetAction, Global, RunArgs};
+use crate::config::{ConfigFile, Overrides, RunConfig};
 use crate::embcache::{CachedItem, EmbeddingSet};
 use crate::head::Head;
 use crate::head::train::{Examples, TrainConfig, train};
@@ -87,26 +88,9 @@ pub fn run(cli: Cli) -> Result<()> {
             profile,
         } => cmd_bench(g, runs, warmup, json, profile),
         Command::Info { json } => cmd_info(g, json),
-        Command::Run {
-            ref state,
-            ref camera,
-            fps,
-            ref buttons,
-            ref classes,
-            duration,
-            ref status,
-            threshold,
-        } => cmd_run(
-            g,
-            state,
-            camera,
-            fps,
-            buttons,
-            classes,
-            duration,
-            status.clone(),
-            threshold,
-        ),
+        Command::Run { ref run, duration } => cmd_run(g, run, duration),
+        Command::Doctor { ref run, json } => cmd_doctor(g, run, json),
+        Command::Dataset { ref action } => cmd_dataset(g, action),
         Command::Synth {
             ref out,
             train,
@@ -124,11 +108,11 @@ pub fn run(cli: Cli) -> Result<()> {
 fn load_backbone(g: &Global) -> Result<Backbone> {
     let dir = backbone::find_models_dir(g.models.as_deref())?;
     let t = Instant::now();
-    let b = Backbone::load(&dir, g.precision)?;
+    let b = Backbone::load(&dir, g.precision())?;
     log::info!(
         "loaded {} ({}) in {:.0} ms",
         b.path().display(),
-        g.precision,
+        g.precision(),
         t.elapsed().as_secs_f64() * 1e3
     );
     Ok(b)
@@ -271,7 +255,7 @@ fn examples_for(
         *backbone = Some(load_backbone(g)?);
     }
     let b = backbone.as_ref().context("backbone")?;
-    let mut set = empty_set(b, g.precision);
+    let mut set = empty_set(b, g.precision());
     set.classes = folder.classes.clone();
     let skipped = embed_folder(b, &folder, None, jobs_or_default(jobs), &mut set);
     report_skipped(skipped, folder.items.len());
@@ -294,7 +278,7 @@ fn cmd_embed(g: &Global, dataset: &Path, out: &Path, jobs: Option<usize>) -> Res
         .map(|(s, d)| imagefolder::scan(d).map(|f| (*s, f)))
         .collect::<Result<Vec<_>, _>>()?;
     let backbone = load_backbone(g)?;
-    let mut set = empty_set(&backbone, g.precision);
+    let mut set = empty_set(&backbone, g.precision());
     // Class order: sorted union over splits, so labels agree between train and val.
     let mut classes: Vec<String> = scanned
         .iter()
@@ -540,7 +524,7 @@ fn cmd_classify(
     let head = load_head_for(
         head_path,
         backbone.sha256(),
-        g.precision.name(),
+        g.precision().name(),
         backbone.dim(),
     )?;
     let mut emb = backbone.embedder();
@@ -669,7 +653,7 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
             None,
             names,
             backbone.sha256(),
-            g.precision.name(),
+            g.precision().name(),
             &TrainConfig::default(),
         )?;
         train_ms.push((classes, n, t.elapsed().as_secs_f64() * 1e3));
@@ -687,7 +671,7 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
     let (pm, pp) = metrics::median_p95(&pre);
     let (bm, bp) = metrics::median_p95(&bb);
     let mut v = json!({
-        "precision": g.precision.name(),
+        "precision": g.precision().name(),
         "model_path": backbone.path().to_string_lossy(),
         "threads": 1,
         "runs": runs,
@@ -706,7 +690,7 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
     } else {
         out!(
             "precision {} ({}), 1 thread, {runs} runs",
-            g.precision,
+            g.precision(),
             backbone.path().display()
         );
         out!("  model load + optimise  {load_ms:8.1} ms");
@@ -784,7 +768,7 @@ pub fn cpu_features() -> Vec<&'static str> {
 
 fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
     let dir = backbone::find_models_dir(g.models.as_deref())?;
-    let path = dir.join(g.precision.file_name());
+    let path = dir.join(g.precision().file_name());
     let check = backbone::verify_model(&path);
     let size = std::fs::metadata(&path).map(|m| m.len()).ok();
     let v = json!({
@@ -792,7 +776,7 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         "tract_version": TRACT_VERSION,
         "model_path": path.to_string_lossy(),
         "models_dir": dir.to_string_lossy(),
-        "precision": g.precision.name(),
+        "precision": g.precision().name(),
         "model_bytes": size,
         "model_sha256": check.as_ref().ok(),
         "model_ok": check.is_ok(),
@@ -813,7 +797,7 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         out!(
             "model      {} ({}, {} bytes)",
             path.display(),
-            g.precision,
+            g.precision(),
             size.unwrap_or(0)
         );
         match &check {
@@ -826,50 +810,79 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
     check.map(|_| ()).map_err(Into::into)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cmd_run(
-    g: &Global,
-    state: &Path,
-    camera_uri: &str,
-    fps: f64,
-    buttons_uri: &str,
-    classes: &[String],
-    duration: Option<f64>,
-    status: Option<PathBuf>,
-    threshold: f32,
-) -> Result<()> {
-    if classes.is_empty()
-        || classes
-            .iter()
-            .any(|c| c.is_empty() || c == crate::head::UNKNOWN)
+/// The run configuration: the file (if any) under the flags.
+fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::ConfigError> {
+    let file = match &a.config {
+        Some(p) => Some((p.as_path(), ConfigFile::load(p)?)),
+        None => None,
+    };
+    RunConfig::resolve(
+        file,
+        Overrides {
+            state_dir: a.state.clone(),
+            status_file: a.status.clone(),
+            classes: a.classes.clone(),
+            threshold: a.threshold,
+            camera: a.camera.clone(),
+            fps: a.fps,
+            gpio: a.gpio.clone(),
+            models: g.models.clone(),
+            precision: g.precision,
+        },
+    )
+}
+
+fn load_backbone_for(c: &RunConfig) -> Result<Backbone> {
+    let dir = backbone::find_models_dir(c.models.as_deref())?;
+    let t = Instant::now();
+    let b = Backbone::load(&dir, c.precision)?;
+    log::info!(
+        "loaded {} ({}) in {:.0} ms",
+        b.path().display(),
+        c.precision,
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(b)
+}
+
+fn cmd_run(g: &Global, a: &RunArgs, duration: Option<f64>) -> Result<()> {
+    let c = run_config(g, a)?;
+    if let Some(d) = duration
+        && !(d.is_finite() && d > 0.0)
     {
-        bail!(
-            "--classes needs one or more non-empty names other than {:?}",
-            crate::head::UNKNOWN
-        );
+        bail!("--duration must be a positive number of seconds, got {d}");
     }
-    if !(fps >= 0.0 && fps.is_finite()) {
-        bail!("--fps must be >= 0, got {fps}");
-    }
-    // Validate every input before the slow model load.
-    let mut camera = crate::camera::open(camera_uri, fps)?;
-    let mut buttons = crate::gpio::open_buttons(buttons_uri, classes.len() + 1)?;
-    let (mut store, report) = crate::store::Store::open(state)?;
+    // Open every input before the slow model load, so a wrong pin or camera fails at once.
+    let mut camera = crate::camera::open(&c.camera, &c.camera_opts)?;
+    let (mut buttons, mut indicator) = crate::gpio::open(&c.gpio, &c.wiring, c.classes.len() + 1)?;
+    let (mut store, report) = crate::store::Store::open(&c.state_dir)?;
     if report.index_rebuilt && report.samples > 0 {
         log::warn!(
             "rebuilt the sample index of {} from {} records",
-            state.display(),
+            c.state_dir.display(),
             report.samples
         );
     }
-    let backbone = load_backbone(g)?;
+    if let Some(p) = &c.status_file
+        && let Some(parent) = p.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!(
+                "cannot create the status file's folder {}",
+                parent.display()
+            )
+        })?;
+    }
+    let backbone = load_backbone_for(&c)?;
     let settings = crate::daemon::Settings {
-        classes: classes.to_vec(),
+        classes: c.classes.clone(),
         duration: duration.map(std::time::Duration::from_secs_f64),
-        train_budget: std::time::Duration::from_secs(2),
-        status,
-        timing: crate::gpio::debounce::Timing::default(),
-        threshold,
+        train_budget: std::time::Duration::from_secs_f64(c.train_budget_s),
+        status: c.status_file.clone(),
+        timing: c.timing,
+        threshold: c.threshold,
+        smoothing: c.smoothing,
     };
     log::info!("camera {}", camera.describe());
     crate::daemon::run(
@@ -878,6 +891,79 @@ fn cmd_run(
         &mut store,
         camera.as_mut(),
         buttons.as_mut(),
-        &mut crate::gpio::LogIndicator,
+        indicator.as_mut(),
     )
+}
+
+fn cmd_doctor(g: &Global, a: &RunArgs, json_out: bool) -> Result<()> {
+    let report = crate::doctor::diagnose(run_config(g, a).map_err(|e| e.to_string()));
+    let fails = report.failures();
+    if json_out {
+        out!("{}", serde_json::to_string(&report)?);
+    } else {
+        for c in &report.checks {
+            let mark = match c.status {
+                crate::doctor::Status::Ok => "ok  ",
+                crate::doctor::Status::Note => "    ",
+                crate::doctor::Status::Fail => "FAIL",
+            };
+            out!("{mark} {:<7}{}", c.area, c.message);
+        }
+        if fails == 0 {
+            out!("verdict: ready");
+        } else {
+            out!("verdict: {fails} problem(s); fix the FAIL lines above");
+        }
+    }
+    if fails > 0 {
+        bail!("doctor found {fails} problem(s)");
+    }
+    Ok(())
+}
+
+fn cmd_dataset(g: &Global, action: &DatasetAction) -> Result<()> {
+    match action {
+        DatasetAction::Export {
+            state,
+            out,
+            image_folder,
+        } => {
+            if !state.join("samples").is_dir() {
+                bail!(
+                    "{} has no samples/ folder; is it a teachcam state directory?",
+                    state.display()
+                );
+            }
+            let (store, _) = crate::store::Store::open(state)?;
+            let n = if *image_folder {
+                crate::dataset::export_folder(&store, out)?
+            } else {
+                crate::dataset::export_tar(&store, out)?
+            };
+            out!(
+                "exported {n} samples from {} to {}",
+                state.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        DatasetAction::Import { state, input } => {
+            if !input.exists() {
+                bail!("{} does not exist", input.display());
+            }
+            let (mut store, _) = crate::store::Store::open(state)?;
+            let backbone = load_backbone(g)?;
+            let mut emb = backbone.embedder();
+            let r = crate::dataset::import(&mut store, &mut emb, input)?;
+            out!(
+                "imported {} samples into {} ({} already there, {} embedded here); {} samples in all",
+                r.added,
+                state.display(),
+                r.skipped,
+                r.embedded,
+                store.samples().len()
+            );
+            Ok(())
+        }
+    }
 }

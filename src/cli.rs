@@ -27,14 +27,79 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR")]
     pub models: Option<PathBuf>,
     /// Backbone precision: f32, w8 (default), qdq or qop.
-    #[arg(long, global = true, default_value = "w8", value_name = "P")]
-    pub precision: Precision,
+    #[arg(long, global = true, value_name = "P")]
+    pub precision: Option<Precision>,
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+/// `run`'s settings; each overrides the config file, which overrides the defaults shown.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// TOML config file (every key is documented in cross/teachcam.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory: samples and heads [default: /var/lib/teachcam].
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Frame source: v4l2:/dev/videoN, rpicam, gst:PIPELINE, cmd:COMMAND, dir:PATH or
+    /// synthetic[:PHASE_MS] [default: synthetic].
+    #[arg(long, value_name = "URI")]
+    pub camera: Option<String>,
+    /// Frames per second to take from the source, 0 = as fast as possible [default: 10].
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Buttons and LEDs: rpi, gpiochip[:CHIP], keyboard, script:MS@BUTTON[+HOLD_MS],... or
+    /// none [default: none]. Button 0 = undo (hold it), buttons 1.. capture classes 1..
+    /// (hold for a burst).
+    #[arg(long, visible_alias = "buttons", value_name = "URI")]
+    pub gpio: Option<String>,
+    /// Class names, in button order [default: class1,class2,class3,class4].
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Write a JSON status file here about once a second (atomically).
+    #[arg(long, value_name = "FILE")]
+    pub status: Option<PathBuf>,
+    /// Confidence below which the answer is "unknown" [default: 0.5].
+    #[arg(long)]
+    pub threshold: Option<f32>,
+}
+
+/// `dataset` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DatasetAction {
+    /// Write a state directory's samples to a tarball (thumbnails, embeddings, labels, with
+    /// checksums), or with --image-folder to <class>/*.jpg folders that `train` accepts.
+    Export {
+        /// State directory.
+        #[arg(long, default_value = "/var/lib/teachcam")]
+        state: PathBuf,
+        /// Output: a .tar file, or a folder with --image-folder.
+        out: PathBuf,
+        /// Write an image folder instead of a tarball.
+        #[arg(long)]
+        image_folder: bool,
+    },
+    /// Add samples to a state directory from an exported tarball or an image folder
+    /// (<class>/*.jpg; images are embedded with this machine's backbone).
+    Import {
+        /// State directory.
+        #[arg(long, default_value = "/var/lib/teachcam")]
+        state: PathBuf,
+        /// A tarball from `dataset export`, or an image folder.
+        input: PathBuf,
+    },
+}
+
+impl Global {
+    /// The precision asked for, or the default.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or_default()
+    }
 }
 
 /// Subcommands.
@@ -131,35 +196,28 @@ pub enum Command {
     /// Run the appliance: classify the camera stream, learn from button presses, keep what
     /// was taught in the state directory.
     Run {
-        /// State directory (samples, heads).
-        #[arg(long, default_value = "/var/lib/teachcam")]
-        state: PathBuf,
-        /// Frame source: rpicam, gst:PIPELINE, cmd:COMMAND, dir:PATH or synthetic[:PHASE_MS].
-        #[arg(long, default_value = "synthetic")]
-        camera: String,
-        /// Frames per second to take from the source (0 = as fast as possible).
-        #[arg(long, default_value_t = 10.0)]
-        fps: f64,
-        /// Buttons: keyboard, script:MS@BUTTON[+HOLD_MS],... or none. Button 0 = undo (hold it),
-        /// buttons 1.. capture classes 1.. (hold for a burst).
-        #[arg(long, default_value = "none")]
-        buttons: String,
-        /// Class names, in button order.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "class1,class2,class3,class4"
-        )]
-        classes: Vec<String>,
+        /// Flags that override the config file.
+        #[command(flatten)]
+        run: RunArgs,
         /// Stop after this many seconds (default: run until SIGTERM/SIGINT).
         #[arg(long)]
         duration: Option<f64>,
-        /// Write a JSON status file here about once a second (atomically).
+    },
+    /// Check this machine for running the appliance: cameras, GPIO chips and lines, the
+    /// model, the state directory and the config; says what is wrong and how to fix it.
+    Doctor {
+        /// Flags as for `run` (the config file's settings are checked too).
+        #[command(flatten)]
+        run: RunArgs,
+        /// Print one JSON object.
         #[arg(long)]
-        status: Option<PathBuf>,
-        /// Confidence below which the answer is "unknown".
-        #[arg(long, default_value_t = 0.5)]
-        threshold: f32,
+        json: bool,
+    },
+    /// Move what a device was taught: export to a tarball or an image folder, import back.
+    Dataset {
+        /// What to do.
+        #[command(subcommand)]
+        action: DatasetAction,
     },
     /// Write a synthetic image-folder dataset (balls, blocks, rings) for demos and tests.
     Synth {

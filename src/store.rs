@@ -68,6 +68,11 @@ pub struct Sample {
     pub time_ms: u64,
     /// Backbone embedding.
     pub embedding: Vec<f32>,
+    /// SHA-256 of the backbone that made the embedding ("" in records from before it was
+    /// recorded).
+    pub backbone: String,
+    /// SHA-256 of the thumbnail JPEG.
+    pub thumb_sha256: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,6 +82,8 @@ struct RecMeta {
     time_ms: u64,
     dim: usize,
     thumb_sha256: String,
+    #[serde(default)]
+    backbone: String,
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
@@ -103,6 +110,7 @@ pub struct Store {
     dir: PathBuf,
     samples: Vec<Sample>,
     next_id: u64,
+    backbone: String,
 }
 
 impl Store {
@@ -156,6 +164,7 @@ impl Store {
             dir: dir.to_path_buf(),
             samples,
             next_id,
+            backbone: String::new(),
         };
         if !index_ok {
             if index_path.exists() {
@@ -181,6 +190,55 @@ impl Store {
         atomic_write(&p, &framed::encode(INDEX_KIND, 1, &meta, &[])).map_err(io(&p))
     }
 
+    /// Tag new samples as embedded by the backbone with this SHA-256.
+    pub fn set_backbone(&mut self, sha256: &str) {
+        self.backbone = sha256.to_string();
+    }
+
+    /// The thumbnail of sample `id`, checked against the checksum in its record.
+    pub fn thumbnail(&self, id: u64) -> Result<Vec<u8>, String> {
+        let s = self
+            .samples
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| format!("no sample {id}"))?;
+        let p = self.dir.join("samples").join(format!("{id:08}.jpg"));
+        let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if crate::fsutil::sha256_hex(&bytes) != s.thumb_sha256 {
+            return Err(format!(
+                "{} does not match its record's checksum",
+                p.display()
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// The record file of sample `id` (its bytes carry their own checksum).
+    pub fn record_path(&self, id: u64) -> PathBuf {
+        self.dir.join("samples").join(format!("{id:08}.rec"))
+    }
+
+    /// Replace sample `id`'s embedding (after a backbone change), atomically.
+    pub fn replace_embedding(&mut self, id: u64, embedding: &[f32]) -> Result<(), StoreError> {
+        let Some(s) = self.samples.iter_mut().find(|s| s.id == id) else {
+            return Ok(());
+        };
+        let meta = RecMeta {
+            id,
+            label: s.label.clone(),
+            time_ms: s.time_ms,
+            dim: embedding.len(),
+            thumb_sha256: s.thumb_sha256.clone(),
+            backbone: self.backbone.clone(),
+        };
+        let meta = serde_json::to_value(meta).unwrap_or_default();
+        let rec = self.dir.join("samples").join(format!("{id:08}.rec"));
+        atomic_write(&rec, &framed::encode(REC_KIND, 1, &meta, embedding)).map_err(io(&rec))?;
+        s.embedding = embedding.to_vec();
+        s.backbone = self.backbone.clone();
+        Ok(())
+    }
+
     /// All samples, oldest first.
     pub fn samples(&self) -> &[Sample] {
         &self.samples
@@ -199,7 +257,7 @@ impl Store {
         thumb_jpeg: &[u8],
         time_ms: u64,
     ) -> Result<u64, StoreError> {
-        if let Some(first) = self.samples.first()
+        if let Some(first) = self.samples.iter().find(|s| s.backbone == self.backbone)
             && first.embedding.len() != embedding.len()
         {
             return Err(StoreError::Dim {
@@ -217,7 +275,9 @@ impl Store {
             time_ms,
             dim: embedding.len(),
             thumb_sha256: crate::fsutil::sha256_hex(thumb_jpeg),
+            backbone: self.backbone.clone(),
         };
+        let thumb_sha256 = meta.thumb_sha256.clone();
         let meta = serde_json::to_value(meta).unwrap_or_default();
         let rec = sdir.join(format!("{id:08}.rec"));
         atomic_write(&rec, &framed::encode(REC_KIND, 1, &meta, embedding)).map_err(io(&rec))?;
@@ -227,6 +287,8 @@ impl Store {
             label: label.to_string(),
             time_ms,
             embedding: embedding.to_vec(),
+            backbone: self.backbone.clone(),
+            thumb_sha256,
         });
         self.write_index()?;
         Ok(id)
@@ -293,7 +355,13 @@ impl Store {
 }
 
 fn read_record(p: &Path) -> Result<Sample, String> {
-    let (meta, payload) = framed::read(p, REC_KIND, 1, |m| {
+    let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+    decode_record(p, &bytes)
+}
+
+/// Parse and verify a sample record's bytes (`p` names it in messages).
+pub fn decode_record(p: &Path, bytes: &[u8]) -> Result<Sample, String> {
+    let (meta, payload) = framed::decode(p, bytes, REC_KIND, 1, |m| {
         m["dim"]
             .as_u64()
             .map(|d| d as usize)
@@ -306,6 +374,8 @@ fn read_record(p: &Path) -> Result<Sample, String> {
         label: m.label,
         time_ms: m.time_ms,
         embedding: payload,
+        backbone: m.backbone,
+        thumb_sha256: m.thumb_sha256,
     })
 }
 
@@ -371,6 +441,27 @@ mod tests {
         let (mut s, rep) = Store::open(d.path()).unwrap();
         assert!(!rep.index_rebuilt);
         assert_eq!(s.add("a", &[0.0; 4], b"t", 9).unwrap(), 6);
+    }
+
+    #[test]
+    fn thumbnails_are_checked_and_embeddings_replaced_in_place() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.set_backbone("old");
+        let id = s.add("cup", &[1.0, 2.0], b"thumb", 5).unwrap();
+        assert_eq!(s.thumbnail(id).unwrap(), b"thumb");
+        s.set_backbone("new");
+        s.replace_embedding(id, &[7.0, 8.0, 9.0]).unwrap();
+        drop(s);
+        let (s, _) = Store::open(d.path()).unwrap();
+        let got = &s.samples()[0];
+        assert_eq!(
+            (got.embedding.as_slice(), got.backbone.as_str()),
+            (&[7.0, 8.0, 9.0][..], "new")
+        );
+        assert_eq!((got.label.as_str(), got.time_ms), ("cup", 5));
+        std::fs::write(d.path().join(format!("samples/{id:08}.jpg")), b"other").unwrap();
+        assert!(s.thumbnail(id).unwrap_err().contains("checksum"));
     }
 
     #[test]

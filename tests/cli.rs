@@ -428,3 +428,265 @@ fn systemd_readiness_watchdog_and_clean_sigterm() {
         "SIGTERM must stop the daemon cleanly: {status:?}"
     );
 }
+
+fn fails_with(args: &[&str]) -> String {
+    let o = teachcam(args);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "teachcam {args:?} should exit 2: {o:?}"
+    );
+    String::from_utf8(o.stdout).unwrap() + &String::from_utf8(o.stderr).unwrap()
+}
+
+#[test]
+fn run_reads_a_config_file_and_refuses_bad_keys_by_name() {
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let cfg = t.path().join("teachcam.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\nclasses = [\"ball\", \"block\", \"ring\"]\n\
+             [camera]\nuri = \"synthetic:1500\"\nfps = 20\n\
+             [gpio]\nuri = \"script:300@1,1900@2,3400@3\"\n",
+            s(&state)
+        ),
+    )
+    .unwrap();
+    let out = ok(&["run", "--config", s(&cfg), "--duration", "5"]);
+    for class in ["ball", "block", "ring"] {
+        assert!(out.contains(&format!("class={class}")), "{out}");
+    }
+    assert!(out.contains("learned: imprinted head live"), "{out}");
+    assert!(out.contains("per frame: decode"), "{out}");
+    // A flag overrides the file: a different state directory.
+    let other = t.path().join("other");
+    ok(&[
+        "run",
+        "--config",
+        s(&cfg),
+        "--state",
+        s(&other),
+        "--duration",
+        "1",
+    ]);
+    assert!(other.join("samples").is_dir());
+
+    // A misspelt key and a bad value stop the start, naming the key and the file.
+    std::fs::write(&cfg, "[camera]\nfsp = 10\n").unwrap();
+    let e = fails(&["run", "--config", s(&cfg), "--duration", "1"]);
+    assert!(e.contains("fsp") && e.contains("teachcam.toml"), "{e}");
+    std::fs::write(&cfg, "[gpio]\nuri = \"rpi\"\nbuttons = [16, 6]\n").unwrap();
+    let e = fails(&["run", "--config", s(&cfg), "--duration", "1"]);
+    assert!(e.contains("gpio.buttons"), "{e}");
+    // A board backend on a machine without that board fails at once with a fix.
+    let e = fails(&[
+        "run",
+        "--state",
+        s(&state),
+        "--gpio",
+        "gpiochip:gpiochip7",
+        "--duration",
+        "1",
+    ]);
+    assert!(e.contains("gpiochip7"), "{e}");
+}
+
+#[test]
+fn doctor_says_ready_or_names_what_is_wrong() {
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let out = ok(&["doctor", "--state", s(&state), "--camera", "synthetic"]);
+    assert!(out.contains("verdict: ready"), "{out}");
+    assert!(out.contains("checksum ok"), "{out}");
+    assert!(out.contains("rpicam-vid"), "{out}");
+    let json = ok(&["doctor", "--state", s(&state), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert!(
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] != "fail")
+    );
+
+    // A missing webcam and a state directory that cannot exist: two failures, each named.
+    let file = t.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let bad_state = file.join("state");
+    let out = fails_with(&[
+        "doctor",
+        "--state",
+        s(&bad_state),
+        "--camera",
+        "v4l2:/dev/video42",
+    ]);
+    assert!(
+        out.contains("FAIL") && out.contains("/dev/video42"),
+        "{out}"
+    );
+    assert!(
+        out.contains("plain-file") && out.contains("not a directory"),
+        "{out}"
+    );
+    assert!(out.contains("2 problem(s)"), "{out}");
+    // An invalid config is reported as such.
+    let cfg = t.path().join("bad.toml");
+    std::fs::write(&cfg, "threshold = 2\n").unwrap();
+    let out = fails_with(&["doctor", "--config", s(&cfg)]);
+    assert!(out.contains("`threshold`"), "{out}");
+}
+
+fn ids_and_labels(state: &Path) -> Vec<(String, String)> {
+    // (label, thumbnail checksum) of every sample, via an image-folder export.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    ok(&[
+        "dataset",
+        "export",
+        "--state",
+        s(state),
+        "--image-folder",
+        s(&out),
+    ]);
+    let mut v = Vec::new();
+    for class in std::fs::read_dir(&out).unwrap() {
+        let class = class.unwrap().path();
+        for f in std::fs::read_dir(&class).unwrap() {
+            let bytes = std::fs::read(f.unwrap().path()).unwrap();
+            v.push((
+                class.file_name().unwrap().to_string_lossy().into_owned(),
+                format!("{:x}", bytes.len()) + &teachcam::fsutil::sha256_hex(&bytes),
+            ));
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn dataset_export_import_moves_what_was_taught_and_feeds_train() {
+    let t = tempfile::tempdir().unwrap();
+    let data = dataset(t.path(), 4, 0);
+    let a = t.path().join("board-a");
+    // Teach board A from an image folder (embedded here), as a workstation would.
+    let out = ok(&[
+        "dataset",
+        "import",
+        "--state",
+        s(&a),
+        s(&data.join("train")),
+    ]);
+    assert!(out.contains("imported 12 samples"), "{out}");
+    let out = ok(&[
+        "dataset",
+        "import",
+        "--state",
+        s(&a),
+        s(&data.join("train")),
+    ]);
+    assert!(
+        out.contains("imported 0 samples") && out.contains("12 already there"),
+        "{out}"
+    );
+
+    // Export to a tarball, import on board B: the same samples arrive.
+    let tar = t.path().join("taught.tar");
+    ok(&["dataset", "export", "--state", s(&a), s(&tar)]);
+    let b = t.path().join("board-b");
+    let out = ok(&["dataset", "import", "--state", s(&b), s(&tar)]);
+    assert!(
+        out.contains("imported 12 samples") && out.contains("0 embedded here"),
+        "{out}"
+    );
+    assert_eq!(ids_and_labels(&a), ids_and_labels(&b));
+    // On a board with another backbone, the thumbnails are embedded again.
+    let c = t.path().join("board-c");
+    let out = ok(&[
+        "dataset",
+        "import",
+        "--state",
+        s(&c),
+        s(&tar),
+        "--precision",
+        "f32",
+    ]);
+    assert!(out.contains("12 embedded here"), "{out}");
+
+    // The image-folder export is what `train` accepts.
+    let folder = t.path().join("folder");
+    ok(&[
+        "dataset",
+        "export",
+        "--state",
+        s(&b),
+        "--image-folder",
+        s(&folder),
+    ]);
+    let head = t.path().join("h.head");
+    let out = ok(&["train", s(&folder), "--out", s(&head)]);
+    assert!(out.contains("ball") || out.contains("3 classes"), "{out}");
+
+    // A damaged tarball imports nothing and names the damaged entry.
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"\xFF\xD8\xFF\xE0")
+        .unwrap()
+        + 200;
+    bytes[at] ^= 0x55;
+    let bad = t.path().join("bad.tar");
+    std::fs::write(&bad, &bytes).unwrap();
+    let d = t.path().join("board-d");
+    let e = fails(&["dataset", "import", "--state", s(&d), s(&bad)]);
+    assert!(
+        e.contains("bad.tar") && e.contains("corrupt") && e.contains(".jpg"),
+        "{e}"
+    );
+    assert!(ids_and_labels(&d).is_empty(), "all or nothing");
+}
+
+#[test]
+fn a_precision_change_re_embeds_what_was_taught() {
+    let t = tempfile::tempdir().unwrap();
+    let data = dataset(t.path(), 2, 0);
+    let state = t.path().join("state");
+    ok(&[
+        "dataset",
+        "import",
+        "--state",
+        s(&state),
+        s(&data.join("train")),
+    ]);
+    let o = teachcam(&[
+        "run",
+        "--state",
+        s(&state),
+        "--precision",
+        "f32",
+        "--classes",
+        "ball,block,ring",
+        "--duration",
+        "1",
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("6 samples were embedded by another backbone"),
+        "{err}"
+    );
+    // Second start: nothing left to re-embed.
+    let o = teachcam(&[
+        "run",
+        "--state",
+        s(&state),
+        "--precision",
+        "f32",
+        "--classes",
+        "ball,block,ring",
+        "--duration",
+        "1",
+    ]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("re-embedding"));
+}

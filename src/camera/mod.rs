@@ -1,12 +1,14 @@
 //! Frame sources behind one small trait, chosen at run time by URI.
 //!
-//! Implemented: `rpicam`, `gst:PIPELINE` and `cmd:COMMAND` (child processes writing MJPEG,
-//! see [`pipe`]), `dir:PATH` (replay image files in name order, looping, at a set rate) and
-//! `synthetic` (generated scenes whose object kind changes on a fixed schedule, for demos and
-//! tests). `v4l2:` (USB webcams through nokhwa) is not built yet. Time is passed in; a source never sleeps: it returns `Ok(None)` when no new frame
-//! is due. Must not: preprocess or embed.
+//! Implemented: `v4l2:/dev/videoN` (USB webcams through nokhwa, see [`v4l2`]), `rpicam`,
+//! `gst:PIPELINE` and `cmd:COMMAND` (child processes writing MJPEG, see [`pipe`]),
+//! `dir:PATH` (replay image files in name order, looping, at a set rate) and `synthetic`
+//! (generated scenes whose object kind changes on a fixed schedule, for demos and tests).
+//! Time is passed in; a source never sleeps: it returns `Ok(None)` when no new frame is due.
+//! Must not: preprocess or embed.
 
 pub mod pipe;
+pub mod v4l2;
 
 use std::path::{Path, PathBuf};
 
@@ -31,9 +33,14 @@ pub struct Frame {
 pub enum CameraError {
     /// The URI is not understood.
     #[error(
-        "unknown camera {0:?}; use dir:PATH or synthetic (v4l2:, rpicam and gst: are not built yet)"
+        "unknown camera {0:?}; use v4l2:/dev/videoN, rpicam, gst:PIPELINE, cmd:COMMAND, dir:PATH or synthetic[:PHASE_MS]"
     )]
     UnknownUri(String),
+    /// This binary was built without board support.
+    #[error(
+        "camera {0:?} is not in this build (built without the `hw` feature); rebuild with default features"
+    )]
+    NotBuilt(String),
     /// A replay folder has no images.
     #[error("camera folder {0} has no .jpg/.png images")]
     EmptyDir(PathBuf),
@@ -55,9 +62,71 @@ pub trait FrameSource: Send {
     fn poll(&mut self, now_ms: u64) -> Result<Option<Frame>, CameraError>;
 }
 
-/// Open a source from its URI, with `fps` frames per second (0 = as fast as asked).
-pub fn open(uri: &str, fps: f64) -> Result<Box<dyn FrameSource>, CameraError> {
+/// How to open a source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// Frames per second to take (0 = as fast as the source gives them).
+    pub fps: f64,
+    /// Capture size asked of real cameras (the closest native mode is used).
+    pub width: u32,
+    /// See `width`.
+    pub height: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fps: 10.0,
+            width: 640,
+            height: 480,
+        }
+    }
+}
+
+/// Check a URI's grammar without opening anything.
+pub fn check_uri(uri: &str) -> Result<(), CameraError> {
+    if let Some(dev) = uri.strip_prefix("v4l2:") {
+        return v4l2::device_index(dev).map(|_| ());
+    }
+    if let Some(phase) = uri.strip_prefix("synthetic:") {
+        return phase
+            .parse::<u64>()
+            .map(|_| ())
+            .map_err(|_| CameraError::UnknownUri(uri.to_string()));
+    }
+    let known = uri == "synthetic"
+        || uri == "rpicam"
+        || ["dir:", "gst:", "cmd:"]
+            .iter()
+            .any(|p| uri.strip_prefix(p).is_some_and(|r| !r.is_empty()));
+    if known {
+        Ok(())
+    } else {
+        Err(CameraError::UnknownUri(uri.to_string()))
+    }
+}
+
+/// Open a source from its URI.
+pub fn open(uri: &str, opts: &Options) -> Result<Box<dyn FrameSource>, CameraError> {
+    let fps = opts.fps;
     let period = if fps > 0.0 { (1000.0 / fps) as u64 } else { 0 };
+    if let Some(dev) = uri.strip_prefix("v4l2:") {
+        #[cfg(all(feature = "hw", target_os = "linux"))]
+        {
+            let ask = if fps > 0.0 { fps.ceil() as u32 } else { 30 };
+            return Ok(Box::new(v4l2::V4l2Source::new(
+                dev,
+                (opts.width, opts.height),
+                ask,
+                period,
+            )?));
+        }
+        #[cfg(not(all(feature = "hw", target_os = "linux")))]
+        {
+            let _ = v4l2::device_index(dev)?;
+            return Err(CameraError::NotBuilt(uri.to_string()));
+        }
+    }
     if let Some(path) = uri.strip_prefix("dir:") {
         return Ok(Box::new(DirSource::new(Path::new(path), period)?));
     }
@@ -65,7 +134,11 @@ pub fn open(uri: &str, fps: f64) -> Result<Box<dyn FrameSource>, CameraError> {
         return Ok(Box::new(Synthetic::new(period, 3000)));
     }
     if uri == "rpicam" {
-        return Ok(Box::new(pipe::PipeSource::rpicam(period)));
+        return Ok(Box::new(pipe::PipeSource::rpicam(
+            period,
+            opts.width,
+            opts.height,
+        )));
     }
     if let Some(p) = uri.strip_prefix("gst:") {
         return Ok(Box::new(pipe::PipeSource::gst(p, period)));
@@ -80,6 +153,25 @@ pub fn open(uri: &str, fps: f64) -> Result<Box<dyn FrameSource>, CameraError> {
         return Ok(Box::new(Synthetic::new(period, phase)));
     }
     Err(CameraError::UnknownUri(uri.to_string()))
+}
+
+/// Longest side of a stored thumbnail, pixels.
+pub const THUMB_SIDE: u32 = 160;
+
+/// The JPEG thumbnail (longest side [`THUMB_SIDE`]) stored with each capture.
+pub fn thumbnail_jpeg(img: &image::RgbImage) -> std::io::Result<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    let scale = THUMB_SIDE as f32 / w.max(h) as f32;
+    if scale < 1.0 {
+        let t = image::imageops::thumbnail(
+            img,
+            ((w as f32 * scale) as u32).max(1),
+            ((h as f32 * scale) as u32).max(1),
+        );
+        crate::demo::encode_jpeg(&t)
+    } else {
+        crate::demo::encode_jpeg(img)
+    }
 }
 
 /// Rate limiter shared by the sources.
@@ -229,7 +321,14 @@ mod tests {
 
     #[test]
     fn synthetic_paces_frames_and_changes_kind_on_schedule() {
-        let mut s = open("synthetic:1000", 10.0).unwrap();
+        let mut s = open(
+            "synthetic:1000",
+            &Options {
+                fps: 10.0,
+                ..Options::default()
+            },
+        )
+        .unwrap();
         let f = s.poll(0).unwrap().unwrap();
         assert_eq!(f.tag, "ball");
         assert!(
@@ -245,7 +344,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         crate::demo::write_dataset(d.path(), 1, 0, 0).unwrap();
         std::fs::write(d.path().join("train/ball/zzz.jpg"), b"broken").unwrap();
-        let mut s = open(&format!("dir:{}", d.path().display()), 0.0).unwrap();
+        let mut s = open(
+            &format!("dir:{}", d.path().display()),
+            &Options {
+                fps: 0.0,
+                ..Options::default()
+            },
+        )
+        .unwrap();
         let tags: Vec<String> = (0..4).map(|t| s.poll(t).unwrap().unwrap().tag).collect();
         assert!(tags[0].ends_with("ball/000.jpg"));
         assert!(
@@ -254,8 +360,24 @@ mod tests {
         );
         assert!(tags[3].ends_with("ball/000.jpg"), "loops: {tags:?}");
         assert!(matches!(
-            open("v4l2:/dev/video9", 1.0),
+            open("webcam", &Options::default()),
             Err(CameraError::UnknownUri(_))
         ));
+        assert!(matches!(
+            open("v4l2:/dev/webcam", &Options::default()),
+            Err(CameraError::UnknownUri(_))
+        ));
+    }
+
+    #[test]
+    #[cfg(all(feature = "hw", target_os = "linux"))]
+    fn a_missing_webcam_gives_no_frames_and_no_error_while_it_is_retried() {
+        // The daemon keeps running while the camera is away; frames arrive once it is back.
+        let mut s = open("v4l2:/dev/video97", &Options::default()).unwrap();
+        for ms in [0, 100, 200] {
+            assert!(s.poll(ms).unwrap().is_none());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(s.describe().contains("/dev/video97"));
     }
 }

@@ -51,25 +51,23 @@ impl PipeSource {
         }
     }
 
-    /// `rpicam-vid` streaming MJPEG at 640×480.
-    pub fn rpicam(period_ms: u64) -> Self {
+    /// `rpicam-vid` streaming MJPEG at `width`×`height`.
+    pub fn rpicam(period_ms: u64, width: u32, height: u32) -> Self {
         let fps = 1000u64.checked_div(period_ms).unwrap_or(30).max(1);
-        let args = [
-            "-t",
-            "0",
-            "-n",
-            "--codec",
-            "mjpeg",
-            "--width",
-            "640",
-            "--height",
-            "480",
-            "--framerate",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([fps.to_string(), "-o".into(), "-".into()])
-        .collect();
+        let args = ["-t", "0", "-n", "--codec", "mjpeg"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--width".into(),
+                width.to_string(),
+                "--height".into(),
+                height.to_string(),
+                "--framerate".into(),
+                fps.to_string(),
+                "-o".into(),
+                "-".into(),
+            ])
+            .collect();
         PipeSource::new("rpicam", "rpicam-vid", args, period_ms)
     }
 

@@ -22,8 +22,9 @@ use crate::head::Head;
 use crate::head::train::{Examples, TrainConfig, TrainReport, imprint_head, train};
 use crate::store::Store;
 
-/// Frames the top class is voted over.
+/// Default number of frames the top class is voted over.
 pub const SMOOTHING: usize = 5;
+use crate::config::MAX_SMOOTHING;
 
 /// What a button press asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,16 +39,23 @@ pub enum Action {
 #[derive(Debug)]
 pub struct Controller {
     debouncers: Vec<Debouncer>,
-    votes: HistoryBuffer<Option<usize>, SMOOTHING>,
+    votes: HistoryBuffer<Option<usize>, MAX_SMOOTHING>,
+    window: usize,
     shown: Option<Option<usize>>,
 }
 
 impl Controller {
     /// Button 0 is undo (hold it), buttons 1..=classes capture class 0..classes-1.
     pub fn new(buttons: usize, timing: Timing) -> Self {
+        Self::with_smoothing(buttons, timing, SMOOTHING)
+    }
+
+    /// As [`Controller::new`], voting over the last `window` frames (1..=[`MAX_SMOOTHING`]).
+    pub fn with_smoothing(buttons: usize, timing: Timing, window: usize) -> Self {
         Controller {
             debouncers: vec![Debouncer::new(timing); buttons],
             votes: HistoryBuffer::new(),
+            window: window.clamp(1, MAX_SMOOTHING),
             shown: None,
         }
     }
@@ -67,18 +75,21 @@ impl Controller {
     }
 
     /// Feed one frame's decision (`None` = unknown); returns the class to show when the
-    /// smoothed decision changes (majority over the last [`SMOOTHING`] frames).
+    /// smoothed decision changes (majority over the last `window` frames).
     pub fn prediction(&mut self, class: Option<usize>) -> Option<Option<usize>> {
         self.votes.write(class);
+        let skip = self.votes.len().saturating_sub(self.window);
+        let recent: heapless::Vec<Option<usize>, MAX_SMOOTHING> =
+            self.votes.oldest_ordered().skip(skip).copied().collect();
         let mut best: (Option<usize>, usize) = (None, 0);
-        for v in self.votes.iter() {
-            let n = self.votes.iter().filter(|w| *w == v).count();
+        for v in &recent {
+            let n = recent.iter().filter(|w| *w == v).count();
             if n > best.1 {
                 best = (*v, n);
             }
         }
         // The display changes only when one answer has a strict majority of the window.
-        if best.1 * 2 <= self.votes.len() {
+        if best.1 * 2 <= recent.len() {
             return None;
         }
         let decided = best.0;
@@ -106,6 +117,61 @@ pub struct Settings {
     pub timing: Timing,
     /// Confidence threshold for "unknown".
     pub threshold: f32,
+    /// Frames the displayed class is voted over.
+    pub smoothing: usize,
+}
+
+/// Time spent per stage of the frame loop.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stages {
+    /// Getting the frame (camera poll, including JPEG decoding).
+    decode: Duration,
+    /// Frame to model input.
+    preprocess: Duration,
+    /// The backbone.
+    backbone: Duration,
+    /// Head and smoothing.
+    head: Duration,
+}
+
+impl Stages {
+    fn json(&self, frames: u64) -> serde_json::Value {
+        let total = (self.decode + self.preprocess + self.backbone + self.head).as_secs_f64();
+        let one = |d: Duration| {
+            json!({
+                "ms_per_frame": d.as_secs_f64() * 1e3 / frames.max(1) as f64,
+                "share": if total > 0.0 { d.as_secs_f64() / total } else { 0.0 },
+            })
+        };
+        json!({
+            "decode": one(self.decode),
+            "preprocess": one(self.preprocess),
+            "backbone": one(self.backbone),
+            "head": one(self.head),
+        })
+    }
+
+    fn line(&self, frames: u64) -> String {
+        let total = (self.decode + self.preprocess + self.backbone + self.head).as_secs_f64();
+        let part = |name: &str, d: Duration| {
+            format!(
+                "{name} {:.1} ms ({:.0} %)",
+                d.as_secs_f64() * 1e3 / frames.max(1) as f64,
+                if total > 0.0 {
+                    100.0 * d.as_secs_f64() / total
+                } else {
+                    0.0
+                }
+            )
+        };
+        format!(
+            "{}, {}, {}, {}",
+            part("decode", self.decode),
+            part("preprocess", self.preprocess),
+            part("backbone", self.backbone),
+            part("head", self.head)
+        )
+    }
 }
 
 struct Job {
@@ -165,7 +231,8 @@ fn imprint_from_store(
     Some((head, job))
 }
 
-fn now_unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -184,7 +251,8 @@ pub fn run(
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
     let classes = &settings.classes;
-    let mut ctl = Controller::new(classes.len() + 1, settings.timing);
+    let mut ctl =
+        Controller::with_smoothing(classes.len() + 1, settings.timing, settings.smoothing);
     let mut emb = backbone.embedder();
     let dim = backbone.dim();
     let precision = backbone
@@ -192,6 +260,32 @@ pub fn run(
         .map_or("custom", |p| p.name())
         .to_string();
     let sha = backbone.sha256().to_string();
+    store.set_backbone(&sha);
+    // Samples embedded by another backbone (the precision was changed) are re-embedded from
+    // their thumbnails, so what was taught is kept across a model change.
+    let stale: Vec<u64> = store
+        .samples()
+        .iter()
+        .filter(|s| !s.backbone.is_empty() && s.backbone != sha)
+        .map(|s| s.id)
+        .collect();
+    if !stale.is_empty() {
+        log::warn!(
+            "{} samples were embedded by another backbone; re-embedding them with {}",
+            stale.len(),
+            backbone.path().display()
+        );
+        for id in stale {
+            match store
+                .thumbnail(id)
+                .map_err(anyhow::Error::msg)
+                .and_then(|j| crate::dataset::embed_jpeg(&mut emb, &j))
+            {
+                Ok(e) => store.replace_embedding(id, &e)?,
+                Err(e) => log::error!("sample {id} kept as it was: {e}"),
+            }
+        }
+    }
 
     // The head: the stored one if it fits this backbone, else imprinted from the samples.
     let mut head: Option<Head> = store
@@ -245,7 +339,7 @@ pub fn run(
     let start = Instant::now();
     // Buttons are sampled on their own thread every few milliseconds, so a press is seen
     // however long one inference takes; actions arrive over a channel.
-    let (act_tx, act_rx) = mpsc::channel::<Action>();
+    let (act_tx, act_rx) = mpsc::channel::<(Action, Instant)>();
     let timing = settings.timing;
     let nbuttons = classes.len() + 1;
     let stop_b = Arc::clone(&stop);
@@ -257,7 +351,7 @@ pub fn run(
                 match buttons.read(now_ms) {
                     Ok(levels) => {
                         for a in logic.buttons(now_ms, &levels) {
-                            if act_tx.send(a).is_err() {
+                            if act_tx.send((a, Instant::now())).is_err() {
                                 return;
                             }
                         }
@@ -279,6 +373,9 @@ pub fn run(
         let mut shown: Option<usize> = None;
         let mut confidence = 0.0f32;
         let mut head_version = 0u64;
+        let mut stages = Stages::default();
+        // When the newest batch of presses happened, until its fine-tuned head is live.
+        let mut pressed_at: Option<Instant> = None;
         println!(
             "teachcam: running with {} classes ({}), {} stored samples",
             classes.len(),
@@ -294,10 +391,19 @@ pub fn run(
             let mut busy = false;
 
             // 1. A new frame: embed, classify, smooth, show.
-            match camera.poll(now_ms) {
+            let t0 = Instant::now();
+            let polled = camera.poll(now_ms);
+            match polled {
                 Ok(Some(frame)) => {
                     busy = true;
-                    let e = emb.embed(&frame.rgb, frame.width, frame.height)?;
+                    let t1 = Instant::now();
+                    stages.decode += t1 - t0;
+                    emb.preprocess(&frame.rgb, frame.width, frame.height);
+                    let t2 = Instant::now();
+                    stages.preprocess += t2 - t1;
+                    let e = emb.run()?;
+                    let t3 = Instant::now();
+                    stages.backbone += t3 - t2;
                     if let Some(h) = &head {
                         let p = h.predict(&e);
                         let class = p
@@ -312,6 +418,7 @@ pub fn run(
                             println!("class: {name} ({confidence:.2}) [{}]", frame.tag);
                         }
                     }
+                    stages.head += t3.elapsed();
                     last_thumb = Some(thumbnail(&frame));
                     last_embedding = Some(e);
                     frames += 1;
@@ -325,7 +432,9 @@ pub fn run(
             // Several actions may arrive together (a burst): apply them all, then re-imprint
             // once from everything stored (usable at once) and queue one fine-tune.
             let mut changed = false;
-            while let Ok(action) = act_rx.try_recv() {
+            let mut first_press: Option<Instant> = None;
+            while let Ok((action, at)) = act_rx.try_recv() {
+                first_press.get_or_insert(at);
                 match action {
                     Action::Capture(k) if k < classes.len() => {
                         let (Some(e), Some(t)) = (&last_embedding, &last_thumb) else {
@@ -355,6 +464,14 @@ pub fn run(
                     // the fine-tune never finished. The previous head is kept beside it.
                     store.save_head(&h)?;
                     head = Some(h);
+                    if let Some(at) = first_press {
+                        println!(
+                            "learned: imprinted head live {:.0} ms after the press ({} samples)",
+                            at.elapsed().as_secs_f64() * 1e3,
+                            store.samples().len()
+                        );
+                        pressed_at = Some(at);
+                    }
                     job.generation = generation;
                     let _ = job_tx.send(job);
                 }
@@ -374,10 +491,13 @@ pub fn run(
                     store.save_head(&h)?;
                     head_version += 1;
                     println!(
-                        "head: fine-tuned v{head_version} on {} samples, held-out accuracy {}",
+                        "head: fine-tuned v{head_version} on {} samples, held-out accuracy {}, live {:.0} ms after the press",
                         h.info.samples_per_class.iter().sum::<usize>(),
                         r.holdout_accuracy
-                            .map_or("n/a".into(), |a| format!("{a:.3}"))
+                            .map_or("n/a".into(), |a| format!("{a:.3}")),
+                        pressed_at
+                            .take()
+                            .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3)
                     );
                     head = Some(h);
                 } else {
@@ -410,6 +530,7 @@ pub fn run(
                     "samples_per_class": classes.iter().zip(store.counts(classes)).map(|(c, n)| (c.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
                     "head_version": head_version,
                     "uptime_s": now.as_secs(),
+                    "stages": stages.json(frames),
                 });
                 if let Err(e) = crate::fsutil::atomic_write(path, v.to_string().as_bytes()) {
                     log::warn!("cannot write status {}: {e}", path.display());
@@ -421,6 +542,9 @@ pub fn run(
         }
         // Stops the button thread too.
         stop.store(true, Ordering::Relaxed);
+        if frames > 0 {
+            println!("teachcam: per frame: {}", stages.line(frames));
+        }
         Ok(frames)
     })?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
@@ -454,24 +578,11 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// A small JPEG of the frame (longest side 160 px) kept with each capture.
+/// A small JPEG of the frame kept with each capture.
 fn thumbnail(frame: &crate::camera::Frame) -> Vec<u8> {
-    let Some(img) =
-        image::RgbImage::from_raw(frame.width as u32, frame.height as u32, frame.rgb.clone())
-    else {
-        return Vec::new();
-    };
-    let scale = 160.0 / frame.width.max(frame.height) as f32;
-    let img = if scale < 1.0 {
-        image::imageops::thumbnail(
-            &img,
-            (frame.width as f32 * scale) as u32,
-            (frame.height as f32 * scale) as u32,
-        )
-    } else {
-        img
-    };
-    crate::demo::encode_jpeg(&img).unwrap_or_default()
+    image::RgbImage::from_raw(frame.width as u32, frame.height as u32, frame.rgb.clone())
+        .and_then(|img| crate::camera::thumbnail_jpeg(&img).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,21 +1,44 @@
 //! Buttons and indicator outputs behind two small traits, chosen at run time by URI, plus
 //! the pure [`debounce`] state machine every backend's raw levels go through.
 //!
-//! Implemented here: `keyboard` (button numbers typed on stdin), `script:T@B[+D],...`
-//! (button B held from T ms for D ms, default 300; for tests and demos) and `none`. Board
-//! backends (rppal on Raspberry Pi, the GPIO character device elsewhere) are not built yet.
-//! Must not: know what a button means.
+//! Backends: `rpi` (rppal, Raspberry Pi) and `gpiochip[:CHIP]` (the Linux GPIO character
+//! device, any board), both in [`board`]; `keyboard` (button numbers typed on stdin),
+//! `script:T@B[+D],...` (button B held from T ms for D ms, default 300; for tests and
+//! demos) and `none`. Must not: know what a button means.
 
+pub mod board;
 pub mod debounce;
+
+pub use board::{Line, Wiring};
 
 /// Why a GPIO backend failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GpioError {
     /// The URI is not understood.
     #[error(
-        "unknown buttons {0:?}; use keyboard, script:MS@BUTTON,... or none (rppal and gpiochip are not built yet)"
+        "unknown gpio {0:?}; use rpi, gpiochip, gpiochip:CHIP, keyboard, script:MS@BUTTON,... or none"
     )]
     UnknownUri(String),
+    /// This binary was built without board support.
+    #[error(
+        "gpio {0:?} is not in this build (built without the `hw` feature); rebuild with default features"
+    )]
+    NotBuilt(&'static str),
+    /// A board backend failed; the message names the pin or chip and what to do.
+    #[error("{0}")]
+    Board(String),
+    /// The wiring has fewer buttons than the classes need.
+    #[error(
+        "{classes} classes need {need} buttons (undo + one per class) but gpio.buttons lists {have}; add buttons or remove classes"
+    )]
+    TooFewButtons {
+        /// Class count.
+        classes: usize,
+        /// Buttons needed.
+        need: usize,
+        /// Buttons wired.
+        have: usize,
+    },
     /// A script entry is malformed.
     #[error("bad button script entry {entry:?}: {why}; expected MS@BUTTON or MS@BUTTON+HOLD_MS")]
     Script {
@@ -25,6 +48,9 @@ pub enum GpioError {
         why: String,
     },
 }
+
+/// Opened buttons and the class indicator.
+pub type Io = (Box<dyn Buttons>, Box<dyn Indicator>);
 
 /// Raw button levels.
 pub trait Buttons: Send {
@@ -146,7 +172,42 @@ impl Buttons for Keyboard {
     }
 }
 
-/// Open buttons from a URI.
+/// Open buttons and the class indicator from a URI: `count` buttons (undo + one per class)
+/// and, on boards, the wired LEDs.
+pub fn open(uri: &str, wiring: &Wiring, count: usize) -> Result<Io, GpioError> {
+    let board = uri == "rpi" || uri == "gpiochip" || uri.starts_with("gpiochip:");
+    if board && wiring.buttons.len() < count {
+        return Err(GpioError::TooFewButtons {
+            classes: count - 1,
+            need: count,
+            have: wiring.buttons.len(),
+        });
+    }
+    if uri == "rpi" {
+        return board::open_rpi(wiring, count);
+    }
+    if uri == "gpiochip" {
+        return board::open_gpiochip(None, wiring, count);
+    }
+    if let Some(chip) = uri.strip_prefix("gpiochip:") {
+        return board::open_gpiochip(Some(chip), wiring, count);
+    }
+    Ok((open_buttons(uri, count)?, Box::new(LogIndicator)))
+}
+
+/// Check a URI's grammar without touching hardware.
+pub fn check_uri(uri: &str, count: usize) -> Result<(), GpioError> {
+    match uri {
+        "rpi" | "gpiochip" | "keyboard" | "none" => Ok(()),
+        u if u.starts_with("gpiochip:") => Ok(()),
+        u => u
+            .strip_prefix("script:")
+            .map(|s| Script::parse(s, count).map(|_| ()))
+            .unwrap_or_else(|| Err(GpioError::UnknownUri(u.to_string()))),
+    }
+}
+
+/// Open non-board buttons from a URI.
 pub fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioError> {
     if uri == "none" {
         return Ok(Box::new(Script {
@@ -163,7 +224,7 @@ pub fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioErr
     Err(GpioError::UnknownUri(uri.to_string()))
 }
 
-/// An indicator that only logs (the default until board outputs exist).
+/// An indicator without outputs (class changes are printed by the daemon anyway).
 #[derive(Debug, Default)]
 pub struct LogIndicator;
 
@@ -196,5 +257,18 @@ mod tests {
             open_buttons("rppal", 3),
             Err(GpioError::UnknownUri(_))
         ));
+        assert!(check_uri("gpiochip:/dev/gpiochip4", 3).is_ok());
+        assert!(check_uri("script:1@9", 3).is_err());
+    }
+
+    #[test]
+    fn boards_need_a_button_per_class_plus_undo() {
+        let w = Wiring {
+            buttons: vec![Line::Number(16), Line::Number(6)],
+            ..Wiring::default()
+        };
+        let e = open("rpi", &w, 4).err().unwrap().to_string();
+        assert!(e.contains("3 classes need 4 buttons"), "{e}");
+        assert!(e.contains("gpio.buttons lists 2"), "{e}");
     }
 }
