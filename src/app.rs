@@ -80,7 +80,8 @@ pub fn run(cli: Cli) -> Result<()> {
             ref head,
             top_k,
             json,
-        } => cmd_classify(g, images, head, top_k, json),
+            embedding,
+        } => cmd_classify(g, images, head, top_k, json, embedding),
         Command::Bench {
             runs,
             warmup,
@@ -519,6 +520,7 @@ fn cmd_classify(
     head_path: &Path,
     top_k: usize,
     json_out: bool,
+    with_embedding: bool,
 ) -> Result<()> {
     let backbone = load_backbone(g)?;
     let head = load_head_for(
@@ -555,11 +557,11 @@ fn cmd_classify(
                 .iter()
                 .map(|&(k, pr)| json!({"class": head.classes[k], "p": pr}))
                 .collect();
-            writeln!(
-                out,
-                "{}",
-                json!({"path": path.to_string_lossy(), "label": p.label(&head), "confidence": p.confidence, "top": top})
-            )?;
+            let mut v = json!({"path": path.to_string_lossy(), "label": p.label(&head), "confidence": p.confidence, "top": top});
+            if with_embedding {
+                v["embedding"] = json!(e);
+            }
+            writeln!(out, "{v}")?;
         } else {
             let rest: Vec<String> = top
                 .iter()

@@ -171,6 +171,9 @@ pub enum Command {
         /// Print JSON lines, one per image.
         #[arg(long)]
         json: bool,
+        /// With --json, include each image's embedding (for comparing builds).
+        #[arg(long, requires = "json")]
+        embedding: bool,
     },
     /// Time preprocessing, backbone and head on this machine (1 thread).
     Bench {

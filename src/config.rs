@@ -458,7 +458,9 @@ mod tests {
         assert!(e.contains("threshold"), "{e}");
         let e = resolve("colour = 1\n").unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
-        let e = resolve("smoothing = 3\n[gpio]\nleds = [1,\n").unwrap_err().to_string();
+        let e = resolve("smoothing = 3\n[gpio]\nleds = [1,\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3") && !e.contains('\n'), "{e}");
     }
 

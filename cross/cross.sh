@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Cross builds for the boards, and their checks and tests under qemu-user.
+#
+#   cross/cross.sh setup-host            install what a host build needs (libclang, for the
+#                                        V4L2 bindings); a no-op when it is there
+#   cross/cross.sh setup                 also what the tests and cross builds need (Debian
+#                                        packages, rustup targets, zig + cargo-zigbuild from PyPI
+#                                        in .venv-cross)
+#   cross/cross.sh build  aarch64|armv7  release binary linked against glibc 2.27 (JetPack 4 /
+#                                        Ubuntu 18.04 and newer), copied to dist/
+#   cross/cross.sh check  aarch64|armv7  highest GLIBC symbol version <= 2.27, tract's ARM kernels
+#                                        really linked in, size
+#   cross/cross.sh test   aarch64|armv7  the unit tests, built for the board, run under qemu
+#   cross/cross.sh smoke  aarch64|armv7  the board binary under qemu vs the host binary on the same
+#                                        images with the shipped model and a head: cosine and class
+#
+# Builds use the release profile for both the binary and the unit tests, so dependencies are
+# compiled once per target. Called by `make setup`, `make cross`, `make test-arm`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GLIBC=2.27
+VENV=.venv-cross
+export PATH="$PWD/$VENV/bin:$PATH"
+
+triple() {
+    case "$1" in
+        aarch64) echo aarch64-unknown-linux-gnu ;;
+        armv7) echo armv7-unknown-linux-gnueabihf ;;
+        *) echo "unknown target '$1' (use aarch64 or armv7)" >&2; exit 2 ;;
+    esac
+}
+sysroot() { case "$1" in aarch64) echo /usr/aarch64-linux-gnu ;; armv7) echo /usr/arm-linux-gnueabihf ;; esac; }
+qemu() { case "$1" in aarch64) echo qemu-aarch64 ;; armv7) echo qemu-arm ;; esac; }
+
+# Environment for one target: bindgen (nokhwa's V4L2 bindings) reads the board's kernel
+# headers from the Debian cross sysroot; cargo runs test binaries through qemu; tract is
+# told which CPU to pick kernels for, as its own CI does.
+target_env() {
+    local t; t=$(triple "$1")
+    local up; up=$(echo "$t" | tr 'a-z-' 'A-Z_')
+    local sr; sr=$(sysroot "$1")
+    # cargo-zigbuild sets the underscore form of this variable for zig's own sysroot, which
+    # lacks linux/videodev2.h; bindgen reads the dashed form first.
+    # (A dashed name cannot be exported by bash: `cargo_for` passes it through env.)
+    BINDGEN_ARG="BINDGEN_EXTRA_CLANG_ARGS_${t}=--sysroot=$sr -I$sr/include"
+    export "CARGO_TARGET_${up}_RUNNER=$(qemu "$1") -L $sr"
+    export TRACT_CPU_ARM32_NEON=${TRACT_CPU_ARM32_NEON:-true}
+    export TRACT_CPU_AARCH64_KIND=${TRACT_CPU_AARCH64_KIND:-a55}
+    # The emulated CPU: a Pi 5 core (Cortex-A76: NEON and dot product, no SVE) and a Pi 2/3
+    # 32-bit core. qemu's default "max" CPU has 512-bit SVE2, which tract then uses and qemu
+    # emulates about ten times slower than NEON.
+    case "$1" in
+        aarch64) export QEMU_CPU=${QEMU_CPU:-cortex-a76} ;;
+        armv7) export QEMU_CPU=${QEMU_CPU:-cortex-a7} ;;
+    esac
+}
+
+cargo_for() { env "$BINDGEN_ARG" cargo "$@"; }
+
+need() {
+    for c in "$@"; do
+        command -v "$c" >/dev/null || { echo "missing $c: run 'make setup' first" >&2; exit 2; }
+    done
+}
+
+bin_path() { echo "target/$(triple "$1")/release/teachcam"; }
+
+# Install the Debian packages given that are missing.
+apt_install() {
+    command -v dpkg >/dev/null || { echo "not a Debian system: install $* by hand" >&2; return 0; }
+    local missing=""
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+    [ -n "$missing" ] || return 0
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    echo "installing$missing"
+    $sudo apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+}
+
+case "${1:-}" in
+setup-host)
+    apt_install libclang-dev
+    ;;
+setup)
+    apt_install libclang-dev clang qemu-user gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
+        openssh-server openssh-client binutils python3-venv
+    rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf >/dev/null
+    if [ ! -x "$VENV/bin/cargo-zigbuild" ] || ! cmp -s cross/requirements.txt "$VENV/.installed"; then
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check -r cross/requirements.txt
+        cp cross/requirements.txt "$VENV/.installed"
+    fi
+    echo "setup: ok (zig $("$VENV/bin/python" -m ziglang version), $(cargo-zigbuild --version))"
+    ;;
+build)
+    need cargo-zigbuild
+    target_env "$2"
+    t=$(triple "$2")
+    start=$(date +%s)
+    cargo_for zigbuild --release --locked --target "$t.$GLIBC"
+    mkdir -p dist
+    cp "$(bin_path "$2")" "dist/teachcam-$2"
+    echo "build $2: $(( $(date +%s) - start )) s (whole cargo process)"
+    ;;
+check)
+    b=$(bin_path "$2")
+    [ -x "$b" ] || { echo "no $b: run 'make cross' first" >&2; exit 2; }
+    python3 cross/check_binary.py --arch "$2" --max-glibc "$GLIBC" \
+        --build-dir "target/$(triple "$2")/release/build" "$b"
+    ;;
+test)
+    need cargo-zigbuild "$(qemu "$2")"
+    target_env "$2"
+    echo "unit tests for $2 under $(qemu "$2") -cpu $QEMU_CPU (TRACT_CPU_AARCH64_KIND=$TRACT_CPU_AARCH64_KIND, TRACT_CPU_ARM32_NEON=$TRACT_CPU_ARM32_NEON)"
+    env "$BINDGEN_ARG" cargo-zigbuild test --release --locked --lib --target "$(triple "$2").$GLIBC"
+    ;;
+smoke)
+    need "$(qemu "$2")"
+    b=$(bin_path "$2")
+    [ -x "$b" ] || { echo "no $b: run 'make cross' first" >&2; exit 2; }
+    [ -x target/release/teachcam ] || { echo "no host build: run 'make build' first" >&2; exit 2; }
+    target_env "$2"
+    python3 cross/smoke.py --host target/release/teachcam \
+        --board "$(qemu "$2") -L $(sysroot "$2") $b" --arch "$2"
+    ;;
+*)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
