@@ -23,7 +23,7 @@ DEMO    := target/demo
 VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
-.PHONY: all build demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
+.PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
 	setup-host lint fmt eval bench bench-daemon soak profile models setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean
 
@@ -57,8 +57,15 @@ test: setup
 test-host: setup-host lint
 	$(CARGO) test --locked --all-targets
 
-test-deploy: build
-	tests/deploy.sh $(BIN)
+# The tests use the debug build `cargo test` makes (its dependencies are optimised), so CI
+# compiles the host program once.
+HOST_BIN := target/debug/teachcam
+
+host-debug: setup-host
+	$(CARGO) build --locked
+
+test-deploy: host-debug
+	tests/deploy.sh $(HOST_BIN)
 
 setup:
 	cross/cross.sh setup
@@ -76,9 +83,9 @@ cross-aarch64 cross-armv7: cross-%:
 # Unit tests and the smoke test (board binary vs host binary) under qemu-user.
 test-arm: test-arm-aarch64 test-arm-armv7
 
-test-arm-aarch64 test-arm-armv7: test-arm-%: build cross-%
+test-arm-aarch64 test-arm-armv7: test-arm-%: host-debug cross-%
 	cross/cross.sh test $*
-	cross/cross.sh smoke $*
+	HOST_BIN=$(HOST_BIN) cross/cross.sh smoke $*
 
 DEPLOY_FLAGS := $(if $(NO_SERVICE),--no-service) $(if $(PORT),--port $(PORT)) $(if $(PREFIX),--prefix $(PREFIX))
 

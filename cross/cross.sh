@@ -121,9 +121,10 @@ smoke)
     need "$(qemu "$2")"
     b=$(bin_path "$2")
     [ -x "$b" ] || { echo "no $b: run 'make cross' first" >&2; exit 2; }
-    [ -x target/release/teachcam ] || { echo "no host build: run 'make build' first" >&2; exit 2; }
+    host=${HOST_BIN:-target/release/teachcam}
+    [ -x "$host" ] || { echo "no host build $host: run 'make build' first" >&2; exit 2; }
     target_env "$2"
-    python3 cross/smoke.py --host target/release/teachcam \
+    python3 cross/smoke.py --host "$host" \
         --board "$(qemu "$2") -L $(sysroot "$2") $b" --arch "$2"
     ;;
 *)

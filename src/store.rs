@@ -364,7 +364,7 @@ pub fn decode_record(p: &Path, bytes: &[u8]) -> Result<Sample, String> {
     let (meta, payload) = framed::decode(p, bytes, REC_KIND, 1, |m| {
         m["dim"]
             .as_u64()
-            .map(|d| d as usize)
+            .and_then(|d| usize::try_from(d).ok())
             .ok_or_else(|| "no dim".to_string())
     })
     .map_err(|e| e.to_string())?;

@@ -253,7 +253,8 @@ impl Head {
             let dim = m["dim"]
                 .as_u64()
                 .filter(|&d| d > 0)
-                .ok_or("no positive dim")? as usize;
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or("no positive dim")?;
             let c = m["classes"]
                 .as_array()
                 .filter(|c| !c.is_empty())
@@ -262,7 +263,7 @@ impl Head {
             c.checked_add(2)
                 .and_then(|k| k.checked_mul(dim))
                 .and_then(|n| n.checked_add(c))
-                .filter(|&n| n < (1 << 40))
+                .filter(|&n| (n as u64) < (1u64 << 40))
                 .ok_or_else(|| "size overflows".to_string())
         })?;
         let meta: Meta = serde_json::from_value(meta).map_err(|e| FramedError::Corrupt {
