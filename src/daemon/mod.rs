@@ -625,6 +625,24 @@ mod tests {
     }
 
     #[test]
+    fn the_smoothing_window_is_configurable() {
+        // Window 1: every frame decides; window 3: two of the last three.
+        let mut c = Controller::with_smoothing(1, t(), 1);
+        assert_eq!(c.prediction(Some(1)), Some(Some(1)));
+        assert_eq!(c.prediction(Some(2)), Some(Some(2)));
+        let mut c = Controller::with_smoothing(1, t(), 3);
+        for _ in 0..10 {
+            c.prediction(Some(1));
+        }
+        assert_eq!(c.prediction(Some(2)), None);
+        assert_eq!(
+            c.prediction(Some(2)),
+            Some(Some(2)),
+            "old votes beyond the window do not count"
+        );
+    }
+
+    #[test]
     fn smoothing_needs_a_majority_and_reports_only_changes() {
         let mut c = Controller::new(1, t());
         assert_eq!(c.prediction(Some(1)), Some(Some(1)));
