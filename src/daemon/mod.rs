@@ -365,6 +365,9 @@ pub fn run(
         // so the scope can join it.
         let _stop_buttons = StopOnDrop(&stop);
         let mut last_embedding: Option<Vec<f32>> = None;
+        // The newest frame, and its thumbnail once a capture needed it (encoded at most once
+        // per frame, and only when a button asks: not on every frame).
+        let mut last_frame: Option<crate::camera::Frame> = None;
         let mut last_thumb: Option<Vec<u8>> = None;
         let mut frames = 0u64;
         let mut fps_window = (Instant::now(), 0u64);
@@ -419,7 +422,8 @@ pub fn run(
                         }
                     }
                     stages.head += t3.elapsed();
-                    last_thumb = Some(thumbnail(&frame));
+                    last_frame = Some(frame);
+                    last_thumb = None;
                     last_embedding = Some(e);
                     frames += 1;
                     fps_window.1 += 1;
@@ -437,9 +441,10 @@ pub fn run(
                 first_press.get_or_insert(at);
                 match action {
                     Action::Capture(k) if k < classes.len() => {
-                        let (Some(e), Some(t)) = (&last_embedding, &last_thumb) else {
+                        let (Some(e), Some(f)) = (&last_embedding, &last_frame) else {
                             continue;
                         };
+                        let t = last_thumb.get_or_insert_with(|| thumbnail(f));
                         let id = store.add(&classes[k], e, t, now_unix_ms())?;
                         println!("captured id={id} class={}", classes[k]);
                         changed = true;
