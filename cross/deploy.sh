@@ -80,17 +80,23 @@ if [ "$NO_SERVICE" = 0 ] && [ "$init" != systemd ]; then
     die "$BOARD does not run systemd ($SYSTEMD_DIR is missing); install without a service with --no-service (make deploy NO_SERVICE=1) and start teachcam run yourself"
 fi
 
-remote_finish() {
-    # Restart (unless --no-service) and run doctor on the board; prints its verdict.
+remote_doctor() {
+    # teachcam doctor on the board: prints its findings and verdict, never fails the deploy.
     board "$REMOTE_ENV sh -s" <<'EOF'
-set -u
-if [ "$NO_SERVICE" = 0 ]; then
-    $SYSTEMCTL restart teachcam.service || exit 3
-fi
 echo "doctor on the board:"
 "$PREFIX/current/teachcam" doctor --config "$CONFIG_DIR/teachcam.toml" 2>&1 | sed 's/^/  /'
 exit 0
 EOF
+}
+
+remote_finish() {
+    # Restart (unless --no-service), then doctor.
+    board "$REMOTE_ENV sh -s" <<'EOF' || return 3
+if [ "$NO_SERVICE" = 0 ]; then
+    $SYSTEMCTL restart teachcam.service || exit 3
+fi
+EOF
+    remote_doctor
 }
 
 if [ "$ROLLBACK" = 1 ]; then
@@ -140,11 +146,7 @@ version="$pkg-$(sha256sum "$stage/MANIFEST" | cut -c1-12)"
 if [ "$current" = "releases/$version" ]; then
     # Same bundle: only make sure the unit and config are in place; change nothing else.
     echo "deploy: $BOARD already runs teachcam $version; nothing to change"
-    board "$REMOTE_ENV sh -s" <<'EOF'
-echo "doctor on the board:"
-"$PREFIX/current/teachcam" doctor --config "$CONFIG_DIR/teachcam.toml" 2>&1 | sed 's/^/  /'
-exit 0
-EOF
+    remote_doctor
     exit 0
 fi
 

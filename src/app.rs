@@ -107,13 +107,18 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn load_backbone(g: &Global) -> Result<Backbone> {
-    let dir = backbone::find_models_dir(g.models.as_deref())?;
+    load_backbone_from(g.models.as_deref(), g.precision())
+}
+
+/// Find, verify and load the backbone, logging how long it took.
+fn load_backbone_from(models: Option<&Path>, precision: Precision) -> Result<Backbone> {
+    let dir = backbone::find_models_dir(models)?;
     let t = Instant::now();
-    let b = Backbone::load(&dir, g.precision())?;
+    let b = Backbone::load(&dir, precision)?;
     log::info!(
         "loaded {} ({}) in {:.0} ms",
         b.path().display(),
-        g.precision(),
+        precision,
         t.elapsed().as_secs_f64() * 1e3
     );
     Ok(b)
@@ -834,19 +839,6 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
     )
 }
 
-fn load_backbone_for(c: &RunConfig) -> Result<Backbone> {
-    let dir = backbone::find_models_dir(c.models.as_deref())?;
-    let t = Instant::now();
-    let b = Backbone::load(&dir, c.precision)?;
-    log::info!(
-        "loaded {} ({}) in {:.0} ms",
-        b.path().display(),
-        c.precision,
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(b)
-}
-
 fn cmd_run(g: &Global, a: &RunArgs, duration: Option<f64>) -> Result<()> {
     let c = run_config(g, a)?;
     if let Some(d) = duration
@@ -876,7 +868,7 @@ fn cmd_run(g: &Global, a: &RunArgs, duration: Option<f64>) -> Result<()> {
             )
         })?;
     }
-    let backbone = load_backbone_for(&c)?;
+    let backbone = load_backbone_from(c.models.as_deref(), c.precision)?;
     let settings = crate::daemon::Settings {
         classes: c.classes.clone(),
         duration: duration.map(std::time::Duration::from_secs_f64),

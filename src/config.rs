@@ -319,8 +319,7 @@ impl RunConfig {
         crate::camera::check_uri(&c.camera).map_err(|e| bad("camera.uri", e.to_string()))?;
         let buttons = c.classes.len() + 1;
         crate::gpio::check_uri(&c.gpio, buttons).map_err(|e| bad("gpio.uri", e.to_string()))?;
-        let board = c.gpio == "rpi" || c.gpio.starts_with("gpiochip");
-        if board && c.wiring.buttons.len() < buttons {
+        if crate::gpio::is_board(&c.gpio) && c.wiring.buttons.len() < buttons {
             return Err(bad(
                 "gpio.buttons",
                 format!(

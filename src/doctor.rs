@@ -304,8 +304,7 @@ fn check_gpio(r: &mut Report, c: &RunConfig) {
     }
     let uri = c.gpio.as_str();
     let buttons = c.classes.len() + 1;
-    let board = uri == "rpi" || uri.starts_with("gpiochip");
-    if !board {
+    if !crate::gpio::is_board(uri) {
         r.push(
             "gpio",
             Status::Ok,
@@ -337,30 +336,24 @@ fn check_gpio(r: &mut Report, c: &RunConfig) {
     }
     #[cfg(all(feature = "hw", target_os = "linux"))]
     {
-        let chip = uri.strip_prefix("gpiochip:");
+        let chip = match uri
+            .strip_prefix("gpiochip:")
+            .map(crate::gpio::board::chip_path)
+        {
+            Some(Err(e)) => {
+                r.push("gpio", Status::Fail, format!("gpio {uri}: {e}"));
+                return;
+            }
+            Some(Ok(p)) => Some(p),
+            None => None,
+        };
         let lines = c.wiring.buttons[..buttons]
             .iter()
             .map(|l| ("button", l))
             .chain(c.wiring.leds.iter().map(|l| ("LED", l)));
         let mut bad = 0;
         for (i, (role, line)) in lines.enumerate() {
-            let found = match (chip, line) {
-                (None, l) => gpiocdev::find_named_line(&l.name()).map(|f| (f.chip, f.info)),
-                (Some(ch), l) => {
-                    let path = if ch.starts_with('/') {
-                        PathBuf::from(ch)
-                    } else {
-                        Path::new("/dev").join(ch)
-                    };
-                    gpiocdev::chip::Chip::from_path(&path)
-                        .ok()
-                        .and_then(|c| match l {
-                            crate::gpio::Line::Number(o) => c.line_info(*o).ok(),
-                            crate::gpio::Line::Name(n) => c.find_line_info(n),
-                        })
-                        .map(|info| (path, info))
-                }
-            };
+            let found = crate::gpio::board::find_line(chip.as_deref(), line);
             match found {
                 Some((p, info)) if info.used => {
                     bad += 1;

@@ -106,18 +106,11 @@ impl EmbeddingSet {
     /// Read and verify a cache file.
     pub fn load(path: &Path) -> Result<Self, FramedError> {
         let (meta, data) = framed::read(path, KIND, VERSION, |m| {
-            // try_from: on a 32-bit board a huge count must be an error, not wrap around.
-            let dim = m["dim"]
-                .as_u64()
+            let dim = framed::meta_usize(m, "dim")
                 .filter(|&d| d > 0)
-                .and_then(|d| usize::try_from(d).ok())
                 .ok_or("no positive dim")?;
-            let count = m["count"]
-                .as_u64()
-                .and_then(|c| usize::try_from(c).ok())
-                .ok_or("no count")?;
+            let count = framed::meta_usize(m, "count").ok_or("no count")?;
             dim.checked_mul(count)
-                .filter(|&n| (n as u64) < (1u64 << 40))
                 .ok_or_else(|| "size overflows".to_string())
         })?;
         let corrupt = |why: String| FramedError::Corrupt {

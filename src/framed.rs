@@ -59,8 +59,15 @@ pub fn encode(kind: &str, version: u32, meta: &serde_json::Value, payload: &[f32
     out
 }
 
+/// The metadata field `key` as a `usize`, if it is a whole number this machine can index
+/// with: on a 32-bit board a huge value is refused, never wrapped around.
+pub fn meta_usize(meta: &serde_json::Value, key: &str) -> Option<usize> {
+    meta[key].as_u64().and_then(|v| usize::try_from(v).ok())
+}
+
 /// Parse and verify bytes produced by [`encode`]. `payload_len` is computed by the caller
-/// from the metadata and checked against the bytes present.
+/// from the metadata and checked against the bytes present (so no separate size cap is
+/// needed: a length that does not match the file is refused).
 pub fn decode(
     path: &Path,
     bytes: &[u8],

@@ -362,10 +362,7 @@ fn read_record(p: &Path) -> Result<Sample, String> {
 /// Parse and verify a sample record's bytes (`p` names it in messages).
 pub fn decode_record(p: &Path, bytes: &[u8]) -> Result<Sample, String> {
     let (meta, payload) = framed::decode(p, bytes, REC_KIND, 1, |m| {
-        m["dim"]
-            .as_u64()
-            .and_then(|d| usize::try_from(d).ok())
-            .ok_or_else(|| "no dim".to_string())
+        framed::meta_usize(m, "dim").ok_or_else(|| "no dim".to_string())
     })
     .map_err(|e| e.to_string())?;
     let m: RecMeta = serde_json::from_value(meta).map_err(|e| e.to_string())?;

@@ -659,34 +659,26 @@ fn a_precision_change_re_embeds_what_was_taught() {
         s(&state),
         s(&data.join("train")),
     ]);
-    let o = teachcam(&[
-        "run",
-        "--state",
-        s(&state),
-        "--precision",
-        "f32",
-        "--classes",
-        "ball,block,ring",
-        "--duration",
-        "1",
-    ]);
-    assert!(o.status.success(), "{o:?}");
-    let err = String::from_utf8_lossy(&o.stderr);
+    let start_with_f32 = || {
+        let o = teachcam(&[
+            "run",
+            "--state",
+            s(&state),
+            "--precision",
+            "f32",
+            "--classes",
+            "ball,block,ring",
+            "--duration",
+            "1",
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = start_with_f32();
     assert!(
         err.contains("6 samples were embedded by another backbone"),
         "{err}"
     );
     // Second start: nothing left to re-embed.
-    let o = teachcam(&[
-        "run",
-        "--state",
-        s(&state),
-        "--precision",
-        "f32",
-        "--classes",
-        "ball,block,ring",
-        "--duration",
-        "1",
-    ]);
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("re-embedding"));
+    assert!(!start_with_f32().contains("re-embedding"));
 }

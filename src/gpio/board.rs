@@ -88,7 +88,7 @@ pub fn led_pattern(class: Option<usize>, n: usize) -> Vec<bool> {
 }
 
 #[cfg(all(feature = "hw", target_os = "linux"))]
-pub use imp::{open_gpiochip, open_rpi};
+pub use imp::{chip_path, find_line, open_gpiochip, open_rpi};
 
 #[cfg(not(all(feature = "hw", target_os = "linux")))]
 /// Not built: this binary has no board support.
@@ -211,7 +211,7 @@ mod imp {
     // ------------------------------------------------ gpiocdev (the GPIO character device)
 
     /// Resolve a chip argument (`/dev/gpiochip0`, `gpiochip0`, or a chip label) to its path.
-    fn chip_path(chip: &str) -> Result<PathBuf, GpioError> {
+    pub fn chip_path(chip: &str) -> Result<PathBuf, GpioError> {
         if chip.starts_with('/') {
             return Ok(PathBuf::from(chip));
         }
@@ -240,6 +240,22 @@ mod imp {
         )))
     }
 
+    /// Where `line` is and what the kernel says about it: on `chip` (by offset or name) or,
+    /// without a chip, by name on any chip. Used to claim lines and by `teachcam doctor`.
+    pub fn find_line(chip: Option<&Path>, line: &Line) -> Option<(PathBuf, gpiocdev::line::Info)> {
+        match (chip, line) {
+            (Some(c), l) => {
+                let ch = gpiocdev::chip::Chip::from_path(c).ok()?;
+                let info = match l {
+                    Line::Number(off) => ch.line_info(*off).ok()?,
+                    Line::Name(name) => ch.find_line_info(name)?,
+                };
+                Some((c.to_path_buf(), info))
+            }
+            (None, l) => gpiocdev::find_named_line(&l.name()).map(|f| (f.chip, f.info)),
+        }
+    }
+
     /// (chip path, offset) of each line.
     fn resolve(
         chip: Option<&Path>,
@@ -250,27 +266,20 @@ mod imp {
             .iter()
             .enumerate()
             .map(|(i, l)| match (chip, l) {
+                // An offset on a named chip needs no lookup; claiming it reports any problem.
                 (Some(c), Line::Number(off)) => Ok((c.to_path_buf(), *off)),
-                (Some(c), Line::Name(name)) => gpiocdev::chip::Chip::from_path(c)
-                    .ok()
-                    .and_then(|ch| ch.find_line_info(name))
-                    .map(|info| (c.to_path_buf(), info.offset))
-                    .ok_or_else(|| {
-                        board(format!(
-                            "{role} {i}: no line named {name:?} on {}; run `teachcam doctor` to list lines",
+                _ => find_line(chip, l).map(|(p, info)| (p, info.offset)).ok_or_else(|| {
+                    board(match chip {
+                        Some(c) => format!(
+                            "{role} {i}: no line named {l} on {}; run `teachcam doctor` to list lines",
                             c.display()
-                        ))
-                    }),
-                (None, l) => {
-                    let name = l.name();
-                    gpiocdev::find_named_line(&name)
-                        .map(|f| (f.chip, f.info.offset))
-                        .ok_or_else(|| {
-                            board(format!(
-                                "{role} {i}: no GPIO line named {name:?} on any chip; give the chip (gpio = \"gpiochip:/dev/gpiochipN\") to use offsets, or run `teachcam doctor` to list line names"
-                            ))
-                        })
-                }
+                        ),
+                        None => format!(
+                            "{role} {i}: no GPIO line named {:?} on any chip; give the chip (gpio = \"gpiochip:/dev/gpiochipN\") to use offsets, or run `teachcam doctor` to list line names",
+                            l.name()
+                        ),
+                    })
+                }),
             })
             .collect()
     }

@@ -175,8 +175,7 @@ impl Buttons for Keyboard {
 /// Open buttons and the class indicator from a URI: `count` buttons (undo + one per class)
 /// and, on boards, the wired LEDs.
 pub fn open(uri: &str, wiring: &Wiring, count: usize) -> Result<Io, GpioError> {
-    let board = uri == "rpi" || uri == "gpiochip" || uri.starts_with("gpiochip:");
-    if board && wiring.buttons.len() < count {
+    if is_board(uri) && wiring.buttons.len() < count {
         return Err(GpioError::TooFewButtons {
             classes: count - 1,
             need: count,
@@ -193,6 +192,11 @@ pub fn open(uri: &str, wiring: &Wiring, count: usize) -> Result<Io, GpioError> {
         return board::open_gpiochip(Some(chip), wiring, count);
     }
     Ok((open_buttons(uri, count)?, Box::new(LogIndicator)))
+}
+
+/// Whether `uri` names real GPIO (`rpi`, `gpiochip`, `gpiochip:CHIP`), so the wiring applies.
+pub fn is_board(uri: &str) -> bool {
+    uri == "rpi" || uri == "gpiochip" || uri.starts_with("gpiochip:")
 }
 
 /// Check a URI's grammar without touching hardware.

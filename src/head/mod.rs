@@ -250,10 +250,8 @@ impl Head {
     /// Parse head bytes (already read from `path`, which is only used in messages).
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, HeadError> {
         let (meta, p) = framed::decode(path, bytes, KIND, VERSION, |m| {
-            let dim = m["dim"]
-                .as_u64()
+            let dim = framed::meta_usize(m, "dim")
                 .filter(|&d| d > 0)
-                .and_then(|d| usize::try_from(d).ok())
                 .ok_or("no positive dim")?;
             let c = m["classes"]
                 .as_array()
@@ -263,7 +261,6 @@ impl Head {
             c.checked_add(2)
                 .and_then(|k| k.checked_mul(dim))
                 .and_then(|n| n.checked_add(c))
-                .filter(|&n| (n as u64) < (1u64 << 40))
                 .ok_or_else(|| "size overflows".to_string())
         })?;
         let meta: Meta = serde_json::from_value(meta).map_err(|e| FramedError::Corrupt {
