@@ -31,17 +31,21 @@ pub enum Precision {
     W8,
     /// Static int8, QDQ format (fake-quantised activations).
     Qdq,
-    /// Static int8, QOperator format with standard ops (`QLinearConv`).
+    /// Static int8, QOperator format (`QLinearConv`), run by tract's own operators.
     Qop,
+    /// The QOperator file run through teachcam's int8 operators ([`crate::qnn`]): integer
+    /// arithmetic identical to onnxruntime's on the same file.
+    Int8,
 }
 
 impl Precision {
     /// Every variant, in the order benchmarks print them.
-    pub const ALL: [Precision; 4] = [
+    pub const ALL: [Precision; 5] = [
         Precision::F32,
         Precision::W8,
         Precision::Qdq,
         Precision::Qop,
+        Precision::Int8,
     ];
 
     /// File name of this variant inside the models directory.
@@ -50,7 +54,7 @@ impl Precision {
             Precision::F32 => "mobilenetv2_f32.onnx",
             Precision::W8 => "mobilenetv2_w8.onnx",
             Precision::Qdq => "mobilenetv2_qdq.onnx",
-            Precision::Qop => "mobilenetv2_qop.onnx",
+            Precision::Qop | Precision::Int8 => "mobilenetv2_qop.onnx",
         }
     }
 
@@ -61,6 +65,7 @@ impl Precision {
             Precision::W8 => "w8",
             Precision::Qdq => "qdq",
             Precision::Qop => "qop",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -77,7 +82,9 @@ impl FromStr for Precision {
         Precision::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown precision {s:?}; choose one of f32, w8, qdq, qop"))
+            .ok_or_else(|| {
+                format!("unknown precision {s:?}; choose one of f32, w8, qdq, qop, int8")
+            })
     }
 }
 
@@ -233,21 +240,39 @@ impl fmt::Debug for Backbone {
 impl Backbone {
     /// Load the shipped variant `precision` from `models_dir`, verifying its checksum.
     pub fn load(models_dir: &Path, precision: Precision) -> Result<Self, ModelError> {
-        let mut b = Self::load_file(&models_dir.join(precision.file_name()))?;
+        let path = models_dir.join(precision.file_name());
+        let mut b = Self::load_with(&path, precision == Precision::Int8)?;
         b.precision = Some(precision);
         Ok(b)
     }
 
-    /// Load any model file listed in the `SHA256SUMS` beside it.
+    /// Load any model file listed in the `SHA256SUMS` beside it, with tract's own operators.
     pub fn load_file(path: &Path) -> Result<Self, ModelError> {
-        let sha256 = verify_model(path)?;
+        Self::load_with(path, false)
+    }
+
+    /// Load a model file; with `int8`, its quantised section runs on teachcam's int8
+    /// operators (the file must be a QOperator model the rewrite handles).
+    pub fn load_with(path: &Path, int8: bool) -> Result<Self, ModelError> {
+        let file_sha256 = verify_model(path)?;
         let tract_err = |e: TractError| ModelError::Tract {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         };
-        let plan = tract_onnx::onnx()
-            .model_for_path(path)
-            .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, INPUT_SIZE, INPUT_SIZE]).into()))
+        let onnx = tract_onnx::onnx();
+        let (model, sha256) = if int8 {
+            let proto = onnx.proto_model_for_path(path).map_err(tract_err)?;
+            let (model, done) = crate::qnn::model_for_proto(proto).map_err(tract_err)?;
+            log::debug!("int8 rewrite of {}: {done:?}", path.display());
+            // Another computation than the same file under tract's operators: another identity
+            // for heads and stored embeddings.
+            let id = crate::fsutil::sha256_hex(format!("{file_sha256}+teachcam-int8").as_bytes());
+            (model, id)
+        } else {
+            (onnx.model_for_path(path).map_err(tract_err)?, file_sha256)
+        };
+        let plan = model
+            .with_input_fact(0, f32::fact([1, 3, INPUT_SIZE, INPUT_SIZE]).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(tract_err)?;

@@ -10,6 +10,7 @@
 //! | [`store`] | crash-safe store of captured samples and heads |
 //! | [`head`] | linear softmax head: predict, train, file format |
 //! | [`backbone`] | tract model: find, verify, load once, embed |
+//! | [`qnn`] | int8 kernels as tract custom ops, and the graph rewrite that uses them |
 //! | [`preprocess`] | frame → model input, one pass |
 //! | [`imagefolder`], [`embcache`] | datasets on disk, embedding caches |
 //! | [`metrics`] | accuracy, confusion, latency summaries |
@@ -37,5 +38,6 @@ pub mod imagefolder;
 pub mod linalg;
 pub mod metrics;
 pub mod preprocess;
+pub mod qnn;
 pub mod rng;
 pub mod store;

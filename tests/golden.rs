@@ -79,15 +79,20 @@ fn embeddings_match_onnxruntime_for_every_variant() {
     for p in Precision::ALL {
         let b = Backbone::load(&models(), p).unwrap();
         assert_eq!(b.dim(), 1280);
-        assert_eq!(
-            b.sha256(),
-            g["models"][p.name()]["sha256"].as_str().unwrap()
-        );
+        // The int8 path runs the QOperator file; its identity is derived from the file's.
+        let file = if p == Precision::Int8 {
+            "qop"
+        } else {
+            p.name()
+        };
+        let file_sha = teachcam::backbone::verify_model(&models().join(p.file_name())).unwrap();
+        assert_eq!(file_sha, g["models"][file]["sha256"].as_str().unwrap());
+        assert_eq!(b.sha256() == file_sha, p != Precision::Int8);
         let mut e = b.embedder();
         for im in g["images"].as_array().unwrap() {
             let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
             let got = e.embed(&img.data, img.width, img.height).unwrap();
-            let want = floats(&im["embeddings"][p.name()]);
+            let want = floats(&im["embeddings"][file]);
             let cos = cosine(&got, &want);
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             let max_diff = got
@@ -105,6 +110,14 @@ fn embeddings_match_onnxruntime_for_every_variant() {
                 }
                 Precision::Qdq | Precision::Qop => {
                     assert!(cos >= 0.99, "{p} {}: cosine {cos}", im["file"]);
+                }
+                Precision::Int8 => {
+                    // Integer arithmetic identical to onnxruntime's (pinned exactly by the
+                    // unit tests in src/qnn); what differs is the float prefix (stem and first
+                    // depthwise layer, computed by tract), which can move a few values of the
+                    // first quantised tensor across a rounding boundary.
+                    eprintln!("int8 {}: cosine {cos} max diff {max_diff}", im["file"]);
+                    assert!(cos >= 0.995, "{p} {}: cosine {cos}", im["file"]);
                 }
             }
         }

@@ -1,0 +1,249 @@
+//! Exactness of the int8 kernels and of the whole rewritten int8 section against onnxruntime,
+//! from the committed fixtures (`tests/fixtures/qnn/qnn_fixtures.json`, written by
+//! `models/qnn_fixtures.py`). Unit tests, so `make test-arm` runs them under qemu for
+//! aarch64 and armv7 too.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tract_onnx::prelude::*;
+
+use super::kernels::{self, Depthwise, Operand, Pointwise, QParams};
+
+fn fixtures() -> Value {
+    serde_json::from_str(include_str!("../../tests/fixtures/qnn/qnn_fixtures.json")).unwrap()
+}
+
+fn cases(kind: &str) -> Vec<Value> {
+    let all: Vec<Value> = fixtures()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == kind)
+        .cloned()
+        .collect();
+    assert!(!all.is_empty(), "no {kind} fixtures");
+    all
+}
+
+fn ints<T: TryFrom<i64>>(v: &Value) -> Vec<T>
+where
+    T::Error: std::fmt::Debug,
+{
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| T::try_from(x.as_i64().unwrap()).unwrap())
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn n(v: &Value) -> usize {
+    v.as_u64().unwrap() as usize
+}
+
+fn f(v: &Value) -> f32 {
+    v.as_f64().unwrap() as f32
+}
+
+fn scales(c: &Value) -> Vec<f32> {
+    floats(&c["w_scale"])
+        .iter()
+        .map(|&ws| kernels::output_scale(f(&c["x_scale"]), ws, f(&c["y_scale"])))
+        .collect()
+}
+
+fn mismatches(got: &[u8], want: &[u8]) -> usize {
+    assert_eq!(got.len(), want.len());
+    got.iter().zip(want).filter(|(a, b)| a != b).count()
+}
+
+#[test]
+fn pointwise_matches_onnxruntime_bit_for_bit() {
+    for c in cases("pointwise") {
+        let (k, nout) = (n(&c["c_in"]), n(&c["c_out"]));
+        let x: Vec<u8> = ints(&c["x"]);
+        let want: Vec<u8> = ints(&c["y"]);
+        let p = Pointwise::new(
+            nout,
+            k,
+            ints(&c["weights"]),
+            ints(&c["bias"]),
+            scales(&c),
+            c["x_zero"].as_i64().unwrap() as i32,
+            c["y_zero"].as_i64().unwrap() as i32,
+        );
+        let mut got = vec![0u8; want.len()];
+        p.run(&x, &mut got);
+        assert_eq!(
+            mismatches(&got, &want),
+            0,
+            "{} ({})",
+            c["name"],
+            p.kernel_name()
+        );
+        p.run_portable(&x, &mut got);
+        assert_eq!(mismatches(&got, &want), 0, "{} (portable)", c["name"]);
+    }
+}
+
+#[test]
+fn depthwise_matches_onnxruntime_bit_for_bit() {
+    for c in cases("depthwise") {
+        let ch = n(&c["c_in"]);
+        let kernel = n(&c["kernel"]);
+        let stride = n(&c["stride"]);
+        let pads: Vec<usize> = ints::<i64>(&c["pads"])
+            .iter()
+            .map(|&p| p as usize)
+            .collect();
+        let d = Depthwise::new(
+            ch,
+            (kernel, kernel),
+            (stride, stride),
+            [pads[0], pads[1], pads[2], pads[3]],
+            &ints::<i8>(&c["weights"]),
+            &vec![0; ch],
+            ints(&c["bias"]),
+            scales(&c),
+            c["x_zero"].as_i64().unwrap() as i32,
+            c["y_zero"].as_i64().unwrap() as i32,
+        );
+        let (h, w) = (n(&c["h"]), n(&c["w"]));
+        assert_eq!(
+            d.out_size(h, w),
+            (n(&c["oh"]), n(&c["ow"])),
+            "{}",
+            c["name"]
+        );
+        let want: Vec<u8> = ints(&c["y"]);
+        let mut got = vec![0u8; want.len()];
+        d.run(&ints::<u8>(&c["x"]), h, w, &mut got);
+        assert_eq!(mismatches(&got, &want), 0, "{}", c["name"]);
+        d.run_portable(&ints::<u8>(&c["x"]), h, w, &mut got);
+        assert_eq!(mismatches(&got, &want), 0, "{} (portable)", c["name"]);
+    }
+}
+
+#[test]
+fn residual_add_chain_matches_onnxruntime_bit_for_bit() {
+    for c in cases("add") {
+        let q = |s: &str, z: &str| QParams {
+            scale: f(&c[s]),
+            zero: c[z].as_i64().unwrap() as i32,
+        };
+        let (a, b, cc): (Vec<u8>, Vec<u8>, Vec<u8>) = (ints(&c["a"]), ints(&c["b"]), ints(&c["c"]));
+        let len = a.len();
+        let mut sum1 = vec![0f32; len];
+        kernels::add(
+            Operand::Int8(&a, q("sa", "za")),
+            Operand::Int8(&b, q("sb", "zb")),
+            &mut sum1,
+        );
+        let mut sum2 = vec![0f32; len];
+        kernels::add(
+            Operand::Float(&sum1),
+            Operand::Int8(&cc, q("sc", "zc")),
+            &mut sum2,
+        );
+        let (mut y1, mut y2) = (vec![0u8; len], vec![0u8; len]);
+        kernels::quantize_slice(&sum1, q("s1", "z1"), &mut y1);
+        kernels::quantize_slice(&sum2, q("s2", "z2"), &mut y2);
+        assert_eq!(mismatches(&y1, &ints::<u8>(&c["y1"])), 0, "first add");
+        assert_eq!(mismatches(&y2, &ints::<u8>(&c["y2"])), 0, "chained add");
+    }
+}
+
+/// The formula input of the body fixtures (same f32 operations as the generator's numpy).
+fn formula_input(h: usize, w: usize) -> Vec<f32> {
+    (0..32 * h * w)
+        .map(|i| ((i as u64 * 7919) % 1000) as f32 / 1000.0f32 * 6.0f32)
+        .collect()
+}
+
+/// The shipped QOperator model cut at the float input of its int8 section.
+fn int8_section(h: usize, w: usize) -> std::sync::Arc<TypedRunnableModel> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mobilenetv2_qop.onnx");
+    let mut proto = tract_onnx::onnx().proto_model_for_path(&path).unwrap();
+    let g = proto.graph.as_mut().unwrap();
+    let cut = "expanded_conv_depthwise_relu";
+    let start = g
+        .node
+        .iter()
+        .position(|n| n.input.first().is_some_and(|i| i == cut))
+        .unwrap();
+    g.node.drain(..start);
+    let mut input = g.input[0].clone();
+    input.name = cut.into();
+    g.input = vec![input];
+    let (model, done) = super::model_for_proto(proto).unwrap();
+    assert_eq!(
+        (done.quantize, done.conv, done.add, done.mean),
+        (1, 50, 10, 1),
+        "rewrite of the shipped model"
+    );
+    model
+        .with_input_fact(0, f32::fact([1, 32, h, w]).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap()
+}
+
+#[test]
+fn int8_section_of_the_shipped_model_matches_onnxruntime_exactly() {
+    for c in cases("body") {
+        let (h, w) = (n(&c["h"]), n(&c["w"]));
+        let plan = int8_section(h, w);
+        let x = Tensor::from_shape(&[1, 32, h, w], &formula_input(h, w)).unwrap();
+        let out = plan.run(tvec!(x.into())).unwrap();
+        let emb: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        let want = floats(&c["embedding"]);
+        assert_eq!(emb.len(), want.len());
+        // Recover the integer channel sums from the mean: exact, because the sums are small
+        // integers and the float error of scale/pixels is far below half a step.
+        let hw = ints::<i64>(&c["out_hw"]).iter().product::<i64>() as f32;
+        let scale = {
+            // The final scale is the one that maps the fixture's sums to its embedding.
+            let (i, s) = ints::<i64>(&c["sums"])
+                .into_iter()
+                .enumerate()
+                .max_by_key(|(_, s)| *s)
+                .unwrap();
+            want[i] * hw / s as f32
+        };
+        let sums: Vec<i64> = emb
+            .iter()
+            .map(|&e| (e * hw / scale).round() as i64)
+            .collect();
+        let want_sums: Vec<i64> = ints(&c["sums"]);
+        let wrong = sums.iter().zip(&want_sums).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            wrong,
+            0,
+            "{}: {wrong} of {} channel sums differ",
+            c["name"],
+            sums.len()
+        );
+        assert!(
+            want_sums.iter().filter(|&&s| s != 0).count() > 100,
+            "degenerate fixture"
+        );
+        for (a, b) in emb.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+}
