@@ -18,13 +18,32 @@ pub fn output_scale(x_scale: f32, w_scale: f32, y_scale: f32) -> f32 {
     x_scale * w_scale / y_scale
 }
 
+/// Round half to even for |v| ≤ 2^22: adding and subtracting 1.5·2^23 leaves no fraction
+/// bits, so the FPU's default rounding (to nearest, ties to even) does the rounding. Same
+/// result as `f32::round_ties_even` on that range (tested), but two vector adds on every
+/// target, where `round_ties_even` is a libm call unless the CPU has a rounding instruction
+/// enabled at compile time (SSE4.1 is not in the x86-64 baseline).
+#[inline(always)]
+pub fn round_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// Convert a value already clamped to the `u8` range (and so finite: `f32::max` drops NaN).
+#[inline(always)]
+fn to_i32(v: f32) -> i32 {
+    debug_assert!(v.is_finite() && v.abs() <= 256.0);
+    // SAFETY: finite and within i32 range (clamped by the caller).
+    unsafe { v.to_int_unchecked::<i32>() }
+}
+
 /// Requantise one accumulator (bias already added) to `u8`.
 #[inline(always)]
 pub fn requant(acc: i32, scale: f32, zero: i32) -> u8 {
     let lo = -zero as f32;
     let hi = (255 - zero) as f32;
-    let v = (acc as f32 * scale).clamp(lo, hi).round_ties_even();
-    (v as i32 + zero) as u8
+    let v = round_even_small((acc as f32 * scale).max(lo).min(hi));
+    (to_i32(v) + zero) as u8
 }
 
 /// ONNX `QuantizeLinear` of one value to `u8`.
@@ -32,8 +51,8 @@ pub fn requant(acc: i32, scale: f32, zero: i32) -> u8 {
 pub fn quantize(x: f32, scale: f32, zero: i32) -> u8 {
     let lo = -zero as f32;
     let hi = (255 - zero) as f32;
-    let v = (x / scale).clamp(lo, hi).round_ties_even();
-    (v as i32 + zero) as u8
+    let v = round_even_small((x / scale).max(lo).min(hi));
+    (to_i32(v) + zero) as u8
 }
 
 /// ONNX `DequantizeLinear` of one `u8` value.
@@ -55,13 +74,36 @@ pub struct QParams {
 pub fn quantize_nchw_to_nhwc(x: &[f32], c: usize, hw: usize, q: QParams, out: &mut [u8]) {
     assert_eq!(x.len(), c * hw, "input length");
     assert_eq!(out.len(), c * hw, "output length");
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { quantize_transpose_avx2(x, c, hw, q, out) };
+        return;
+    }
+    quantize_transpose(x, c, hw, q, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn quantize_transpose_avx2(x: &[f32], c: usize, hw: usize, q: QParams, out: &mut [u8]) {
+    quantize_transpose(x, c, hw, q, out)
+}
+
+/// Quantise a tile of each channel's row into a small buffer (contiguous, vectorised), then
+/// scatter the tile into NHWC order.
+#[inline(always)]
+fn quantize_transpose(x: &[f32], c: usize, hw: usize, q: QParams, out: &mut [u8]) {
     const TILE: usize = 64;
+    let mut tile = [0u8; TILE];
     for p0 in (0..hw).step_by(TILE) {
-        let p1 = (p0 + TILE).min(hw);
+        let len = (hw - p0).min(TILE);
         for ch in 0..c {
-            let row = &x[ch * hw + p0..ch * hw + p1];
-            for (i, &v) in row.iter().enumerate() {
-                out[(p0 + i) * c + ch] = quantize(v, q.scale, q.zero);
+            let row = &x[ch * hw + p0..ch * hw + p0 + len];
+            for (t, &v) in tile.iter_mut().zip(row) {
+                *t = quantize(v, q.scale, q.zero);
+            }
+            for (i, &t) in tile[..len].iter().enumerate() {
+                out[(p0 + i) * c + ch] = t;
             }
         }
     }
@@ -258,6 +300,8 @@ pub struct Depthwise {
     scale: Vec<f32>,
     x_zero: i32,
     y_zero: i32,
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<super::x86::PackedDepthwise>,
 }
 
 impl Depthwise {
@@ -286,6 +330,10 @@ impl Depthwise {
                 packed[t * c + ch] = (w[ch * taps + t] as i32 - w_zero[ch]) as i16;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = super::x86::PackedDepthwise::new(
+            c, kernel, stride, pads, &packed, &bias, &scale, x_zero, y_zero,
+        );
         Depthwise {
             c,
             kernel,
@@ -296,6 +344,8 @@ impl Depthwise {
             scale,
             x_zero,
             y_zero,
+            #[cfg(target_arch = "x86_64")]
+            avx2,
         }
     }
 
@@ -309,22 +359,26 @@ impl Depthwise {
     /// `x`: `[h][w][c]`; `out`: `[oh][ow][c]`.
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            unsafe { self.run_avx2(x, h, w, out) };
+        if let Some(k) = &self.avx2 {
+            let (oh, ow) = self.out_size(h, w);
+            assert_eq!(x.len(), h * w * self.c, "depthwise input length");
+            assert_eq!(out.len(), oh * ow * self.c, "depthwise output length");
+            k.run(x, h, w, oh, ow, out);
             return;
         }
         self.run_portable(x, h, w, out);
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn run_avx2(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
-        self.run_portable(x, h, w, out)
+    /// Which implementation [`Depthwise::run`] uses on this CPU.
+    pub fn kernel_name(&self) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2.is_some() {
+            return "avx2";
+        }
+        "portable"
     }
 
-    /// The portable implementation (the same code is compiled for AVX2 on x86-64).
-    #[inline(always)]
+    /// The portable implementation (also the reference the AVX2 kernel is tested against).
     pub fn run_portable(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
         let c = self.c;
         assert_eq!(x.len(), h * w * c, "depthwise input length");
@@ -366,6 +420,17 @@ impl Depthwise {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_rounding_equals_round_ties_even() {
+        let mut v = -300.0f32;
+        while v <= 300.0 {
+            for x in [v, v + 0.5, v + 0.499_999_97, v + 0.500_000_06, -v - 0.5] {
+                assert_eq!(round_even_small(x), x.round_ties_even(), "{x}");
+            }
+            v += 0.25;
+        }
+    }
 
     #[test]
     fn requant_rounds_half_to_even_and_saturates() {
@@ -419,6 +484,38 @@ mod tests {
                     assert_eq!(out[(oy * ow + ox) * c + ch], want, "at {oy},{ox},{ch}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn depthwise_dispatch_equals_portable() {
+        for &(c, h, w, stride, pads) in &[
+            (32usize, 7usize, 9usize, 1usize, [1usize, 1, 1, 1]),
+            (48, 8, 5, 2, [0, 0, 1, 1]),
+            (16, 3, 3, 2, [1, 1, 1, 1]),
+        ] {
+            let x: Vec<u8> = (0..h * w * c).map(|i| (i * 113 % 256) as u8).collect();
+            let wt: Vec<i8> = (0..c * 9)
+                .map(|i| (i as i32 * 53 % 255 - 127) as i8)
+                .collect();
+            let d = Depthwise::new(
+                c,
+                (3, 3),
+                (stride, stride),
+                pads,
+                &wt,
+                &vec![0; c],
+                (0..c as i32).map(|j| j * 311 - 4000).collect(),
+                (0..c).map(|j| 0.001 + j as f32 * 1e-5).collect(),
+                37,
+                90,
+            );
+            let (oh, ow) = d.out_size(h, w);
+            let (mut a, mut b) = (vec![0u8; oh * ow * c], vec![0u8; oh * ow * c]);
+            d.run(&x, h, w, &mut a);
+            d.run_portable(&x, h, w, &mut b);
+            assert_eq!(a, b, "c {c} {h}x{w} stride {stride} ({})", d.kernel_name());
+            assert!(a.iter().any(|&v| v != a[0]), "degenerate test data");
         }
     }
 

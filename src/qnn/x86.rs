@@ -208,3 +208,183 @@ unsafe fn requant8(
     let w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
     _mm_packus_epi16(w, w)
 }
+
+/// AVX2 depthwise kernel: 16 channels per step, taps taken in pairs so that `vpmaddwd`
+/// multiplies two taps' `u8` activations (widened to `i16`) by their weights and adds the
+/// pair into `i32` lanes, exactly. The activation zero point is folded into the bias
+/// (`bias - x_zero·Σw`), and padding reads a row of `x_zero` bytes, which the fold cancels,
+/// so no subtraction is left in the inner loop.
+#[derive(Debug, Clone)]
+pub struct PackedDepthwise {
+    c: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    pads: [usize; 4],
+    /// `[pair][block][32]`: the two taps' weights interleaved as `vpunpck{l,h}wd` interleave
+    /// the activations.
+    w: Vec<i16>,
+    /// Folded bias and scales per block, in accumulator order (see `lane_channel`).
+    bias: Vec<i32>,
+    scale: Vec<f32>,
+    pad: Vec<u8>,
+    y_zero: i32,
+}
+
+/// Channel (within a block of 16) held by lane `j` of accumulator `half` (0: from the
+/// `unpacklo` products, 1: from `unpackhi`).
+fn lane_channel(half: usize, j: usize) -> usize {
+    (j / 4) * 8 + half * 4 + j % 4
+}
+
+impl PackedDepthwise {
+    /// Pack when the CPU has AVX2 and `c` is a multiple of 16; `w` is `[tap][c]` with the
+    /// weight zero points already subtracted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c: usize,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pads: [usize; 4],
+        w: &[i16],
+        bias: &[i32],
+        scale: &[f32],
+        x_zero: i32,
+        y_zero: i32,
+    ) -> Option<Self> {
+        if !std::is_x86_feature_detected!("avx2") || c == 0 || !c.is_multiple_of(16) {
+            return None;
+        }
+        let taps = kernel.0 * kernel.1;
+        let pairs = taps.div_ceil(2);
+        let blocks = c / 16;
+        let wt = |t: usize, ch: usize| if t < taps { w[t * c + ch] } else { 0 };
+        let mut packed = vec![0i16; pairs * blocks * 32];
+        for p in 0..pairs {
+            for b in 0..blocks {
+                let dst = &mut packed[(p * blocks + b) * 32..][..32];
+                for half in 0..2 {
+                    for j in 0..8 {
+                        let ch = b * 16 + lane_channel(half, j);
+                        dst[half * 16 + 2 * j] = wt(2 * p, ch);
+                        dst[half * 16 + 2 * j + 1] = wt(2 * p + 1, ch);
+                    }
+                }
+            }
+        }
+        let mut pb = vec![0i32; c];
+        let mut ps = vec![0f32; c];
+        for b in 0..blocks {
+            for half in 0..2 {
+                for j in 0..8 {
+                    let ch = b * 16 + lane_channel(half, j);
+                    let wsum: i32 = (0..taps).map(|t| wt(t, ch) as i32).sum();
+                    pb[b * 16 + half * 8 + j] = bias[ch] - x_zero * wsum;
+                    ps[b * 16 + half * 8 + j] = scale[ch];
+                }
+            }
+        }
+        Some(PackedDepthwise {
+            c,
+            kernel,
+            stride,
+            pads,
+            w: packed,
+            bias: pb,
+            scale: ps,
+            pad: vec![x_zero as u8; c],
+            y_zero,
+        })
+    }
+
+    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]` (sizes checked by the caller).
+    pub fn run(&self, x: &[u8], h: usize, w: usize, oh: usize, ow: usize, out: &mut [u8]) {
+        assert!(x.len() >= h * w * self.c && out.len() >= oh * ow * self.c);
+        // SAFETY: AVX2 was detected at construction; pointers stay inside `x`, `self.pad`,
+        // the packed arrays and `out` (bounds computed from the checked sizes).
+        unsafe { dw_avx2(self, x, h, w, oh, ow, out) }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dw_avx2(
+    p: &PackedDepthwise,
+    x: &[u8],
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    out: &mut [u8],
+) {
+    let c = p.c;
+    let (kh, kw) = p.kernel;
+    let taps = kh * kw;
+    let pairs = taps.div_ceil(2);
+    let blocks = c / 16;
+    let lo = _mm256_set1_ps(-p.y_zero as f32);
+    let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
+    let zero = _mm256_set1_epi32(p.y_zero);
+    let mut ptrs = vec![p.pad.as_ptr(); pairs * 2];
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for ky in 0..kh {
+                let iy = (oy * p.stride.0 + ky) as isize - p.pads[0] as isize;
+                for kx in 0..kw {
+                    let ix = (ox * p.stride.1 + kx) as isize - p.pads[1] as isize;
+                    let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
+                    ptrs[ky * kw + kx] = if inside {
+                        x[(iy as usize * w + ix as usize) * c..].as_ptr()
+                    } else {
+                        p.pad.as_ptr()
+                    };
+                }
+            }
+            let dst = out[(oy * ow + ox) * c..][..c].as_mut_ptr();
+            for b in 0..blocks {
+                // SAFETY: b*16+16 <= c for every pointer (rows of c bytes), and the packed
+                // arrays hold pairs*blocks*32 weights and c biases/scales.
+                unsafe {
+                    let mut acc_a = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16) as *const _);
+                    let mut acc_b = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16 + 8) as *const _);
+                    for q in 0..pairs {
+                        let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                            ptrs[2 * q].add(b * 16) as *const _
+                        ));
+                        let x1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+                            ptrs[2 * q + 1].add(b * 16) as *const _
+                        ));
+                        let wp = p.w.as_ptr().add((q * blocks + b) * 32);
+                        let wl = _mm256_loadu_si256(wp as *const _);
+                        let wh = _mm256_loadu_si256(wp.add(16) as *const _);
+                        acc_a = _mm256_add_epi32(
+                            acc_a,
+                            _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl),
+                        );
+                        acc_b = _mm256_add_epi32(
+                            acc_b,
+                            _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh),
+                        );
+                    }
+                    let sa = _mm256_loadu_ps(p.scale.as_ptr().add(b * 16));
+                    let sb = _mm256_loadu_ps(p.scale.as_ptr().add(b * 16 + 8));
+                    let ia = requant_i32(acc_a, sa, lo, hi, zero);
+                    let ib = requant_i32(acc_b, sb, lo, hi, zero);
+                    let words = _mm256_packs_epi32(ia, ib);
+                    let bytes = _mm256_packus_epi16(words, words);
+                    let ordered = _mm256_permute4x64_epi64::<0b1000>(bytes);
+                    _mm_storeu_si128(
+                        dst.add(b * 16) as *mut __m128i,
+                        _mm256_castsi256_si128(ordered),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn requant_i32(acc: __m256i, scale: __m256, lo: __m256, hi: __m256, zero: __m256i) -> __m256i {
+    let f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+    let f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
+    _mm256_add_epi32(_mm256_cvtps_epi32(f), zero)
+}
