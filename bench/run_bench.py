@@ -25,13 +25,37 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PRECISIONS = ["f32", "w8", "qdq", "qop"]
-FILES = {p: f"mobilenetv2_{p}.onnx" for p in PRECISIONS}
+PRECISIONS = ["f32", "w8", "qdq", "qop", "int8"]
+DEFAULT = "int8"
+# int8 is the QOperator file run through teachcam's int8 operators; onnxruntime runs the file.
+FILES = {p: f"mobilenetv2_{'qop' if p == 'int8' else p}.onnx" for p in PRECISIONS}
+ACCURACY_SETS = ["hymenoptera", "cats_vs_dogs"]
 
 
 def run_json(cmd: list[str]) -> dict:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def accuracy(tc: str, data: Path) -> dict:
+    """Cosine to f32 and probe accuracy per variant, from bench/run_eval.py (cached embeddings in
+    target/eval; the first run embeds every val/train image once per variant)."""
+    if not all((data / d).is_dir() for d in ACCURACY_SETS):
+        print(f"{data} has no {ACCURACY_SETS}: cosine and accuracy columns skipped", file=sys.stderr)
+        return {}
+    subprocess.run([sys.executable, str(ROOT / "bench/run_eval.py"), "--teachcam", tc, "--data", str(data),
+                    "--precisions", ",".join(PRECISIONS), "--datasets", ",".join(ACCURACY_SETS)],
+                   check=True, stdout=subprocess.DEVNULL)
+    rows = json.loads((ROOT / "target/eval/eval.json").read_text())
+    out: dict[str, dict] = {}
+    for p in PRECISIONS:
+        mine = [r for r in rows if r["precision"] == p]
+        q = {r["dataset"]: r["accuracy"] for r in mine}
+        cos = [(r["mean_cosine_to_f32"], r["n_train"] + r["n_val"]) for r in mine if "mean_cosine_to_f32" in r]
+        if cos:
+            q["cosine_to_f32"] = sum(c * n for c, n in cos) / sum(n for _, n in cos)
+        out[p] = q
+    return out
 
 
 def main() -> int:
@@ -40,6 +64,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json-out", type=Path, help="also write all figures here")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    ap.add_argument("--no-accuracy", action="store_true",
+                    help="skip the cosine/probe-accuracy columns (they need ../shared/data)")
     args = ap.parse_args()
     tc = args.teachcam
     models = ROOT / "models"
@@ -50,14 +77,20 @@ def main() -> int:
     for r in range(args.rounds):
         for p in PRECISIONS:
             tract[p].append(run_json([tc, "bench", "--json", "--precision", p, "--runs", str(args.runs)]))
+            if p == "int8":
+                continue  # same file as qop: onnxruntime's figures are qop's
             o = run_json([sys.executable, str(ROOT / "bench/ort_bench.py"), str(models / FILES[p]),
                           "--runs", str(args.runs), "--warmup", "5", "--json"])
             ort_version = o.get("onnxruntime_version", ort_version)
             ort[p].append(o["models"][FILES[p]])
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
+    ort["int8"] = ort["qop"]
+
     def med(rows: list[dict], key: str) -> float:
         return statistics.median(x[key] for x in rows)
+
+    quality = {} if args.no_accuracy else accuracy(tc, args.data)
 
     table = {}
     for p in PRECISIONS:
@@ -72,21 +105,46 @@ def main() -> int:
     best_ort_name = min(PRECISIONS, key=lambda p: table[p]["ort_median_ms"])
     fastest_float = table["f32"]["tract_median_ms"]
     print(f"\nBackbone latency, 1 thread, median of {args.rounds} rounds x {args.runs} runs "
-          f"(onnxruntime {ort_version}):\n")
-    print("| variant | size MB | tract median ms | tract p95 ms | onnxruntime median ms | tract/onnxruntime (same file) "
-          f"| tract/onnxruntime best ({best_ort_name}) | tract vs tract f32 |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"(onnxruntime {ort_version}); onnxruntime's best variant is {best_ort_name} at "
+          f"{best_ort:.2f} ms. Cosine: mean over all images (train and val) of {', '.join(ACCURACY_SETS)}; "
+          "accuracy: teachcam's head trained on train/, on val/.\n")
+    sets = " | ".join(f"probe accuracy {d}" for d in ACCURACY_SETS)
+    print("| variant | file | tract median ms | tract p95 ms | onnxruntime same file ms | onnxruntime best ms "
+          f"| tract / onnxruntime best | speed-up vs tract f32 | cosine to f32 | {sets} |")
+    print("|---|---|---|---|---|---|---|---|---|" + "---|" * len(ACCURACY_SETS))
     for p in PRECISIONS:
         t = table[p]
         t["ratio_same_file"] = t["tract_median_ms"] / t["ort_median_ms"]
         t["ratio_vs_ort_best"] = t["tract_median_ms"] / best_ort
         t["speedup_vs_tract_f32"] = fastest_float / t["tract_median_ms"]
-        print(f"| {p}{' (default)' if p == 'w8' else ''} | {t['size_mb']:.1f} | {t['tract_median_ms']:.1f} | "
-              f"{t['tract_p95_ms']:.1f} | {t['ort_median_ms']:.1f} | {t['ratio_same_file']:.2f} | "
-              f"{t['ratio_vs_ort_best']:.2f} | {t['speedup_vs_tract_f32']:.2f}x |")
+        q = quality.get(p, {})
+        t.update(q)
+        cos = f"{q['cosine_to_f32']:.4f}" if "cosine_to_f32" in q else "n/a"
+        accs = " | ".join(f"{q[d]:.4f}" if d in q else "n/a" for d in ACCURACY_SETS)
+        print(f"| {p}{' (default)' if p == DEFAULT else ''} | {FILES[p]} | {t['tract_median_ms']:.2f} | "
+              f"{t['tract_p95_ms']:.2f} | {t['ort_median_ms']:.2f} | {best_ort:.2f} | "
+              f"{t['ratio_vs_ort_best']:.2f} | {t['speedup_vs_tract_f32']:.2f}x | {cos} | {accs} |")
 
-    w8 = tract["w8"][-1]
-    print("\nOther stages (w8, last round):")
+    scaling = {}
+    print("\nOne plan per thread (shared weights), all threads busy at once; this machine has "
+          f"{os.cpu_count()} cores:\n")
+    print("| variant | threads | inferences/s | vs 1 thread | latency median ms | latency p95 ms |")
+    print("|---|---|---|---|---|---|")
+    for p in (DEFAULT, "w8"):
+        base = None
+        for n in (1, 2, 4):
+            r = run_json([tc, "bench", "--json", "--precision", p, "--runs", str(args.runs), "--threads", str(n)])
+            if n == 1:
+                tput, lm, lp = 1000.0 / r["backbone_ms_median"], r["backbone_ms_median"], r["backbone_ms_p95"]
+            else:
+                par = r["parallel"]
+                tput, lm, lp = par["inferences_per_s"], par["latency_ms_median"], par["latency_ms_p95"]
+            base = base or tput
+            scaling[f"{p}_{n}"] = {"inferences_per_s": tput, "latency_ms_median": lm, "latency_ms_p95": lp}
+            print(f"| {p} | {n} | {tput:.1f} | {tput / base:.2f}x | {lm:.2f} | {lp:.2f} |")
+
+    w8 = tract[DEFAULT][-1]
+    print(f"\nOther stages ({DEFAULT}, last round):")
     print(f"  decode 640x480 JPEG   {w8['decode_jpeg_640x480_ms_median']:.2f} ms median")
     print(f"  preprocess 640x480    {w8['preprocess_640x480_ms_median']:.2f} ms median")
     for h in w8["head_predict_us_median"]:
@@ -95,14 +153,19 @@ def main() -> int:
         print(f"  train head, {h['classes']} classes x {h['examples']} synthetic 1280-d embeddings  {h['ms']:.0f} ms")
     print(f"  model load + optimise {w8['load_ms']:.0f} ms")
 
-    prof = run_json([tc, "bench", "--json", "--profile", "--precision", "w8", "--runs", str(args.runs)])["profile"]
-    total = sum(x["ms"] for x in prof)
-    print("\nPer-operator profile of the default (w8), tract, 1 thread:\n")
-    print("| operator | nodes | ms | share | M multiply-adds |")
-    print("|---|---|---|---|---|")
-    for x in prof:
-        if x["ms"] >= 0.01:
-            print(f"| {x['op']} | {x['nodes']} | {x['ms']:.2f} | {100 * x['ms'] / total:.1f} % | {x['mmacs']:.1f} |")
+    profiles = {}
+    for p in (DEFAULT, "w8", "qop"):
+        prof = run_json([tc, "bench", "--json", "--profile", "--precision", p, "--runs", str(args.runs)])["profile"]
+        profiles[p] = prof
+        total = sum(x["ms"] for x in prof)
+        print(f"\nPer-operator profile of {p}, tract, 1 thread (sum {total:.2f} ms):\n")
+        print("| operator | nodes | ms | share | M multiply-adds | G multiply-adds/s |")
+        print("|---|---|---|---|---|---|")
+        for x in prof:
+            if x["ms"] >= 0.01:
+                rate = f"{x['mmacs'] / x['ms']:.1f}" if x["mmacs"] > 0 else ""
+                print(f"| {x['op']} | {x['nodes']} | {x['ms']:.2f} | {100 * x['ms'] / total:.1f} % | "
+                      f"{x['mmacs']:.1f} | {rate} |")
 
     rss_mb = None
     if Path("/usr/bin/time").exists():
@@ -116,13 +179,14 @@ def main() -> int:
                                capture_output=True, text=True, check=True)
             m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
             rss_mb = int(m.group(1)) / 1024 if m else None
-        print(f"\nPeak RSS of `teachcam classify` on {len(imgs)} images (w8): {rss_mb:.1f} MB")
+        print(f"\nPeak RSS of `teachcam classify` on {len(imgs)} images ({DEFAULT}): {rss_mb:.1f} MB")
     else:
         print("\n/usr/bin/time not installed (apt-get install time): peak RSS not measured")
 
     if args.json_out:
-        args.json_out.write_text(json.dumps({"table": table, "profile_w8": prof, "classify_peak_rss_mb": rss_mb,
-                                             "tract_raw": tract, "ort_raw": ort}, indent=1))
+        args.json_out.write_text(json.dumps({"table": table, "profiles": profiles, "thread_scaling": scaling,
+                                             "classify_peak_rss_mb": rss_mb, "tract_raw": tract,
+                                             "ort_raw": ort}, indent=1))
     return 0
 
 

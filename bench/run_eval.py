@@ -35,12 +35,13 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--precisions", default="w8,f32")
     ap.add_argument("--work", type=Path, default=ROOT / "target" / "eval")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
     args = ap.parse_args()
     tc = args.teachcam
     precisions = args.precisions.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for ds in DATASETS:
+    for ds in args.datasets.split(","):
         root = args.data / ds
         if not root.is_dir():
             print(f"error: {root} not found (the evaluation datasets live in ../shared/data)", file=sys.stderr)

@@ -87,7 +87,8 @@ pub fn run(cli: Cli) -> Result<()> {
             warmup,
             json,
             profile,
-        } => cmd_bench(g, runs, warmup, json, profile),
+            threads,
+        } => cmd_bench(g, runs, warmup, json, profile, threads),
         Command::Info { json } => cmd_info(g, json),
         Command::Run { ref run, duration } => cmd_run(g, run, duration),
         Command::Doctor { ref run, json } => cmd_doctor(g, run, json),
@@ -615,8 +616,53 @@ fn synthetic_embeddings(classes: usize, n: usize, dim: usize, seed: u64) -> (Vec
     (x, y)
 }
 
-fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bool) -> Result<()> {
+/// `threads` backbones running `runs` inferences each at the same time: aggregate
+/// inferences per second, and the median and p95 latency of one inference under that load.
+fn parallel_backbone(
+    backbone: &Backbone,
+    input: &[f32],
+    threads: usize,
+    runs: usize,
+) -> Result<(f64, f64, f64)> {
+    let start = Instant::now();
+    let per_thread: Vec<Result<Vec<f64>, crate::backbone::ModelError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut times = Vec::with_capacity(runs);
+                    for _ in 0..runs {
+                        let t = Instant::now();
+                        backbone.run_tensor(input)?;
+                        times.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    Ok(times)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("benchmark thread panicked"))
+            .collect()
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let mut all = Vec::new();
+    for r in per_thread {
+        all.extend(r?);
+    }
+    let (m, p) = metrics::median_p95(&all);
+    Ok(((threads * runs) as f64 / wall, m, p))
+}
+
+fn cmd_bench(
+    g: &Global,
+    runs: usize,
+    warmup: usize,
+    json_out: bool,
+    profile: bool,
+    threads: usize,
+) -> Result<()> {
     let runs = runs.clamp(1, 100_000);
+    let threads = threads.clamp(1, 256);
     let t = Instant::now();
     let backbone = load_backbone(g)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -674,6 +720,11 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
     } else {
         Vec::new()
     };
+    let par = if threads > 1 {
+        Some(parallel_backbone(&backbone, &input, threads, runs)?)
+    } else {
+        None
+    };
     let (dm, dp) = metrics::median_p95(&decode);
     let (pm, pp) = metrics::median_p95(&pre);
     let (bm, bp) = metrics::median_p95(&bb);
@@ -689,6 +740,10 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
         "head_predict_us_median": head_us.iter().map(|(c, u)| json!({"classes": c, "us": u})).collect::<Vec<_>>(),
         "train_ms": train_ms.iter().map(|(c, n, ms)| json!({"classes": c, "examples": n, "ms": ms})).collect::<Vec<_>>(),
     });
+    if let Some((tput, m, p)) = par {
+        v["parallel"] = json!({"threads": threads, "inferences_per_s": tput,
+            "latency_ms_median": m, "latency_ms_p95": p});
+    }
     if profile {
         v["profile"] = serde_json::to_value(&prof)?;
     }
@@ -709,6 +764,11 @@ fn cmd_bench(g: &Global, runs: usize, warmup: usize, json_out: bool, profile: bo
         }
         for (c, n, ms) in &train_ms {
             out!("  train head {c:2} classes x {n} examples {ms:8.0} ms");
+        }
+        if let Some((tput, m, p)) = par {
+            out!(
+                "  backbone on {threads} threads at once: {tput:.1} inferences/s, {m:.2} ms median, {p:.2} ms p95 each"
+            );
         }
         if profile {
             let total: f64 = prof.iter().map(|p| p.ms).sum();

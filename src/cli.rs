@@ -26,7 +26,7 @@ pub struct Global {
     /// first of models/ next to the binary, ../share/teachcam/models, ./models).
     #[arg(long, global = true, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Backbone precision: f32, w8 (default), qdq or qop.
+    /// Backbone precision: int8 (default), w8, f32, qdq or qop.
     #[arg(long, global = true, value_name = "P")]
     pub precision: Option<Precision>,
     /// More log output (repeat for more).
@@ -175,7 +175,7 @@ pub enum Command {
         #[arg(long, requires = "json")]
         embedding: bool,
     },
-    /// Time preprocessing, backbone and head on this machine (1 thread).
+    /// Time preprocessing, backbone and head on this machine (1 thread; see --threads).
     Bench {
         /// Timed backbone runs.
         #[arg(long, default_value_t = 30)]
@@ -189,6 +189,10 @@ pub enum Command {
         /// Also time every node and print a per-operator profile.
         #[arg(long)]
         profile: bool,
+        /// Also run the backbone on this many threads at once (one plan per thread, shared
+        /// weights) and report throughput and latency under that load.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Show the model, precision, CPU features and versions.
     Info {

@@ -93,7 +93,7 @@ pub struct TrainSection {
 pub struct ModelSection {
     /// Models directory.
     pub dir: Option<PathBuf>,
-    /// Backbone precision: f32, w8, qdq or qop.
+    /// Backbone precision: int8, w8, f32, qdq or qop.
     pub precision: Option<String>,
 }
 

@@ -64,12 +64,12 @@ fn dataset(dir: &Path, train: usize, val: usize) -> PathBuf {
 fn info_reports_model_and_precision() {
     let out = ok(&["info", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["precision"], "w8");
+    assert_eq!(v["precision"], "int8");
     assert!(
         v["model_path"]
             .as_str()
             .unwrap()
-            .ends_with("mobilenetv2_w8.onnx")
+            .ends_with("mobilenetv2_qop.onnx")
     );
     assert_eq!(v["model_ok"], true);
     let v: serde_json::Value =
@@ -191,7 +191,7 @@ fn bad_inputs_get_one_line_errors_and_exit_code_2() {
         s(t.path()),
     ]);
     assert!(
-        e.contains("mobilenetv2_w8.onnx") && e.contains("make models"),
+        e.contains("mobilenetv2_qop.onnx") && e.contains("make models"),
         "{e}"
     );
     // A damaged model file.
@@ -199,9 +199,9 @@ fn bad_inputs_get_one_line_errors_and_exit_code_2() {
     std::fs::create_dir_all(&models).unwrap();
     let repo_models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     std::fs::copy(repo_models.join("SHA256SUMS"), models.join("SHA256SUMS")).unwrap();
-    let mut bytes = std::fs::read(repo_models.join("mobilenetv2_w8.onnx")).unwrap();
+    let mut bytes = std::fs::read(repo_models.join("mobilenetv2_qop.onnx")).unwrap();
     bytes.truncate(bytes.len() / 2);
-    std::fs::write(models.join("mobilenetv2_w8.onnx"), bytes).unwrap();
+    std::fs::write(models.join("mobilenetv2_qop.onnx"), bytes).unwrap();
     let e = fails(&["info", "--models", s(&models)]);
     assert!(e.contains("damaged"), "{e}");
     // A train/val dataset without val/: the missing folder is named.
