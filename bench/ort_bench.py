@@ -29,13 +29,26 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_PNG = ROOT / "tests" / "fixtures" / "golden" / "large_640x480.png"
 
 
-def make_session(path: Path) -> ort.InferenceSession:
+def load_sized(path: Path, size: int):
+    """The model bytes, with the input resized to size x size when size is not the file's."""
+    import onnx
+
+    m = onnx.load(str(path))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    if dims[2].dim_value != size:
+        dims[2].dim_value = size
+        dims[3].dim_value = size
+        del m.graph.value_info[:]
+    return m.SerializeToString()
+
+
+def make_session(path: Path, size: int = 224) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(load_sized(path, size), so, providers=["CPUExecutionProvider"])
 
 
 def make_input(kind: str, shape: list) -> np.ndarray:
@@ -48,8 +61,8 @@ def make_input(kind: str, shape: list) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
 
 
-def bench(path: Path, runs: int, warmup: int, kind: str) -> dict:
-    sess = make_session(path)
+def bench(path: Path, runs: int, warmup: int, kind: str, size: int = 224) -> dict:
+    sess = make_session(path, size)
     inp = sess.get_inputs()[0]
     x = make_input(kind, inp.shape)
     feed = {inp.name: x}
@@ -69,6 +82,38 @@ def bench(path: Path, runs: int, warmup: int, kind: str) -> dict:
     }
 
 
+def profile(path: Path, runs: int, kind: str) -> list[dict]:
+    """Per-operator-type time of onnxruntime on `path` (its own node profiler), median per run."""
+    import tempfile
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        feed = {inp.name: make_input(kind, inp.shape)}
+        for _ in range(5):
+            sess.run(None, feed)
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, list[float]] = {}
+    nodes: dict[str, set] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op.setdefault(op, []).append(e["dur"] / 1e3)
+            nodes.setdefault(op, set()).add(e["name"])
+    total_runs = runs + 5
+    rows = [{"op": op, "nodes": len(nodes[op]), "ms": sum(v) / total_runs} for op, v in per_op.items()]
+    return sorted(rows, key=lambda r: -r["ms"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="onnxruntime single-thread latency per model")
     ap.add_argument("models", nargs="+", type=Path)
@@ -76,12 +121,18 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--input", choices=["golden", "random"], default="golden")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="per-operator-type time instead of latency")
+    ap.add_argument("--size", type=int, default=224, help="input side (the model is resized)")
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be >= 1")
+    if args.profile:
+        out = {p.name: profile(p, args.runs, args.input) for p in args.models}
+        print(json.dumps(out) if args.json else json.dumps(out, indent=1))
+        return 0
     results = {}
     for path in args.models:
-        results[path.name] = bench(path, args.runs, args.warmup, args.input)
+        results[path.name] = bench(path, args.runs, args.warmup, args.input, args.size)
         if not args.json:
             r = results[path.name]
             print(f"{path.name:28} median {r['median_ms']:8.2f} ms   p95 {r['p95_ms']:8.2f} ms", flush=True)

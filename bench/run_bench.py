@@ -58,6 +58,18 @@ def accuracy(tc: str, data: Path) -> dict:
     return out
 
 
+def accuracy_at(tc: str, data: Path, size: int) -> dict:
+    """Probe accuracy of the default variant at another input size (bench/run_eval.py)."""
+    if not all((data / d).is_dir() for d in ACCURACY_SETS):
+        return {}
+    subprocess.run([sys.executable, str(ROOT / "bench/run_eval.py"), "--teachcam", tc, "--data", str(data),
+                    "--precisions", DEFAULT, "--datasets", ",".join(ACCURACY_SETS), "--input-size", str(size)],
+                   check=True, stdout=subprocess.DEVNULL)
+    sfx = "" if size == 224 else f"_{size}"
+    rows = json.loads((ROOT / f"target/eval/eval{sfx}.json").read_text())
+    return {r["dataset"]: r["accuracy"] for r in rows if r["precision"] == DEFAULT}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--teachcam", default=str(ROOT / "target/release/teachcam"))
@@ -153,6 +165,25 @@ def main() -> int:
         print(f"  train head, {h['classes']} classes x {h['examples']} synthetic 1280-d embeddings  {h['ms']:.0f} ms")
     print(f"  model load + optimise {w8['load_ms']:.0f} ms")
 
+    resolution = {}
+    print(f"\nInput resolution ({DEFAULT}; `--input-size` / `model.input_size`), 1 thread, tract and onnxruntime "
+          "on the same file resized, accuracy as above:\n")
+    print(f"| input | tract {DEFAULT} median ms | onnxruntime (qop file) median ms | tract / onnxruntime | "
+          + " | ".join(f"probe accuracy {d}" for d in ACCURACY_SETS) + " |")
+    print("|---|---|---|---|" + "---|" * len(ACCURACY_SETS))
+    for size in (160, 192, 224):
+        tr = [run_json([tc, "--input-size", str(size), "bench", "--json", "--precision", DEFAULT,
+                        "--runs", str(args.runs)])["backbone_ms_median"] for _ in range(args.rounds)]
+        o = [run_json([sys.executable, str(ROOT / "bench/ort_bench.py"), str(models / FILES["qop"]), "--size",
+                       str(size), "--runs", str(args.runs), "--json"])["models"][FILES["qop"]]["median_ms"]
+             for _ in range(args.rounds)]
+        acc = {} if args.no_accuracy else accuracy_at(tc, args.data, size)
+        row = {"tract_median_ms": statistics.median(tr), "ort_median_ms": statistics.median(o), **acc}
+        resolution[size] = row
+        accs = " | ".join(f"{acc[d]:.4f}" if d in acc else "n/a" for d in ACCURACY_SETS)
+        print(f"| {size}x{size} | {row['tract_median_ms']:.2f} | {row['ort_median_ms']:.2f} | "
+              f"{row['tract_median_ms'] / row['ort_median_ms']:.2f} | {accs} |")
+
     profiles = {}
     for p in (DEFAULT, "w8", "qop"):
         prof = run_json([tc, "bench", "--json", "--profile", "--precision", p, "--runs", str(args.runs)])["profile"]
@@ -166,6 +197,18 @@ def main() -> int:
                 rate = f"{x['mmacs'] / x['ms']:.1f}" if x["mmacs"] > 0 else ""
                 print(f"| {x['op']} | {x['nodes']} | {x['ms']:.2f} | {100 * x['ms'] / total:.1f} % | "
                       f"{x['mmacs']:.1f} | {rate} |")
+
+    ort_prof = run_json([sys.executable, str(ROOT / "bench/ort_bench.py"), str(models / FILES["qop"]),
+                         "--profile", "--runs", str(args.runs), "--json"])[FILES["qop"]]
+    total = sum(x["ms"] for x in ort_prof)
+    print(f"\nPer-operator profile of onnxruntime on {FILES['qop']} (its node profiler, ORT_ENABLE_ALL, "
+          f"1 thread, sum {total:.2f} ms; kernel times only):\n")
+    print("| operator | nodes | ms | share |")
+    print("|---|---|---|---|")
+    for x in ort_prof:
+        if x["ms"] >= 0.01:
+            print(f"| {x['op']} | {x['nodes']} | {x['ms']:.2f} | {100 * x['ms'] / total:.1f} % |")
+    profiles["onnxruntime_qop"] = ort_prof
 
     rss_mb = None
     if Path("/usr/bin/time").exists():
@@ -185,6 +228,7 @@ def main() -> int:
 
     if args.json_out:
         args.json_out.write_text(json.dumps({"table": table, "profiles": profiles, "thread_scaling": scaling,
+                                             "resolution": resolution,
                                              "classify_peak_rss_mb": rss_mb, "tract_raw": tract,
                                              "ort_raw": ort}, indent=1))
     return 0

@@ -36,8 +36,10 @@ def main() -> int:
     ap.add_argument("--precisions", default="w8,f32")
     ap.add_argument("--work", type=Path, default=ROOT / "target" / "eval")
     ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--input-size", type=int, default=224)
     args = ap.parse_args()
-    tc = args.teachcam
+    tc = [args.teachcam, "--input-size", str(args.input_size)]
+    sfx = "" if args.input_size == 224 else f"_{args.input_size}"
     precisions = args.precisions.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -48,16 +50,16 @@ def main() -> int:
             return 2
         caches = {}
         for p in precisions:
-            cache = args.work / f"{ds}_{p}.tce"
-            head = args.work / f"{ds}_{p}.head"
+            cache = args.work / f"{ds}_{p}{sfx}.tce"
+            head = args.work / f"{ds}_{p}{sfx}.head"
             if not cache.is_file():
-                subprocess.run([tc, "embed", str(root), "--out", str(cache), "--precision", p], check=True)
+                subprocess.run([*tc, "embed", str(root), "--out", str(cache), "--precision", p], check=True)
             caches[p] = cache
             t = time.perf_counter()
-            subprocess.run([tc, "train", str(cache), "--out", str(head), "--precision", p], check=True,
+            subprocess.run([*tc, "train", str(cache), "--out", str(head), "--precision", p], check=True,
                            capture_output=True)
             train_s = time.perf_counter() - t
-            ev = json.loads(subprocess.run([tc, "eval", str(cache), "--head", str(head), "--json"],
+            ev = json.loads(subprocess.run([*tc, "eval", str(cache), "--head", str(head), "--json"],
                                            check=True, capture_output=True, text=True).stdout)
             sk = json.loads(subprocess.run([sys.executable, str(ROOT / "tools/probe_sklearn.py"), str(cache), "--json"],
                                            check=True, capture_output=True, text=True).stdout)
@@ -83,7 +85,9 @@ def main() -> int:
         cos = f"{r['mean_cosine_to_f32']:.4f} ({r['min_cosine_to_f32']:.3f})" if "mean_cosine_to_f32" in r else "n/a"
         print(f"| {r['dataset']} | {r['precision']} | {r['classes']} | {r['n_train']} / {r['n_val']} | "
               f"{r['accuracy']:.4f} | {r['sklearn_accuracy']:.4f} | {cos} | {r['train_wall_s'] * 1000:.0f} ms |")
-    (args.work / "eval.json").write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        r["input_size"] = args.input_size
+    (args.work / f"eval{sfx}.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::backbone::{self, Backbone, INPUT_SIZE, Precision};
+use crate::backbone::{self, Backbone, Precision};
 use crate::cli::{Cli, Command, DatasetAction, Global, RunArgs};
 use crate::config::{ConfigFile, Overrides, RunConfig};
 use crate::embcache::{CachedItem, EmbeddingSet};
@@ -108,14 +108,18 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn load_backbone(g: &Global) -> Result<Backbone> {
-    load_backbone_from(g.models.as_deref(), g.precision())
+    load_backbone_from(g.models.as_deref(), g.precision(), g.input_size())
 }
 
 /// Find, verify and load the backbone, logging how long it took.
-fn load_backbone_from(models: Option<&Path>, precision: Precision) -> Result<Backbone> {
+fn load_backbone_from(
+    models: Option<&Path>,
+    precision: Precision,
+    input_size: usize,
+) -> Result<Backbone> {
     let dir = backbone::find_models_dir(models)?;
     let t = Instant::now();
-    let b = Backbone::load(&dir, precision)?;
+    let b = Backbone::load_sized(&dir, precision, input_size)?;
     log::info!(
         "loaded {} ({}) in {:.0} ms",
         b.path().display(),
@@ -674,8 +678,9 @@ fn cmd_bench(
     let decode = time_ms(runs, || {
         let _ = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg);
     });
-    let plan = crate::preprocess::Plan::new(w, h, INPUT_SIZE);
-    let mut input = vec![0f32; 3 * INPUT_SIZE * INPUT_SIZE];
+    let size = backbone.input_size();
+    let plan = crate::preprocess::Plan::new(w, h, size);
+    let mut input = vec![0f32; 3 * size * size];
     let pre = time_ms(runs, || plan.run(&frame, &mut input));
     for _ in 0..warmup {
         backbone.run_tensor(&input)?;
@@ -848,7 +853,8 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         "model_sha256": check.as_ref().ok(),
         "model_ok": check.is_ok(),
         "model_error": check.as_ref().err().map(|e| e.to_string()),
-        "input": [1, 3, INPUT_SIZE, INPUT_SIZE],
+        "input": [1, 3, g.input_size(), g.input_size()],
+        "int8_kernels": {"pointwise": crate::qnn::pointwise_kernel_name()},
         "arch": std::env::consts::ARCH,
         "cpu_features": cpu_features(),
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -871,7 +877,8 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
             Ok(h) => out!("checksum   ok ({h})"),
             Err(e) => out!("checksum   FAILED: {e}"),
         }
-        out!("input      1x3x{INPUT_SIZE}x{INPUT_SIZE} RGB, x/127.5-1");
+        let px = g.input_size();
+        out!("input      1x3x{px}x{px} RGB, x/127.5-1");
         out!("cpu        {}", cpu_features().join(" "));
     }
     check.map(|_| ()).map_err(Into::into)
@@ -895,6 +902,7 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
             gpio: a.gpio.clone(),
             models: g.models.clone(),
             precision: g.precision,
+            input_size: g.input_size,
         },
     )
 }
@@ -928,7 +936,7 @@ fn cmd_run(g: &Global, a: &RunArgs, duration: Option<f64>) -> Result<()> {
             )
         })?;
     }
-    let backbone = load_backbone_from(c.models.as_deref(), c.precision)?;
+    let backbone = load_backbone_from(c.models.as_deref(), c.precision, c.input_size)?;
     let settings = crate::daemon::Settings {
         classes: c.classes.clone(),
         duration: duration.map(std::time::Duration::from_secs_f64),

@@ -16,8 +16,12 @@ use tract_onnx::prelude::*;
 use crate::fsutil;
 use crate::preprocess::Plan;
 
-/// Side of the square model input, in pixels.
+/// Side of the square model input, in pixels (the resolution the network was trained at).
 pub const INPUT_SIZE: usize = 224;
+
+/// Input sides a backbone can be loaded at (`--input-size`): smaller is faster and less
+/// accurate (the network is fully convolutional; README has the trade-off measured).
+pub const INPUT_SIZES: [usize; 3] = [160, 192, 224];
 
 /// Which of the shipped model variants to run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -136,6 +140,12 @@ pub enum ModelError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// An input size the backbone is not offered at.
+    #[error("input size {size} is not offered; choose one of 160, 192, 224")]
+    InputSize {
+        /// Size asked for.
+        size: usize,
+    },
     /// tract could not load or run the model.
     #[error("cannot load model {path}: {message}")]
     Tract {
@@ -226,6 +236,7 @@ pub struct Backbone {
     sha256: String,
     precision: Option<Precision>,
     dim: usize,
+    size: usize,
 }
 
 impl fmt::Debug for Backbone {
@@ -241,28 +252,46 @@ impl fmt::Debug for Backbone {
 impl Backbone {
     /// Load the shipped variant `precision` from `models_dir`, verifying its checksum.
     pub fn load(models_dir: &Path, precision: Precision) -> Result<Self, ModelError> {
+        Self::load_sized(models_dir, precision, INPUT_SIZE)
+    }
+
+    /// [`Backbone::load`] for a `size`×`size` input (one of [`INPUT_SIZES`]).
+    pub fn load_sized(
+        models_dir: &Path,
+        precision: Precision,
+        size: usize,
+    ) -> Result<Self, ModelError> {
         let path = models_dir.join(precision.file_name());
-        let mut b = Self::load_with(&path, precision == Precision::Int8)?;
+        let mut b = Self::load_with(&path, precision == Precision::Int8, size)?;
         b.precision = Some(precision);
         Ok(b)
     }
 
     /// Load any model file listed in the `SHA256SUMS` beside it, with tract's own operators.
     pub fn load_file(path: &Path) -> Result<Self, ModelError> {
-        Self::load_with(path, false)
+        Self::load_with(path, false, INPUT_SIZE)
     }
 
-    /// Load a model file; with `int8`, its quantised section runs on teachcam's int8
-    /// operators (the file must be a QOperator model the rewrite handles).
-    pub fn load_with(path: &Path, int8: bool) -> Result<Self, ModelError> {
+    /// Load a model file for a `size`×`size` input; with `int8`, its quantised section runs on
+    /// teachcam's int8 operators (the file must be a QOperator model the rewrite handles).
+    pub fn load_with(path: &Path, int8: bool, size: usize) -> Result<Self, ModelError> {
+        if !INPUT_SIZES.contains(&size) {
+            return Err(ModelError::InputSize { size });
+        }
         let file_sha256 = verify_model(path)?;
         let tract_err = |e: TractError| ModelError::Tract {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
         };
         let onnx = tract_onnx::onnx();
-        let (model, sha256) = if int8 {
-            let proto = onnx.proto_model_for_path(path).map_err(tract_err)?;
+        let mut proto = onnx.proto_model_for_path(path).map_err(tract_err)?;
+        if size != INPUT_SIZE
+            && let Some(g) = proto.graph.as_mut()
+        {
+            // Shapes recorded for intermediate tensors are for 224; tract re-infers them.
+            g.value_info.clear();
+        }
+        let (model, mut sha256) = if int8 {
             let (model, done) = crate::qnn::model_for_proto(proto).map_err(tract_err)?;
             log::debug!("int8 rewrite of {}: {done:?}", path.display());
             // Another computation than the same file under tract's operators: another identity
@@ -270,10 +299,17 @@ impl Backbone {
             let id = crate::fsutil::sha256_hex(format!("{file_sha256}+teachcam-int8").as_bytes());
             (model, id)
         } else {
-            (onnx.model_for_path(path).map_err(tract_err)?, file_sha256)
+            (
+                onnx.model_for_proto_model(&proto).map_err(tract_err)?,
+                file_sha256,
+            )
         };
+        if size != INPUT_SIZE {
+            // Another input size gives other embeddings: another identity.
+            sha256 = crate::fsutil::sha256_hex(format!("{sha256}@{size}").as_bytes());
+        }
         let plan = model
-            .with_input_fact(0, f32::fact([1, 3, INPUT_SIZE, INPUT_SIZE]).into())
+            .with_input_fact(0, f32::fact([1, 3, size, size]).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(tract_err)?;
@@ -292,7 +328,13 @@ impl Backbone {
             sha256,
             precision: None,
             dim,
+            size,
         })
+    }
+
+    /// Side of the square input this backbone was loaded for.
+    pub fn input_size(&self) -> usize {
+        self.size
     }
 
     /// Embedding length (1280 for MobileNetV2).
@@ -324,14 +366,14 @@ impl Backbone {
     pub fn embedder(&self) -> Embedder {
         Embedder {
             backbone: self.clone(),
-            input: vec![0f32; 3 * INPUT_SIZE * INPUT_SIZE],
+            input: vec![0f32; 3 * self.size * self.size],
             plan: None,
         }
     }
 
     /// Run the network on an already preprocessed NCHW input.
     pub fn run_tensor(&self, input: &[f32]) -> Result<Vec<f32>, ModelError> {
-        let t = Tensor::from_shape(&[1, 3, INPUT_SIZE, INPUT_SIZE], input).map_err(|e| {
+        let t = Tensor::from_shape(&[1, 3, self.size, self.size], input).map_err(|e| {
             ModelError::Tract {
                 path: self.path.clone(),
                 message: format!("{e:#}"),
@@ -381,7 +423,7 @@ impl Backbone {
         let model = self.plan.model();
         let mut per_run: Vec<BTreeMap<String, f64>> = Vec::new();
         for _ in 0..runs.max(1) {
-            let t = Tensor::from_shape(&[1, 3, INPUT_SIZE, INPUT_SIZE], input).map_err(err)?;
+            let t = Tensor::from_shape(&[1, 3, self.size, self.size], input).map_err(err)?;
             let mut state = self.plan.spawn().map_err(err)?;
             let mut times: BTreeMap<String, f64> = BTreeMap::new();
             state
@@ -440,7 +482,7 @@ impl Embedder {
     /// Preprocess a packed RGB8 frame into the internal input buffer.
     pub fn preprocess(&mut self, rgb: &[u8], width: usize, height: usize) {
         if self.plan.as_ref().map(|p| p.source_size()) != Some((width, height)) {
-            self.plan = Some(Plan::new(width, height, INPUT_SIZE));
+            self.plan = Some(Plan::new(width, height, self.backbone.size));
         }
         if let Some(plan) = &self.plan {
             plan.run(rgb, &mut self.input);

@@ -29,6 +29,10 @@ pub struct Global {
     /// Backbone precision: int8 (default), w8, f32, qdq or qop.
     #[arg(long, global = true, value_name = "P")]
     pub precision: Option<Precision>,
+    /// Side of the square model input: 224 (default), 192 or 160. Smaller is faster and
+    /// less accurate; heads and stored samples record the size they were made with.
+    #[arg(long, global = true, value_name = "PX")]
+    pub input_size: Option<usize>,
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -99,6 +103,11 @@ impl Global {
     /// The precision asked for, or the default.
     pub fn precision(&self) -> Precision {
         self.precision.unwrap_or_default()
+    }
+
+    /// The input size asked for, or the default.
+    pub fn input_size(&self) -> usize {
+        self.input_size.unwrap_or(crate::backbone::INPUT_SIZE)
     }
 }
 

@@ -95,6 +95,8 @@ pub struct ModelSection {
     pub dir: Option<PathBuf>,
     /// Backbone precision: int8, w8, f32, qdq or qop.
     pub precision: Option<String>,
+    /// Side of the square model input: 224, 192 or 160.
+    pub input_size: Option<usize>,
 }
 
 /// The file as written (every key optional).
@@ -187,6 +189,8 @@ pub struct RunConfig {
     pub models: Option<PathBuf>,
     /// Backbone precision.
     pub precision: Precision,
+    /// Model input side in pixels.
+    pub input_size: usize,
 }
 
 /// Flags given on the command line (each overrides the file).
@@ -210,6 +214,8 @@ pub struct Overrides {
     pub models: Option<PathBuf>,
     /// `--precision`.
     pub precision: Option<Precision>,
+    /// `--input-size`.
+    pub input_size: Option<usize>,
 }
 
 /// Default state directory.
@@ -237,6 +243,16 @@ impl RunConfig {
             (None, Some(s)) => s.parse().map_err(|e: String| bad("model.precision", e))?,
             (None, None) => Precision::default(),
         };
+        let input_size = cli
+            .input_size
+            .or(f.model.input_size)
+            .unwrap_or(crate::backbone::INPUT_SIZE);
+        if !crate::backbone::INPUT_SIZES.contains(&input_size) {
+            return Err(bad(
+                "model.input_size",
+                format!("{input_size} is not offered; use 224, 192 or 160"),
+            ));
+        }
         let c = RunConfig {
             state_dir: cli
                 .state_dir
@@ -275,6 +291,7 @@ impl RunConfig {
             train_budget_s: f.train.budget_s.unwrap_or(2.0),
             models: cli.models.or(f.model.dir),
             precision,
+            input_size,
         };
 
         // Values.
@@ -480,6 +497,7 @@ mod tests {
             ("[gpio]\nhold_ms = 10", "`gpio.hold_ms`"),
             ("[train]\nbudget_s = 0", "`train.budget_s`"),
             ("[model]\nprecision = \"int4\"", "`model.precision`"),
+            ("[model]\ninput_size = 100", "`model.input_size`"),
             ("classes = [\"cat\", \"cat\"]", "`classes`"),
             ("classes = [\"a/b\"]", "`classes`"),
             ("classes = [\"unknown\"]", "`classes`"),

@@ -114,7 +114,7 @@ fn check_model(r: &mut Report, c: &RunConfig) -> Option<String> {
     match backbone::verify_model(&path) {
         Ok(sha) => {
             let t = std::time::Instant::now();
-            match Backbone::load(&dir, c.precision) {
+            match Backbone::load_sized(&dir, c.precision, c.input_size) {
                 Ok(b) => {
                     r.push(
                         "model",

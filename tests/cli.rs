@@ -682,3 +682,39 @@ fn a_precision_change_re_embeds_what_was_taught() {
     // Second start: nothing left to re-embed.
     assert!(!start_with_f32().contains("re-embedding"));
 }
+
+#[test]
+fn input_size_is_a_choice_and_heads_remember_it() {
+    let t = tempfile::tempdir().unwrap();
+    let data = dataset(t.path(), 3, 1);
+    let head = t.path().join("160.head");
+    ok(&["--input-size", "160", "train", s(&data), "--out", s(&head)]);
+    let img = data.join("val/ball/000.jpg");
+    let out = ok(&[
+        "--input-size",
+        "160",
+        "classify",
+        "--head",
+        s(&head),
+        s(&img),
+    ]);
+    assert!(
+        out.contains("ball") || out.contains("block") || out.contains("ring"),
+        "{out}"
+    );
+    // The same head with the default 224 input: another backbone, refused.
+    let e = fails(&["classify", "--head", s(&head), s(&img)]);
+    assert!(e.contains("160.head"), "{e}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["--input-size", "192", "info", "--json"])).unwrap();
+    assert_eq!(v["input"], serde_json::json!([1, 3, 192, 192]));
+    let e = fails(&[
+        "--input-size",
+        "100",
+        "classify",
+        "--head",
+        s(&head),
+        s(&img),
+    ]);
+    assert!(e.contains("100") && e.contains("160, 192, 224"), "{e}");
+}

@@ -6,7 +6,8 @@
 //! Tolerances: preprocessing probes within 1e-4 (float32 vs float64 arithmetic on 0..255
 //! inputs); float-compute models (f32, w8) cosine ≥ 0.9999 and max |Δ| ≤ 1e-3 · max |x|;
 //! int8-activation models (qdq, qop) cosine ≥ 0.99, because a 1e-6 difference in an input can
-//! move a value across a rounding boundary of a quantised activation.
+//! move a value across a rounding boundary of a quantised activation; the default int8 path
+//! (the qop file on teachcam's kernels, exact on its int8 section: src/qnn/tests.rs) ≥ 0.995.
 
 use std::path::Path;
 
