@@ -295,11 +295,11 @@ pub struct Depthwise {
     /// Padding: top, left, bottom, right (ONNX order is top, left, bottom, right).
     pub pads: [usize; 4],
     /// Weights minus their zero point, `[tap][c]`.
-    w: Vec<i16>,
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    x_zero: i32,
-    y_zero: i32,
+    pub(super) w: Vec<i16>,
+    pub(super) bias: Vec<i32>,
+    pub(super) scale: Vec<f32>,
+    pub(super) x_zero: i32,
+    pub(super) y_zero: i32,
     #[cfg(target_arch = "x86_64")]
     avx2: Option<super::x86::PackedDepthwise>,
 }
@@ -330,11 +330,8 @@ impl Depthwise {
                 packed[t * c + ch] = (w[ch * taps + t] as i32 - w_zero[ch]) as i16;
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = super::x86::PackedDepthwise::new(
-            c, kernel, stride, pads, &packed, &bias, &scale, x_zero, y_zero,
-        );
-        Depthwise {
+        #[allow(unused_mut)]
+        let mut d = Depthwise {
             c,
             kernel,
             stride,
@@ -345,8 +342,13 @@ impl Depthwise {
             x_zero,
             y_zero,
             #[cfg(target_arch = "x86_64")]
-            avx2,
+            avx2: None,
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            d.avx2 = super::x86::PackedDepthwise::new(&d);
         }
+        d
     }
 
     /// Output height and width for an `h × w` input.
@@ -363,7 +365,7 @@ impl Depthwise {
             let (oh, ow) = self.out_size(h, w);
             assert_eq!(x.len(), h * w * self.c, "depthwise input length");
             assert_eq!(out.len(), oh * ow * self.c, "depthwise output length");
-            k.run(x, h, w, oh, ow, out);
+            k.run(self, x, h, w, oh, ow, out);
             return;
         }
         self.run_portable(x, h, w, out);

@@ -13,6 +13,8 @@
 
 use std::arch::x86_64::*;
 
+use super::kernels::Depthwise;
+
 const MR: usize = 6;
 const NR: usize = 16;
 
@@ -216,18 +218,14 @@ unsafe fn requant8(
 /// so no subtraction is left in the inner loop.
 #[derive(Debug, Clone)]
 pub struct PackedDepthwise {
-    c: usize,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    pads: [usize; 4],
     /// `[pair][block][32]`: the two taps' weights interleaved as `vpunpck{l,h}wd` interleave
     /// the activations.
     w: Vec<i16>,
     /// Folded bias and scales per block, in accumulator order (see `lane_channel`).
     bias: Vec<i32>,
     scale: Vec<f32>,
+    /// One pixel of `x_zero` bytes, read for taps in the padding.
     pad: Vec<u8>,
-    y_zero: i32,
 }
 
 /// Channel (within a block of 16) held by lane `j` of accumulator `half` (0: from the
@@ -237,20 +235,10 @@ fn lane_channel(half: usize, j: usize) -> usize {
 }
 
 impl PackedDepthwise {
-    /// Pack when the CPU has AVX2 and `c` is a multiple of 16; `w` is `[tap][c]` with the
-    /// weight zero points already subtracted.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        c: usize,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        pads: [usize; 4],
-        w: &[i16],
-        bias: &[i32],
-        scale: &[f32],
-        x_zero: i32,
-        y_zero: i32,
-    ) -> Option<Self> {
+    /// Pack `d`'s weights (`[tap][c]`, weight zero points already subtracted), bias and
+    /// scales when the CPU has AVX2 and `c` is a multiple of 16. The geometry stays in `d`.
+    pub fn new(d: &Depthwise) -> Option<Self> {
+        let (c, kernel, w, x_zero) = (d.c, d.kernel, &d.w, d.x_zero);
         if !std::is_x86_feature_detected!("avx2") || c == 0 || !c.is_multiple_of(16) {
             return None;
         }
@@ -278,36 +266,45 @@ impl PackedDepthwise {
                 for j in 0..8 {
                     let ch = b * 16 + lane_channel(half, j);
                     let wsum: i32 = (0..taps).map(|t| wt(t, ch) as i32).sum();
-                    pb[b * 16 + half * 8 + j] = bias[ch] - x_zero * wsum;
-                    ps[b * 16 + half * 8 + j] = scale[ch];
+                    pb[b * 16 + half * 8 + j] = d.bias[ch] - x_zero * wsum;
+                    ps[b * 16 + half * 8 + j] = d.scale[ch];
                 }
             }
         }
         Some(PackedDepthwise {
-            c,
-            kernel,
-            stride,
-            pads,
             w: packed,
             bias: pb,
             scale: ps,
             pad: vec![x_zero as u8; c],
-            y_zero,
         })
     }
 
-    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]` (sizes checked by the caller).
-    pub fn run(&self, x: &[u8], h: usize, w: usize, oh: usize, ow: usize, out: &mut [u8]) {
-        assert!(x.len() >= h * w * self.c && out.len() >= oh * ow * self.c);
+    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]` (sizes checked by the caller); `d` is the
+    /// layer this was packed from.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        d: &Depthwise,
+        x: &[u8],
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        out: &mut [u8],
+    ) {
+        assert!(x.len() >= h * w * d.c && out.len() >= oh * ow * d.c);
+        assert_eq!(self.pad.len(), d.c, "packed for another layer");
         // SAFETY: AVX2 was detected at construction; pointers stay inside `x`, `self.pad`,
         // the packed arrays and `out` (bounds computed from the checked sizes).
-        unsafe { dw_avx2(self, x, h, w, oh, ow, out) }
+        unsafe { dw_avx2(self, d, x, h, w, oh, ow, out) }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dw_avx2(
     p: &PackedDepthwise,
+    d: &Depthwise,
     x: &[u8],
     h: usize,
     w: usize,
@@ -315,21 +312,21 @@ unsafe fn dw_avx2(
     ow: usize,
     out: &mut [u8],
 ) {
-    let c = p.c;
-    let (kh, kw) = p.kernel;
+    let c = d.c;
+    let (kh, kw) = d.kernel;
     let taps = kh * kw;
     let pairs = taps.div_ceil(2);
     let blocks = c / 16;
-    let lo = _mm256_set1_ps(-p.y_zero as f32);
-    let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
-    let zero = _mm256_set1_epi32(p.y_zero);
+    let lo = _mm256_set1_ps(-d.y_zero as f32);
+    let hi = _mm256_set1_ps((255 - d.y_zero) as f32);
+    let zero = _mm256_set1_epi32(d.y_zero);
     let mut ptrs = vec![p.pad.as_ptr(); pairs * 2];
     for oy in 0..oh {
         for ox in 0..ow {
             for ky in 0..kh {
-                let iy = (oy * p.stride.0 + ky) as isize - p.pads[0] as isize;
+                let iy = (oy * d.stride.0 + ky) as isize - d.pads[0] as isize;
                 for kx in 0..kw {
-                    let ix = (ox * p.stride.1 + kx) as isize - p.pads[1] as isize;
+                    let ix = (ox * d.stride.1 + kx) as isize - d.pads[1] as isize;
                     let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
                     ptrs[ky * kw + kx] = if inside {
                         x[(iy as usize * w + ix as usize) * c..].as_ptr()
