@@ -119,22 +119,13 @@ pub fn write_dataset(out: &Path, train: usize, val: usize, seed: u64) -> std::io
                 let img = image::RgbImage::from_raw(w as u32, h as u32, rgb)
                     .ok_or_else(|| std::io::Error::other("image buffer size"))?;
                 let path = dir.join(format!("{i:03}.jpg"));
-                let bytes = encode_jpeg(&img)?;
+                let bytes = crate::frame::encode_jpeg(&img).map_err(std::io::Error::other)?;
                 crate::fsutil::atomic_write(&path, &bytes)?;
                 n += 1;
             }
         }
     }
     Ok(n)
-}
-
-/// JPEG-encode an RGB image at quality 85.
-pub fn encode_jpeg(img: &image::RgbImage) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
-        .encode_image(img)
-        .map_err(std::io::Error::other)?;
-    Ok(bytes)
 }
 
 #[cfg(test)]

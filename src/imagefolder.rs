@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::frame::Frame;
+
 /// Which half of a dataset a command wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -29,7 +31,7 @@ impl Split {
 
 /// Why a dataset cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum DatasetError {
+pub enum FolderError {
     /// The folder does not exist.
     #[error("dataset folder {0} does not exist")]
     NotFound(PathBuf),
@@ -83,7 +85,7 @@ pub fn has_splits(root: &Path) -> bool {
 
 /// The folder holding class folders for `split` under `root`: `root/<split>/` in the split
 /// layout, else `root` itself. In the split layout a missing `<split>/` is an error.
-pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DatasetError> {
+pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, FolderError> {
     if !has_splits(root) {
         return Ok(root.to_path_buf());
     }
@@ -91,7 +93,7 @@ pub fn split_dir(root: &Path, split: Split) -> Result<PathBuf, DatasetError> {
     if sub.is_dir() {
         Ok(sub)
     } else {
-        Err(DatasetError::MissingSplit(sub))
+        Err(FolderError::MissingSplit(sub))
     }
 }
 
@@ -106,8 +108,8 @@ pub fn is_image(path: &Path) -> bool {
     )
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DatasetError::Io {
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| FolderError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -117,9 +119,9 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
 }
 
 /// Scan `dir` (which holds the class folders).
-pub fn scan(dir: &Path) -> Result<ImageFolder, DatasetError> {
+pub fn scan(dir: &Path) -> Result<ImageFolder, FolderError> {
     if !dir.is_dir() {
-        return Err(DatasetError::NotFound(dir.to_path_buf()));
+        return Err(FolderError::NotFound(dir.to_path_buf()));
     }
     let mut classes = Vec::new();
     let mut items = Vec::new();
@@ -136,12 +138,12 @@ pub fn scan(dir: &Path) -> Result<ImageFolder, DatasetError> {
             }
         }
         if items.len() == before {
-            return Err(DatasetError::EmptyClass(class_dir));
+            return Err(FolderError::EmptyClass(class_dir));
         }
         classes.push(name);
     }
     if classes.is_empty() {
-        return Err(DatasetError::NoClasses(dir.to_path_buf()));
+        return Err(FolderError::NoClasses(dir.to_path_buf()));
     }
     Ok(ImageFolder {
         root: dir.to_path_buf(),
@@ -150,28 +152,18 @@ pub fn scan(dir: &Path) -> Result<ImageFolder, DatasetError> {
     })
 }
 
-/// A decoded image, packed RGB8.
-#[derive(Debug, Clone)]
-pub struct Rgb {
-    /// Width in pixels.
-    pub width: usize,
-    /// Height in pixels.
-    pub height: usize,
-    /// `width · height · 3` bytes.
-    pub data: Vec<u8>,
-}
-
-/// Decode an image file (format guessed from content) into RGB8.
-pub fn load_rgb(path: &Path) -> Result<Rgb, image::ImageError> {
+/// Decode an image file (format guessed from content) into an RGB8 frame tagged with its path.
+pub fn load_rgb(path: &Path) -> Result<Frame, image::ImageError> {
     let img = image::ImageReader::open(path)?
         .with_guessed_format()?
         .decode()?
         .into_rgb8();
     let (w, h) = img.dimensions();
-    Ok(Rgb {
+    Ok(Frame {
         width: w as usize,
         height: h as usize,
-        data: img.into_raw(),
+        rgb: img.into_raw(),
+        tag: path.display().to_string(),
     })
 }
 
@@ -215,7 +207,7 @@ mod tests {
         );
         let rgb = load_rgb(&f.items[0].path).unwrap();
         assert_eq!(
-            (rgb.width, rgb.height, &rgb.data[..3]),
+            (rgb.width, rgb.height, &rgb.rgb[..3]),
             (4, 3, &[1u8, 2, 3][..])
         );
     }
@@ -223,14 +215,14 @@ mod tests {
     #[test]
     fn empty_class_and_empty_root_are_errors_naming_the_folder() {
         let d = tempfile::tempdir().unwrap();
-        assert!(matches!(scan(d.path()), Err(DatasetError::NoClasses(_))));
+        assert!(matches!(scan(d.path()), Err(FolderError::NoClasses(_))));
         std::fs::create_dir_all(d.path().join("cats")).unwrap();
         let e = scan(d.path()).unwrap_err();
-        assert!(matches!(e, DatasetError::EmptyClass(_)));
+        assert!(matches!(e, FolderError::EmptyClass(_)));
         assert!(e.to_string().contains("cats"));
         assert!(matches!(
             scan(&d.path().join("nope")),
-            Err(DatasetError::NotFound(_))
+            Err(FolderError::NotFound(_))
         ));
     }
 }
