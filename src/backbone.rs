@@ -228,12 +228,52 @@ pub fn verify_model(path: &Path) -> Result<String, ModelError> {
     Ok(actual)
 }
 
+/// What made an embedding: the (model digest, precision, input size) triple that heads,
+/// stored samples and embedding caches record, so that embeddings of different computations
+/// are never mixed.
+///
+/// `digest` is the identity compared everywhere: the SHA-256 of the model file, re-hashed with
+/// a marker when teachcam's int8 operators run it and with the input side when it is not
+/// [`INPUT_SIZE`] (so it is *not* the file's SHA-256 in general). Files store it as a string,
+/// as they always did; precision and input size are carried along for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackboneId {
+    /// Hex digest of the computation (see the type's docs).
+    pub digest: String,
+    /// Precision name (`int8`, `w8`, …; `custom` for a model file loaded by path).
+    pub precision: String,
+    /// Input side in pixels; `None` in files written before it was recorded.
+    pub input_size: Option<usize>,
+}
+
+impl BackboneId {
+    /// Whether embeddings made by `self` and `other` are comparable (same digest).
+    pub fn same_as(&self, other: &BackboneId) -> bool {
+        self.digest == other.digest
+    }
+
+    /// The first 12 hex digits of the digest, for messages.
+    pub fn short(&self) -> &str {
+        self.digest.get(..12).unwrap_or(&self.digest)
+    }
+}
+
+impl fmt::Display for BackboneId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}", self.short(), self.precision)?;
+        if let Some(px) = self.input_size {
+            write!(f, ", {px} px")?;
+        }
+        f.write_str(")")
+    }
+}
+
 /// A loaded, optimised, immutable backbone. Cheap to clone (shared plan).
 #[derive(Clone)]
 pub struct Backbone {
     plan: Arc<TypedRunnableModel>,
     path: PathBuf,
-    sha256: String,
+    id: BackboneId,
     precision: Option<Precision>,
     dim: usize,
     size: usize,
@@ -243,7 +283,7 @@ impl fmt::Debug for Backbone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Backbone")
             .field("path", &self.path)
-            .field("sha256", &self.sha256)
+            .field("id", &self.id)
             .field("dim", &self.dim)
             .finish()
     }
@@ -264,6 +304,7 @@ impl Backbone {
         let path = models_dir.join(precision.file_name());
         let mut b = Self::load_with(&path, precision == Precision::Int8, size)?;
         b.precision = Some(precision);
+        b.id.precision = precision.name().to_string();
         Ok(b)
     }
 
@@ -291,7 +332,7 @@ impl Backbone {
             // Shapes recorded for intermediate tensors are for 224; tract re-infers them.
             g.value_info.clear();
         }
-        let (model, mut sha256) = if int8 {
+        let (model, mut digest) = if int8 {
             let (model, done) = crate::qnn::model_for_proto(proto).map_err(tract_err)?;
             log::debug!("int8 rewrite of {}: {done:?}", path.display());
             // Another computation than the same file under tract's operators: another identity
@@ -306,7 +347,7 @@ impl Backbone {
         };
         if size != INPUT_SIZE {
             // Another input size gives other embeddings: another identity.
-            sha256 = crate::fsutil::sha256_hex(format!("{sha256}@{size}").as_bytes());
+            digest = crate::fsutil::sha256_hex(format!("{digest}@{size}").as_bytes());
         }
         let plan = model
             .with_input_fact(0, f32::fact([1, 3, size, size]).into())
@@ -325,7 +366,11 @@ impl Backbone {
         Ok(Backbone {
             plan,
             path: path.to_path_buf(),
-            sha256,
+            id: BackboneId {
+                digest,
+                precision: "custom".into(),
+                input_size: Some(size),
+            },
             precision: None,
             dim,
             size,
@@ -342,9 +387,9 @@ impl Backbone {
         self.dim
     }
 
-    /// SHA-256 of the model file (heads record it).
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    /// What this backbone computes, as heads and stored samples record it.
+    pub fn id(&self) -> &BackboneId {
+        &self.id
     }
 
     /// Path of the model file.

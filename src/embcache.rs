@@ -2,13 +2,14 @@
 //! and reused by `train` and `eval` (and by the scikit-learn comparison in `tools/`).
 //!
 //! Stored in the [`crate::framed`] container (kind `teachcam-embeddings`, version 1), so a
-//! truncated cache is detected. Records the backbone's SHA-256 so a cache made with another
-//! model is never mixed with this one's heads.
+//! truncated cache is detected. Records the backbone's id (digest, precision, input size) so a
+//! cache made with another model is never mixed with this one's heads.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::BackboneId;
 use crate::framed::{self, FramedError};
 
 const KIND: &str = "teachcam-embeddings";
@@ -32,6 +33,8 @@ struct Meta {
     count: usize,
     backbone_sha256: String,
     precision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input_size: Option<usize>,
     classes: Vec<String>,
     items: Vec<CachedItem>,
 }
@@ -41,10 +44,8 @@ struct Meta {
 pub struct EmbeddingSet {
     /// Embedding length.
     pub dim: usize,
-    /// SHA-256 of the model that produced them.
-    pub backbone_sha256: String,
-    /// Precision name of that model.
-    pub precision: String,
+    /// The backbone that produced them.
+    pub backbone: BackboneId,
     /// Class names.
     pub classes: Vec<String>,
     /// Items, in the same order as rows of `data`.
@@ -67,8 +68,7 @@ impl EmbeddingSet {
             .collect();
         EmbeddingSet {
             dim: self.dim,
-            backbone_sha256: self.backbone_sha256.clone(),
-            precision: self.precision.clone(),
+            backbone: self.backbone.clone(),
             classes: self.classes.clone(),
             items: keep.iter().map(|&i| self.items[i].clone()).collect(),
             data: keep
@@ -88,8 +88,9 @@ impl EmbeddingSet {
         let meta = Meta {
             dim: self.dim,
             count: self.items.len(),
-            backbone_sha256: self.backbone_sha256.clone(),
-            precision: self.precision.clone(),
+            backbone_sha256: self.backbone.digest.clone(),
+            precision: self.backbone.precision.clone(),
+            input_size: self.backbone.input_size,
             classes: self.classes.clone(),
             items: self.items.clone(),
         };
@@ -125,8 +126,11 @@ impl EmbeddingSet {
         }
         Ok(EmbeddingSet {
             dim: meta.dim,
-            backbone_sha256: meta.backbone_sha256,
-            precision: meta.precision,
+            backbone: BackboneId {
+                digest: meta.backbone_sha256,
+                precision: meta.precision,
+                input_size: meta.input_size,
+            },
             classes: meta.classes,
             items: meta.items,
             data,
@@ -141,8 +145,11 @@ mod tests {
     fn sample() -> EmbeddingSet {
         EmbeddingSet {
             dim: 2,
-            backbone_sha256: "ab".into(),
-            precision: "w8".into(),
+            backbone: BackboneId {
+                digest: "ab".into(),
+                precision: "w8".into(),
+                input_size: Some(224),
+            },
             classes: vec!["x".into(), "y".into()],
             items: vec![
                 CachedItem {

@@ -48,7 +48,7 @@ fn preprocessing_matches_the_export_script() {
     assert!(images.len() >= 4);
     for im in images {
         let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
-        e.preprocess(&img.data, img.width, img.height);
+        e.preprocess(&img.rgb, img.width, img.height);
         let input = e.input();
         let s = 224;
         for probe in im["probe"].as_array().unwrap() {
@@ -88,11 +88,15 @@ fn embeddings_match_onnxruntime_for_every_variant() {
         };
         let file_sha = teachcam::backbone::verify_model(&models().join(p.file_name())).unwrap();
         assert_eq!(file_sha, g["models"][file]["sha256"].as_str().unwrap());
-        assert_eq!(b.sha256() == file_sha, p != Precision::Int8);
+        assert_eq!(b.id().digest == file_sha, p != Precision::Int8);
+        assert_eq!(
+            (b.id().precision.as_str(), b.id().input_size),
+            (p.name(), Some(224))
+        );
         let mut e = b.embedder();
         for im in g["images"].as_array().unwrap() {
             let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
-            let got = e.embed(&img.data, img.width, img.height).unwrap();
+            let got = e.embed(&img.rgb, img.width, img.height).unwrap();
             let want = floats(&im["embeddings"][file]);
             let cos = cosine(&got, &want);
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::BackboneId;
 use crate::framed::{self, FramedError};
 
 const KIND: &str = "teachcam-head";
 const VERSION: u32 = 1;
 
 /// Label reported when the best class is below the head's confidence threshold.
-pub const UNKNOWN: &str = "unknown";
+pub use crate::frame::UNKNOWN;
 
 /// Why a head cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -31,19 +32,17 @@ pub enum HeadError {
     File(#[from] FramedError),
     /// Trained on another backbone.
     #[error(
-        "head {path} was trained for backbone {head_backbone} ({head_precision}), but the loaded backbone is {backbone} ({precision}); retrain it (teachcam train ... --precision {precision}) or run with --precision {head_precision}"
+        "head {path} was trained for backbone {head}, but the loaded backbone is {loaded}; {fix}"
     )]
     WrongBackbone {
         /// Head file.
         path: PathBuf,
-        /// Backbone digest recorded in the head (shortened).
-        head_backbone: String,
-        /// Precision recorded in the head.
-        head_precision: String,
-        /// Digest of the loaded backbone (shortened).
-        backbone: String,
-        /// Precision of the loaded backbone.
-        precision: String,
+        /// The backbone recorded in the head (its id, shortened, with precision and size).
+        head: String,
+        /// The loaded backbone, likewise.
+        loaded: String,
+        /// What to do: the flag that differs.
+        fix: String,
     },
     /// Dimension mismatch.
     #[error(
@@ -101,14 +100,14 @@ pub struct Head {
     pub bias: Vec<f32>,
     /// Below this top probability the answer is "unknown".
     pub threshold: f32,
-    /// SHA-256 of the backbone model file.
-    pub backbone_sha256: String,
-    /// Precision name of that backbone.
-    pub precision: String,
+    /// The backbone whose embeddings this head classifies.
+    pub backbone: BackboneId,
     /// Training record.
     pub info: TrainInfo,
 }
 
+/// The file's metadata. The backbone is stored as its digest and precision under the names
+/// older files use, so heads stay readable both ways.
 #[derive(Serialize, Deserialize)]
 struct Meta {
     classes: Vec<String>,
@@ -116,6 +115,8 @@ struct Meta {
     threshold: f32,
     backbone_sha256: String,
     precision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input_size: Option<usize>,
     info: TrainInfo,
 }
 
@@ -225,8 +226,9 @@ impl Head {
             classes: self.classes.clone(),
             dim: self.dim,
             threshold: self.threshold,
-            backbone_sha256: self.backbone_sha256.clone(),
-            precision: self.precision.clone(),
+            backbone_sha256: self.backbone.digest.clone(),
+            precision: self.backbone.precision.clone(),
+            input_size: self.backbone.input_size,
             info: self.info.clone(),
         };
         // Plain data: serialisation cannot fail.
@@ -276,8 +278,11 @@ impl Head {
             classes: meta.classes,
             dim: d,
             threshold: meta.threshold,
-            backbone_sha256: meta.backbone_sha256,
-            precision: meta.precision,
+            backbone: BackboneId {
+                digest: meta.backbone_sha256,
+                precision: meta.precision,
+                input_size: meta.input_size,
+            },
             info: meta.info,
         })
     }
@@ -295,8 +300,7 @@ impl Head {
     pub fn check_backbone(
         &self,
         path: &Path,
-        sha256: &str,
-        precision: &str,
+        loaded: &BackboneId,
         dim: usize,
     ) -> Result<(), HeadError> {
         if self.dim != dim {
@@ -306,21 +310,28 @@ impl Head {
                 dim,
             });
         }
-        if self.backbone_sha256 != sha256 {
+        if !self.backbone.same_as(loaded) {
+            let head = &self.backbone;
+            // Name the flag that actually differs: the input size when both are known and
+            // differ, else the precision.
+            let fix = match (head.input_size, loaded.input_size) {
+                (Some(h), Some(l)) if h != l => format!(
+                    "retrain it (teachcam --input-size {l} train ...) or run with --input-size {h}"
+                ),
+                _ => format!(
+                    "retrain it (teachcam train ... --precision {}) or run with --precision {}",
+                    loaded.precision, head.precision
+                ),
+            };
             return Err(HeadError::WrongBackbone {
                 path: path.to_path_buf(),
-                head_backbone: short(&self.backbone_sha256),
-                head_precision: self.precision.clone(),
-                backbone: short(sha256),
-                precision: precision.to_string(),
+                head: head.to_string(),
+                loaded: loaded.to_string(),
+                fix,
             });
         }
         Ok(())
     }
-}
-
-fn short(h: &str) -> String {
-    h.chars().take(12).collect()
 }
 
 #[cfg(test)]
@@ -336,12 +347,19 @@ mod tests {
             weights: vec![5.0, 0.0, 0.0, 5.0],
             bias: vec![0.0, 0.0],
             threshold: 0.6,
-            backbone_sha256: "f".repeat(64),
-            precision: "w8".into(),
+            backbone: id("f", "w8", 224),
             info: TrainInfo {
                 seed: 3,
                 ..Default::default()
             },
+        }
+    }
+
+    fn id(digit: &str, precision: &str, size: usize) -> BackboneId {
+        BackboneId {
+            digest: digit.repeat(64),
+            precision: precision.into(),
+            input_size: Some(size),
         }
     }
 
@@ -368,13 +386,22 @@ mod tests {
         h.save(&p).unwrap();
         let back = Head::load(&p).unwrap();
         assert_eq!(back, h);
-        back.check_backbone(&p, &"f".repeat(64), "w8", 2).unwrap();
+        back.check_backbone(&p, &id("f", "w8", 224), 2).unwrap();
         let e = back
-            .check_backbone(&p, &"0".repeat(64), "f32", 2)
+            .check_backbone(&p, &id("0", "f32", 224), 2)
             .unwrap_err();
         assert!(e.to_string().contains("--precision f32"), "{e}");
+        // Another input size: the message names that flag, not a no-op precision.
         let e = back
-            .check_backbone(&p, &"f".repeat(64), "w8", 1280)
+            .check_backbone(&p, &id("0", "w8", 160), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--input-size 224") && !e.contains("--precision"),
+            "{e}"
+        );
+        let e = back
+            .check_backbone(&p, &id("f", "w8", 224), 1280)
             .unwrap_err();
         assert!(matches!(e, HeadError::WrongDim { .. }));
     }

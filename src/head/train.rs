@@ -20,6 +20,7 @@
 use std::time::Instant;
 
 use super::{Head, TrainInfo, dot, l2_normalise, softmax};
+use crate::backbone::BackboneId;
 use crate::rng::Rng;
 
 /// Training knobs. [`TrainConfig::default`] is what the CLI and the daemon use.
@@ -113,6 +114,12 @@ pub struct TrainReport {
     pub holdout_accuracy: Option<f32>,
     /// Held-out rows.
     pub holdout_count: usize,
+    /// Held-out confusion of the selected candidate, `[true][predicted]`, summed over its
+    /// folds (`None` when nothing was held out).
+    pub holdout_confusion: Option<Vec<Vec<usize>>>,
+    /// Held-out accuracy of the imprinted warm start on the same folds: what training had
+    /// to beat (the appliance keeps an imprinted head when a fine-tune is worse than this).
+    pub imprint_accuracy: Option<f32>,
     /// Accuracy of the final head on all of its training rows.
     pub train_accuracy: f32,
 }
@@ -220,6 +227,19 @@ fn evaluate(p: &Params, set: &Set, c: usize, d: usize) -> (f32, f32) {
     }
     let n = set.y.len().max(1) as f64;
     ((loss / n) as f32, (correct as f64 / n) as f32)
+}
+
+/// `[true][predicted]` counts of `p` on `set`, row-major `c × c`.
+fn confusion(p: &Params, set: &Set, c: usize, d: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; c * c];
+    let mut logits = vec![0f32; c];
+    for (row, &y) in set.z.chunks_exact(d).zip(&set.y) {
+        for (k, l) in logits.iter_mut().enumerate() {
+            *l = dot(&p.w[k * d..(k + 1) * d], row) + p.b[k];
+        }
+        counts[y * c + argmax(&logits)] += 1;
+    }
+    counts
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -456,6 +476,10 @@ struct FoldFit {
     fit: Fitted,
     stats: Stats,
     holdout: usize,
+    /// Held-out confusion of the fit's parameters, row-major.
+    confusion: Vec<usize>,
+    /// Held-out accuracy of the imprint the fit started from.
+    start_accuracy: f32,
 }
 
 /// One model-selection fit: an L2 strength on one fold.
@@ -477,8 +501,7 @@ pub fn train(
     train: Examples,
     val: Option<Examples>,
     classes: Vec<String>,
-    backbone_sha256: &str,
-    precision: &str,
+    backbone: &BackboneId,
     cfg: &TrainConfig,
 ) -> Result<(Head, TrainReport), TrainError> {
     validate(&train, &classes)?;
@@ -530,6 +553,7 @@ pub fn train(
             (None, None) => unreachable!("tasks exist only with a held-out set"),
         };
         let init = imprint(&set, c, d);
+        let start_accuracy = evaluate(&init, &ho, c, d).1;
         let prob = Problem {
             set: &set,
             holdout: Some(&ho),
@@ -537,8 +561,11 @@ pub fn train(
             d,
             cfg,
         };
+        let fitted = fit(&prob, init, t.l2, cfg.max_epochs, t.seed);
         FoldFit {
-            fit: fit(&prob, init, t.l2, cfg.max_epochs, t.seed),
+            start_accuracy,
+            confusion: confusion(&fitted.params, &ho, c, d),
+            fit: fitted,
             stats: st,
             holdout: ho.y.len(),
         }
@@ -617,6 +644,21 @@ pub fn train(
         .flatten()
         .map(|r| r.holdout)
         .sum::<usize>();
+    let holdout_confusion = chosen.map(|i| {
+        let mut sum = vec![0usize; c * c];
+        for f in outcomes[i * nf..(i + 1) * nf].iter().flatten() {
+            sum.iter_mut().zip(&f.confusion).for_each(|(s, n)| *s += n);
+        }
+        sum.chunks(c.max(1)).map(<[usize]>::to_vec).collect()
+    });
+    let imprint_accuracy = chosen.map(|i| {
+        let rs: Vec<&FoldFit> = outcomes[i * nf..(i + 1) * nf].iter().flatten().collect();
+        let n = rs.iter().map(|r| r.holdout).sum::<usize>().max(1) as f32;
+        rs.iter()
+            .map(|r| r.start_accuracy * r.holdout as f32)
+            .sum::<f32>()
+            / n
+    });
     let default_l2 = cfg
         .l2_grid
         .get(cfg.l2_grid.len() / 2)
@@ -680,8 +722,7 @@ pub fn train(
         weights: params.w,
         bias: params.b,
         threshold: cfg.threshold,
-        backbone_sha256: backbone_sha256.to_string(),
-        precision: precision.to_string(),
+        backbone: backbone.clone(),
         info: TrainInfo {
             seed: cfg.seed,
             l2,
@@ -700,6 +741,8 @@ pub fn train(
         epochs,
         holdout_accuracy,
         holdout_count,
+        holdout_confusion,
+        imprint_accuracy,
         train_accuracy: correct as f32 / train.labels.len() as f32,
     };
     Ok((head, report))
@@ -710,8 +753,7 @@ pub fn train(
 pub fn imprint_head(
     train: Examples,
     classes: Vec<String>,
-    backbone_sha256: &str,
-    precision: &str,
+    backbone: &BackboneId,
     threshold: f32,
 ) -> Result<Head, TrainError> {
     validate(&train, &classes)?;
@@ -726,8 +768,7 @@ pub fn imprint_head(
         weights: p.w,
         bias: p.b,
         threshold,
-        backbone_sha256: backbone_sha256.to_string(),
-        precision: precision.to_string(),
+        backbone: backbone.clone(),
         info: TrainInfo {
             samples_per_class: by_class(train.labels, c).iter().map(Vec::len).collect(),
             ..Default::default()
@@ -755,6 +796,14 @@ mod tests {
         (x, y)
     }
 
+    fn bid() -> BackboneId {
+        BackboneId {
+            digest: "h".into(),
+            precision: "w8".into(),
+            input_size: None,
+        }
+    }
+
     fn names(c: usize) -> Vec<String> {
         (0..c).map(|k| format!("c{k}")).collect()
     }
@@ -769,10 +818,23 @@ mod tests {
             data: &x,
             labels: &y,
         };
-        let (head, rep) = train(ex, None, names(4), "h", "w8", &TrainConfig::default()).unwrap();
+        let (head, rep) = train(ex, None, names(4), &bid(), &TrainConfig::default()).unwrap();
         assert!(rep.train_accuracy > 0.97, "{rep:?}");
         assert!(rep.holdout_accuracy.unwrap() > 0.95, "{rep:?}");
         assert_eq!(rep.candidates.len(), TrainConfig::default().l2_grid.len());
+        // The held-out confusion covers every held-out row once and agrees with the accuracy.
+        let m = rep.holdout_confusion.as_ref().unwrap();
+        let total: usize = m.iter().flatten().sum();
+        let diag: usize = (0..4).map(|k| m[k][k]).sum();
+        assert_eq!((m.len(), total), (4, rep.holdout_count));
+        let acc = diag as f32 / total as f32;
+        assert!(
+            (acc - rep.holdout_accuracy.unwrap()).abs() < 1e-4,
+            "{acc} {rep:?}"
+        );
+        // The imprinted start is measured on the same folds (well above chance here).
+        let start = rep.imprint_accuracy.unwrap();
+        assert!(start > 0.5 && start <= 1.0, "{rep:?}");
         assert_eq!(head.info.samples_per_class, vec![100; 4]);
     }
 
@@ -788,14 +850,14 @@ mod tests {
             seed: 5,
             ..Default::default()
         };
-        let a = train(ex, None, names(3), "h", "w8", &cfg).unwrap().0;
-        let b = train(ex, None, names(3), "h", "w8", &cfg).unwrap().0;
+        let a = train(ex, None, names(3), &bid(), &cfg).unwrap().0;
+        let b = train(ex, None, names(3), &bid(), &cfg).unwrap().0;
         assert_eq!(a, b);
         let cfg2 = TrainConfig {
             seed: 6,
             ..Default::default()
         };
-        let c = train(ex, None, names(3), "h", "w8", &cfg2).unwrap().0;
+        let c = train(ex, None, names(3), &bid(), &cfg2).unwrap().0;
         assert_ne!(a.weights, c.weights);
     }
 
@@ -807,14 +869,14 @@ mod tests {
             data: &x,
             labels: &y,
         };
-        let h = imprint_head(ex, names(3), "h", "w8", 0.5).unwrap();
+        let h = imprint_head(ex, names(3), &bid(), 0.5).unwrap();
         let (probe, py) = blobs(3, 30, 32, 0.3, 3);
         for (row, &label) in probe.chunks_exact(32).zip(&py) {
             assert_eq!(h.predict(row).best, label);
         }
         // And the full trainer copes with no held-out data at all.
-        let (h2, rep) = train(ex, None, names(3), "h", "w8", &TrainConfig::default()).unwrap();
-        assert!(rep.holdout_accuracy.is_none());
+        let (h2, rep) = train(ex, None, names(3), &bid(), &TrainConfig::default()).unwrap();
+        assert!(rep.holdout_accuracy.is_none() && rep.holdout_confusion.is_none());
         for (row, &label) in probe.chunks_exact(32).zip(&py) {
             assert_eq!(h2.predict(row).best, label);
         }
@@ -837,7 +899,7 @@ mod tests {
             data: &x,
             labels: &y,
         };
-        let (h, _) = train(ex, None, names(2), "h", "w8", &TrainConfig::default()).unwrap();
+        let (h, _) = train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap();
         let probe: Vec<f32> = c1.iter().map(|m| m + 0.3 * r.normal()).collect();
         assert_eq!(h.predict(&probe).best, 1);
     }
@@ -856,7 +918,7 @@ mod tests {
                 holdout: 0.0,
                 ..Default::default()
             };
-            let h = train(ex, None, names(2), "h", "w8", &cfg).unwrap().0;
+            let h = train(ex, None, names(2), &bid(), &cfg).unwrap().0;
             h.weights.iter().map(|w| w * w).sum::<f32>()
         };
         assert!(
@@ -875,7 +937,7 @@ mod tests {
             labels: &[],
         };
         assert_eq!(
-            train(ex, None, names(2), "h", "w8", &TrainConfig::default()).unwrap_err(),
+            train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap_err(),
             TrainError::NoData
         );
         let ex = Examples {
@@ -884,7 +946,7 @@ mod tests {
             labels: &[0],
         };
         assert_eq!(
-            train(ex, None, names(2), "h", "w8", &TrainConfig::default()).unwrap_err(),
+            train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap_err(),
             TrainError::EmptyClass("c1".into())
         );
     }
