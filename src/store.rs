@@ -1,5 +1,5 @@
 //! The crash-safe store of what the device was taught: captured samples (embedding, label,
-//! JPEG thumbnail) and trained heads, in one state directory.
+//! JPEG thumbnail), the class list, and trained heads, in one state directory.
 //!
 //! Layout:
 //! ```text
@@ -7,13 +7,22 @@
 //! STATE/samples/00000042.rec   the record (framed: JSON meta + embedding, SHA-256) — the
 //!                              commit point: a capture is acknowledged once this exists
 //! STATE/index                  list of records (framed, SHA-256), a cache of the directory
+//! STATE/classes                the class list (framed JSON), once the appliance has run
+//! STATE/journal                an [`Edit`] being applied (framed JSON); see below
 //! STATE/head.current           the live head;  STATE/head.previous  the one before it
 //! STATE/quarantine/            records that failed their checksum (kept, never deleted)
 //! ```
 //! Every file is replaced atomically (temp, fsync, rename, directory fsync), so a power cut
 //! leaves either the old or the new version. The index is verified against the records on
-//! open and rebuilt from them when torn, stale or missing. Must not: decide labels or when
-//! to train (the daemon does).
+//! open and rebuilt from them when torn, stale or missing.
+//!
+//! Edits that touch several files (relabel, delete, class list changes) go through the
+//! journal: the edit is written to `STATE/journal` first — that write is the commit point —
+//! then applied file by file, then the journal is removed. A kill in the middle leaves the
+//! journal, and the next [`Store::open`] completes it; a kill before the journal exists
+//! changed nothing. Every step is idempotent, so completing twice is harmless.
+//!
+//! Must not: decide labels, classes or when to train (the appliance core does).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,13 +35,25 @@ use crate::head::Head;
 
 const REC_KIND: &str = "teachcam-sample";
 const INDEX_KIND: &str = "teachcam-index";
+const CLASSES_KIND: &str = "teachcam-classes";
+const JOURNAL_KIND: &str = "teachcam-journal";
 
-/// Why the store cannot be used.
+/// Files at the top of the state directory that this program writes (atomically, so a
+/// leftover temp file of one of these is an interrupted write and safe to remove).
+const OWN_FILES: [&str; 5] = [
+    "index",
+    "classes",
+    "journal",
+    "head.current",
+    "head.previous",
+];
+
+/// Why a store operation failed. Each variant names the file or sample.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A filesystem operation failed.
     #[error(
-        "state directory {path}: {source}; check that it exists and that this user may write to it"
+        "state directory {path}: {source}; check that it exists, that this user may write to it and that the disk has room"
     )]
     Io {
         /// Path involved.
@@ -48,6 +69,51 @@ pub enum StoreError {
         /// Offered dimension.
         got: usize,
     },
+    /// A file failed its checksum or does not parse.
+    #[error("{path} is corrupt ({why}); move it away to start without it")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// An edit names a sample the store does not have.
+    #[error("no sample {0}")]
+    NoSample(u64),
+    /// An edit would store a label that cannot be a class name.
+    #[error("label {label:?} {why}")]
+    BadLabel {
+        /// The label.
+        label: String,
+        /// Why not.
+        why: String,
+    },
+}
+
+/// What kind of failure a [`StoreError`] is, for the appliance's policy and its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The disk (or the user's quota) is full: retry once space is freed.
+    DiskFull,
+    /// The state directory cannot be written (read-only mount, permissions).
+    ReadOnly,
+    /// Anything else.
+    Other,
+}
+
+impl StoreError {
+    /// Classify the failure (disk full and read-only state are expected on appliances).
+    pub fn cause(&self) -> Cause {
+        use std::io::ErrorKind as K;
+        match self {
+            StoreError::Io { source, .. } => match source.kind() {
+                K::StorageFull | K::QuotaExceeded | K::FileTooLarge => Cause::DiskFull,
+                K::ReadOnlyFilesystem | K::PermissionDenied => Cause::ReadOnly,
+                _ => Cause::Other,
+            },
+            _ => Cause::Other,
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -68,11 +134,61 @@ pub struct Sample {
     pub time_ms: u64,
     /// Backbone embedding.
     pub embedding: Vec<f32>,
-    /// SHA-256 of the backbone that made the embedding ("" in records from before it was
-    /// recorded).
+    /// Digest of the backbone that made the embedding ([`crate::backbone::BackboneId`]'s
+    /// `digest`; "" in records from before it was recorded).
     pub backbone: String,
     /// SHA-256 of the thumbnail JPEG.
     pub thumb_sha256: String,
+}
+
+/// What observers see of a sample: no embedding, cheap to copy into snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SampleInfo {
+    /// Sample id.
+    pub id: u64,
+    /// Class name.
+    pub label: String,
+    /// Capture time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// SHA-256 of its thumbnail (see [`read_thumbnail`]).
+    pub thumb_sha256: String,
+}
+
+impl Sample {
+    /// The sample without its embedding.
+    pub fn info(&self) -> SampleInfo {
+        SampleInfo {
+            id: self.id,
+            label: self.label.clone(),
+            time_ms: self.time_ms,
+            thumb_sha256: self.thumb_sha256.clone(),
+        }
+    }
+}
+
+/// A change to several records and the class list that happens completely or not at all
+/// (through the journal). Applied in field order: relabel, delete, then the class list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edit {
+    /// Give these samples a new label.
+    #[serde(default)]
+    pub relabel: Vec<(u64, String)>,
+    /// Delete these samples (record, then thumbnail).
+    #[serde(default)]
+    pub delete: Vec<u64>,
+    /// Replace the class list.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+}
+
+impl Edit {
+    /// Delete `ids`.
+    pub fn delete(ids: Vec<u64>) -> Self {
+        Edit {
+            delete: ids,
+            ..Edit::default()
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,6 +207,11 @@ struct IndexMeta {
     ids: Vec<u64>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct ClassesMeta {
+    classes: Vec<String>,
+}
+
 /// What opening the store found and repaired.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OpenReport {
@@ -102,6 +223,8 @@ pub struct OpenReport {
     pub quarantined: Vec<PathBuf>,
     /// Unfinished temp files removed.
     pub temp_removed: usize,
+    /// An edit interrupted by a crash was completed.
+    pub edit_completed: bool,
 }
 
 /// An open state directory.
@@ -109,16 +232,50 @@ pub struct OpenReport {
 pub struct Store {
     dir: PathBuf,
     samples: Vec<Sample>,
+    classes: Option<Vec<String>>,
     next_id: u64,
     backbone: String,
+    /// A committed edit whose files are not all written yet (the disk filled up half way);
+    /// finished before the next edit, and by the next open at the latest.
+    unfinished: Option<Edit>,
+}
+
+/// Whether `name` is the temp file of an atomic write of `own` (`.NAME.tmpPID`).
+fn is_temp_of(name: &str, own: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|r| r.strip_prefix(own))
+        .is_some_and(|r| r.starts_with(".tmp"))
+}
+
+fn remove_if_present(p: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(p)(e)),
+    }
 }
 
 impl Store {
-    /// Open (creating if needed) the store in `dir`, verifying and repairing it.
+    /// Open (creating if needed) the store in `dir`, verifying and repairing it: an
+    /// interrupted edit is completed, stray temp files removed, corrupt records quarantined
+    /// and a torn or stale index rebuilt.
     pub fn open(dir: &Path) -> Result<(Self, OpenReport), StoreError> {
         let sdir = dir.join("samples");
         std::fs::create_dir_all(&sdir).map_err(io(&sdir))?;
         let mut report = OpenReport::default();
+        report.temp_removed += remove_own_temps(dir)?;
+        let journal = dir.join("journal");
+        if journal.exists() {
+            let edit = read_journal(&journal)?;
+            complete(dir, &edit)?;
+            remove_if_present(&journal)?;
+            sync_dir(dir).map_err(io(dir))?;
+            log::warn!(
+                "{} held an edit interrupted by a crash; it was completed",
+                journal.display()
+            );
+            report.edit_completed = true;
+        }
         let mut names: Vec<PathBuf> = std::fs::read_dir(&sdir)
             .map_err(io(&sdir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -138,16 +295,15 @@ impl Store {
             }
             match read_record(&p) {
                 Ok(s) => samples.push(s),
+                // A record that cannot be read (permissions, I/O) is not corrupt: it is kept
+                // where it is and the start fails naming it.
+                Err(e @ StoreError::Io { .. }) => return Err(e),
                 Err(why) => {
                     let q = dir.join("quarantine");
                     std::fs::create_dir_all(&q).map_err(io(&q))?;
                     let target = q.join(name);
                     std::fs::rename(&p, &target).map_err(io(&p))?;
-                    log::error!(
-                        "{} is corrupt ({why}); moved to {}",
-                        p.display(),
-                        target.display()
-                    );
+                    log::error!("{why}; moved to {}", target.display());
                     report.quarantined.push(target);
                 }
             }
@@ -163,8 +319,10 @@ impl Store {
         let store = Store {
             dir: dir.to_path_buf(),
             samples,
+            classes: read_classes(&dir.join("classes"))?,
             next_id,
             backbone: String::new(),
+            unfinished: None,
         };
         if !index_ok {
             if index_path.exists() {
@@ -190,27 +348,32 @@ impl Store {
         atomic_write(&p, &framed::encode(INDEX_KIND, 1, &meta, &[])).map_err(io(&p))
     }
 
-    /// Tag new samples as embedded by the backbone with this SHA-256.
-    pub fn set_backbone(&mut self, sha256: &str) {
-        self.backbone = sha256.to_string();
+    /// Rewrite the index after a committed change. The index is a cache of the records
+    /// (verified and rebuilt at open), so failing to write it does not undo the change.
+    fn refresh_index(&self) {
+        if let Err(e) = self.write_index() {
+            log::warn!("{e} (the index is rebuilt from the records at the next start)");
+        }
+    }
+
+    /// Tag new samples as embedded by the backbone with this digest.
+    pub fn set_backbone(&mut self, digest: &str) {
+        self.backbone = digest.to_string();
+    }
+
+    /// The class list the appliance saved, if it ever did.
+    pub fn classes(&self) -> Option<&[String]> {
+        self.classes.as_deref()
     }
 
     /// The thumbnail of sample `id`, checked against the checksum in its record.
-    pub fn thumbnail(&self, id: u64) -> Result<Vec<u8>, String> {
+    pub fn thumbnail(&self, id: u64) -> Result<Vec<u8>, StoreError> {
         let s = self
             .samples
             .iter()
             .find(|s| s.id == id)
-            .ok_or_else(|| format!("no sample {id}"))?;
-        let p = self.dir.join("samples").join(format!("{id:08}.jpg"));
-        let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        if crate::fsutil::sha256_hex(&bytes) != s.thumb_sha256 {
-            return Err(format!(
-                "{} does not match its record's checksum",
-                p.display()
-            ));
-        }
-        Ok(bytes)
+            .ok_or(StoreError::NoSample(id))?;
+        read_thumbnail(&self.dir, id, &s.thumb_sha256)
     }
 
     /// The record file of sample `id` (its bytes carry their own checksum).
@@ -220,22 +383,18 @@ impl Store {
 
     /// Replace sample `id`'s embedding (after a backbone change), atomically.
     pub fn replace_embedding(&mut self, id: u64, embedding: &[f32]) -> Result<(), StoreError> {
+        let backbone = self.backbone.clone();
+        let dir = self.dir.clone();
         let Some(s) = self.samples.iter_mut().find(|s| s.id == id) else {
-            return Ok(());
+            return Err(StoreError::NoSample(id));
         };
-        let meta = RecMeta {
-            id,
-            label: s.label.clone(),
-            time_ms: s.time_ms,
-            dim: embedding.len(),
-            thumb_sha256: s.thumb_sha256.clone(),
-            backbone: self.backbone.clone(),
+        let updated = Sample {
+            embedding: embedding.to_vec(),
+            backbone,
+            ..s.clone()
         };
-        let meta = serde_json::to_value(meta).unwrap_or_default();
-        let rec = self.dir.join("samples").join(format!("{id:08}.rec"));
-        atomic_write(&rec, &framed::encode(REC_KIND, 1, &meta, embedding)).map_err(io(&rec))?;
-        s.embedding = embedding.to_vec();
-        s.backbone = self.backbone.clone();
+        write_record(&dir, &updated)?;
+        *s = updated;
         Ok(())
     }
 
@@ -265,54 +424,92 @@ impl Store {
                 got: embedding.len(),
             });
         }
+        check_label(label)?;
+        // An edit left half-done by a full disk goes first (it never touches new ids).
+        if let Err(e) = self.finish_unfinished() {
+            log::warn!("the unfinished edit is still pending: {e}");
+        }
         let id = self.next_id;
-        let sdir = self.dir.join("samples");
-        let thumb = sdir.join(format!("{id:08}.jpg"));
+        let thumb = self.dir.join("samples").join(format!("{id:08}.jpg"));
         atomic_write(&thumb, thumb_jpeg).map_err(io(&thumb))?;
-        let meta = RecMeta {
-            id,
-            label: label.to_string(),
-            time_ms,
-            dim: embedding.len(),
-            thumb_sha256: crate::fsutil::sha256_hex(thumb_jpeg),
-            backbone: self.backbone.clone(),
-        };
-        let thumb_sha256 = meta.thumb_sha256.clone();
-        let meta = serde_json::to_value(meta).unwrap_or_default();
-        let rec = sdir.join(format!("{id:08}.rec"));
-        atomic_write(&rec, &framed::encode(REC_KIND, 1, &meta, embedding)).map_err(io(&rec))?;
-        self.next_id += 1;
-        self.samples.push(Sample {
+        let sample = Sample {
             id,
             label: label.to_string(),
             time_ms,
             embedding: embedding.to_vec(),
             backbone: self.backbone.clone(),
-            thumb_sha256,
-        });
-        self.write_index()?;
+            thumb_sha256: crate::fsutil::sha256_hex(thumb_jpeg),
+        };
+        if let Err(e) = write_record(&self.dir, &sample) {
+            // Not committed: drop the thumbnail too (best effort; the next capture of this
+            // id would replace it anyway).
+            let _ = std::fs::remove_file(&thumb);
+            return Err(e);
+        }
+        self.next_id += 1;
+        self.samples.push(sample);
+        self.refresh_index();
         Ok(id)
     }
 
-    /// Remove the newest sample (undo); returns it.
-    pub fn remove_last(&mut self) -> Result<Option<Sample>, StoreError> {
-        let Some(last) = self.samples.last().cloned() else {
-            return Ok(None);
-        };
-        let sdir = self.dir.join("samples");
-        // Record first (it is the commit point), then its thumbnail, then the index.
-        for ext in ["rec", "jpg"] {
-            let p = sdir.join(format!("{:08}.{ext}", last.id));
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(&p)(e)),
+    /// Apply `edit` through the journal (see the module docs). `Ok` means committed: the
+    /// change is visible now and survives a crash. Refused without any change when a sample
+    /// is unknown, a label is not a valid class name, or the journal cannot be written (a
+    /// full disk or read-only state).
+    pub fn apply(&mut self, edit: &Edit) -> Result<(), StoreError> {
+        for &(id, ref label) in &edit.relabel {
+            self.index_of(id)?;
+            check_label(label)?;
+        }
+        for &id in &edit.delete {
+            self.index_of(id)?;
+        }
+        for c in edit.classes.iter().flatten() {
+            check_label(c)?;
+        }
+        // A half-done edit must be finished before its journal may be replaced.
+        self.finish_unfinished()?;
+        let journal = self.dir.join("journal");
+        let meta = serde_json::to_value(edit).unwrap_or_default();
+        atomic_write(&journal, &framed::encode(JOURNAL_KIND, 1, &meta, &[]))
+            .map_err(io(&journal))?;
+        // Committed. Memory follows at once; the files follow below or, if the disk fills up
+        // half way, before the next edit or at the next open.
+        for (id, label) in &edit.relabel {
+            if let Ok(i) = self.index_of(*id) {
+                self.samples[i].label = label.clone();
             }
         }
-        sync_dir(&sdir).map_err(io(&sdir))?;
-        self.samples.pop();
-        self.write_index()?;
-        Ok(Some(last))
+        self.samples.retain(|s| !edit.delete.contains(&s.id));
+        if let Some(c) = &edit.classes {
+            self.classes = Some(c.clone());
+        }
+        self.unfinished = Some(edit.clone());
+        if let Err(e) = self.finish_unfinished() {
+            log::warn!("edit committed but not yet fully written ({e}); it is completed later");
+        }
+        Ok(())
+    }
+
+    /// Complete a committed edit's files and drop its journal.
+    fn finish_unfinished(&mut self) -> Result<(), StoreError> {
+        let Some(edit) = &self.unfinished else {
+            return Ok(());
+        };
+        complete(&self.dir, edit)?;
+        let journal = self.dir.join("journal");
+        remove_if_present(&journal)?;
+        sync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.unfinished = None;
+        self.refresh_index();
+        Ok(())
+    }
+
+    fn index_of(&self, id: u64) -> Result<usize, StoreError> {
+        self.samples
+            .iter()
+            .position(|s| s.id == id)
+            .ok_or(StoreError::NoSample(id))
     }
 
     /// Number of samples per label, in `labels` order.
@@ -354,18 +551,139 @@ impl Store {
     }
 }
 
-fn read_record(p: &Path) -> Result<Sample, String> {
-    let bytes = std::fs::read(p).map_err(|e| e.to_string())?;
+fn check_label(label: &str) -> Result<(), StoreError> {
+    crate::frame::check_class_name(label).map_err(|why| StoreError::BadLabel {
+        label: label.to_string(),
+        why,
+    })
+}
+
+/// Remove leftover temp files of this program's own top-level files (nothing else).
+fn remove_own_temps(dir: &Path) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if OWN_FILES.iter().any(|own| is_temp_of(&name, own)) {
+            remove_if_present(&e.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Write `s`'s record atomically (the commit point of a capture).
+fn write_record(dir: &Path, s: &Sample) -> Result<(), StoreError> {
+    let meta = RecMeta {
+        id: s.id,
+        label: s.label.clone(),
+        time_ms: s.time_ms,
+        dim: s.embedding.len(),
+        thumb_sha256: s.thumb_sha256.clone(),
+        backbone: s.backbone.clone(),
+    };
+    let meta = serde_json::to_value(meta).unwrap_or_default();
+    let rec = dir.join("samples").join(format!("{:08}.rec", s.id));
+    atomic_write(&rec, &framed::encode(REC_KIND, 1, &meta, &s.embedding)).map_err(io(&rec))
+}
+
+/// Make the files say what `edit` says. Idempotent: a record already relabelled or deleted
+/// is left alone, so an interrupted completion can simply run again.
+fn complete(dir: &Path, edit: &Edit) -> Result<(), StoreError> {
+    let sdir = dir.join("samples");
+    for (id, label) in &edit.relabel {
+        let p = sdir.join(format!("{id:08}.rec"));
+        if !p.exists() {
+            continue;
+        }
+        let s = read_record(&p)?;
+        if &s.label != label {
+            write_record(
+                dir,
+                &Sample {
+                    label: label.clone(),
+                    ..s
+                },
+            )?;
+        }
+    }
+    for id in &edit.delete {
+        // Record first (the commit point of the sample), then its thumbnail.
+        remove_if_present(&sdir.join(format!("{id:08}.rec")))?;
+        remove_if_present(&sdir.join(format!("{id:08}.jpg")))?;
+    }
+    if !edit.delete.is_empty() {
+        sync_dir(&sdir).map_err(io(&sdir))?;
+    }
+    if let Some(classes) = &edit.classes {
+        let p = dir.join("classes");
+        let meta = serde_json::to_value(ClassesMeta {
+            classes: classes.clone(),
+        })
+        .unwrap_or_default();
+        atomic_write(&p, &framed::encode(CLASSES_KIND, 1, &meta, &[])).map_err(io(&p))?;
+    }
+    Ok(())
+}
+
+fn read_journal(p: &Path) -> Result<Edit, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt {
+        path: p.to_path_buf(),
+        why,
+    };
+    let (meta, _) =
+        framed::read(p, JOURNAL_KIND, 1, |_| Ok(0)).map_err(|e| corrupt(e.to_string()))?;
+    serde_json::from_value(meta).map_err(|e| corrupt(e.to_string()))
+}
+
+fn read_classes(p: &Path) -> Result<Option<Vec<String>>, StoreError> {
+    if !p.exists() {
+        return Ok(None);
+    }
+    let corrupt = |why: String| StoreError::Corrupt {
+        path: p.to_path_buf(),
+        why,
+    };
+    let (meta, _) =
+        framed::read(p, CLASSES_KIND, 1, |_| Ok(0)).map_err(|e| corrupt(e.to_string()))?;
+    let m: ClassesMeta = serde_json::from_value(meta).map_err(|e| corrupt(e.to_string()))?;
+    for c in &m.classes {
+        crate::frame::check_class_name(c).map_err(|why| corrupt(format!("class {c:?} {why}")))?;
+    }
+    Ok(Some(m.classes))
+}
+
+/// The thumbnail of sample `id` in the state directory `dir`, checked against `sha256` (from
+/// its record). For readers on other threads (a web console): it reads one file, never
+/// writes, and a thumbnail replaced or deleted meanwhile is reported, not returned.
+pub fn read_thumbnail(dir: &Path, id: u64, sha256: &str) -> Result<Vec<u8>, StoreError> {
+    let p = dir.join("samples").join(format!("{id:08}.jpg"));
+    let bytes = std::fs::read(&p).map_err(io(&p))?;
+    if crate::fsutil::sha256_hex(&bytes) != sha256 {
+        return Err(StoreError::Corrupt {
+            path: p,
+            why: "does not match its record's checksum".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+fn read_record(p: &Path) -> Result<Sample, StoreError> {
+    let bytes = std::fs::read(p).map_err(io(p))?;
     decode_record(p, &bytes)
 }
 
 /// Parse and verify a sample record's bytes (`p` names it in messages).
-pub fn decode_record(p: &Path, bytes: &[u8]) -> Result<Sample, String> {
+pub fn decode_record(p: &Path, bytes: &[u8]) -> Result<Sample, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt {
+        path: p.to_path_buf(),
+        why,
+    };
     let (meta, payload) = framed::decode(p, bytes, REC_KIND, 1, |m| {
         framed::meta_usize(m, "dim").ok_or_else(|| "no dim".to_string())
     })
-    .map_err(|e| e.to_string())?;
-    let m: RecMeta = serde_json::from_value(meta).map_err(|e| e.to_string())?;
+    .map_err(|e| corrupt(e.to_string()))?;
+    let m: RecMeta = serde_json::from_value(meta).map_err(|e| corrupt(e.to_string()))?;
     Ok(Sample {
         id: m.id,
         label: m.label,
@@ -379,6 +697,13 @@ pub fn decode_record(p: &Path, bytes: &[u8]) -> Result<Sample, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn labels(s: &Store) -> Vec<(u64, String)> {
+        s.samples()
+            .iter()
+            .map(|s| (s.id, s.label.clone()))
+            .collect()
+    }
 
     #[test]
     fn add_reopen_undo_round_trip() {
@@ -396,7 +721,11 @@ mod tests {
             s.counts(&["cup".into(), "pen".into(), "x".into()]),
             vec![1, 1, 0]
         );
-        assert_eq!(s.remove_last().unwrap().unwrap().label, "pen");
+        s.apply(&Edit::delete(vec![b])).unwrap();
+        assert!(
+            !d.path().join("journal").exists(),
+            "journal removed once done"
+        );
         drop(s);
         let (s, _) = Store::open(d.path()).unwrap();
         assert_eq!(s.ids().into_iter().collect::<Vec<_>>(), vec![a]);
@@ -414,7 +743,8 @@ mod tests {
             s.add("a", &[i as f32; 4], b"t", i).unwrap();
         }
         drop(s);
-        // Tear the index and flip a byte in one record; leave a stray temp file.
+        // Tear the index and flip a byte in one record; leave stray temp files (ours, and
+        // a user's file that only looks like one).
         let idx = d.path().join("index");
         let bytes = std::fs::read(&idx).unwrap();
         std::fs::write(&idx, &bytes[..bytes.len() / 2]).unwrap();
@@ -424,10 +754,13 @@ mod tests {
         r[n - 40] ^= 1;
         std::fs::write(&rec, r).unwrap();
         std::fs::write(d.path().join("samples/.00000006.rec.tmp123"), b"partial").unwrap();
+        std::fs::write(d.path().join(".head.current.tmp77"), b"partial").unwrap();
+        std::fs::write(d.path().join(".notes.tmp"), b"mine").unwrap();
         let (s, rep) = Store::open(d.path()).unwrap();
         assert!(rep.index_rebuilt);
         assert_eq!(rep.quarantined.len(), 1);
-        assert_eq!(rep.temp_removed, 1);
+        assert_eq!(rep.temp_removed, 2);
+        assert!(d.path().join(".notes.tmp").exists(), "not ours: kept");
         assert_eq!(s.ids().into_iter().collect::<Vec<_>>(), vec![1, 2, 4, 5]);
         assert!(
             d.path().join("quarantine/00000003.rec").exists(),
@@ -458,7 +791,13 @@ mod tests {
         );
         assert_eq!((got.label.as_str(), got.time_ms), ("cup", 5));
         std::fs::write(d.path().join(format!("samples/{id:08}.jpg")), b"other").unwrap();
-        assert!(s.thumbnail(id).unwrap_err().contains("checksum"));
+        assert!(
+            s.thumbnail(id)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
+        assert!(matches!(s.thumbnail(99), Err(StoreError::NoSample(99))));
     }
 
     #[test]
@@ -474,8 +813,7 @@ mod tests {
             weights: vec![1.0],
             bias: vec![0.0],
             threshold: 0.5,
-            backbone_sha256: "x".into(),
-            precision: "w8".into(),
+            backbone: Default::default(),
             info: Default::default(),
         };
         s.save_head(&h).unwrap();
@@ -488,5 +826,99 @@ mod tests {
             vec![0.0],
             "falls back to head.previous"
         );
+    }
+
+    #[test]
+    fn edits_relabel_delete_and_keep_the_class_list() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        assert_eq!(s.classes(), None);
+        for (i, l) in ["a", "b", "a", "c"].iter().enumerate() {
+            s.add(l, &[i as f32], b"t", i as u64).unwrap();
+        }
+        let edit = Edit {
+            relabel: vec![(1, "z".into()), (3, "z".into())],
+            delete: vec![4],
+            classes: Some(vec!["z".into(), "b".into()]),
+        };
+        s.apply(&edit).unwrap();
+        let want = vec![(1, "z".to_string()), (2, "b".into()), (3, "z".into())];
+        assert_eq!(labels(&s), want);
+        drop(s);
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert!(!rep.edit_completed && !rep.index_rebuilt);
+        assert_eq!(labels(&s), want);
+        assert_eq!(s.classes().unwrap(), ["z", "b"]);
+        // Unknown samples and bad labels are refused and change nothing.
+        let mut s = s;
+        assert!(matches!(
+            s.apply(&Edit::delete(vec![1, 42])),
+            Err(StoreError::NoSample(42))
+        ));
+        let bad = Edit {
+            relabel: vec![(1, "a/b".into())],
+            ..Edit::default()
+        };
+        assert!(matches!(s.apply(&bad), Err(StoreError::BadLabel { .. })));
+        assert_eq!(labels(&s), want);
+    }
+
+    #[test]
+    fn a_crash_after_the_journal_is_completed_at_the_next_open() {
+        // Simulate a kill after the commit point: the journal is written and only the first
+        // record was relabelled before the process died.
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        for i in 0..4 {
+            s.add("old", &[i as f32], b"t", i).unwrap();
+        }
+        drop(s);
+        let edit = Edit {
+            relabel: vec![(1, "new".into()), (2, "new".into())],
+            delete: vec![3],
+            classes: Some(vec!["new".into()]),
+        };
+        let meta = serde_json::to_value(&edit).unwrap();
+        atomic_write(
+            &d.path().join("journal"),
+            &framed::encode(JOURNAL_KIND, 1, &meta, &[]),
+        )
+        .unwrap();
+        let first = Edit {
+            relabel: vec![(1, "new".into())],
+            ..Edit::default()
+        };
+        complete(d.path(), &first).unwrap();
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert!(rep.edit_completed);
+        assert!(!d.path().join("journal").exists());
+        assert_eq!(
+            labels(&s),
+            vec![(1, "new".into()), (2, "new".into()), (4, "old".into())]
+        );
+        assert_eq!(s.classes().unwrap(), ["new"]);
+        // Completing again (a second crash during completion) changes nothing more.
+        complete(d.path(), &edit).unwrap();
+        let (s2, _) = Store::open(d.path()).unwrap();
+        assert_eq!(labels(&s2), labels(&s));
+        // A journal that fails its checksum is not guessed at: the open names it.
+        std::fs::write(d.path().join("journal"), b"teachcam-journal 1\n{}\nxx").unwrap();
+        let e = Store::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("journal") && e.contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn io_failures_are_classified_for_the_appliance() {
+        let full = StoreError::Io {
+            path: "x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        };
+        let ro = StoreError::Io {
+            path: "x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem),
+        };
+        assert_eq!(full.cause(), Cause::DiskFull);
+        assert_eq!(ro.cause(), Cause::ReadOnly);
+        assert_eq!(StoreError::NoSample(1).cause(), Cause::Other);
     }
 }
