@@ -5,15 +5,16 @@
 //! A reader thread splits the byte stream into JPEGs (SOI `FF D8` … EOI `FF D9`; inside the
 //! entropy-coded data `FF` is always stuffed, so `FF D9` only ends a frame) and keeps only the
 //! newest one in a one-slot mailbox: a slow consumer skips frames instead of queueing them.
-//! When the child exits it is restarted with exponential backoff (1 s doubling to 30 s) and
-//! the daemon keeps running. Must not: block the caller.
+//! When the child exits it is restarted with exponential backoff (1 s doubling to 30 s,
+//! computed from the time passed to `poll`) and the daemon keeps running. Must not: block
+//! the caller.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use super::{CameraError, Frame, FrameSource};
+use super::{Backoff, CameraError, FrameSource, Pace};
+use crate::frame::Frame;
 
 /// The newest complete JPEG and a counter of frames seen.
 #[derive(Default)]
@@ -29,10 +30,11 @@ pub struct PipeSource {
     args: Vec<String>,
     child: Option<Child>,
     mailbox: Arc<Mutex<Mailbox>>,
-    backoff: Duration,
-    retry_at: Option<Instant>,
-    period_ms: u64,
-    next_ms: u64,
+    backoff: Backoff,
+    /// Frames seen when the child was last (re)started: a child that delivered frames ran
+    /// well, and the backoff starts from its minimum again.
+    seen_at_start: u64,
+    pace: Pace,
 }
 
 impl PipeSource {
@@ -44,10 +46,9 @@ impl PipeSource {
             args,
             child: None,
             mailbox: Arc::new(Mutex::new(Mailbox::default())),
-            backoff: Duration::from_secs(1),
-            retry_at: Some(Instant::now()),
-            period_ms,
-            next_ms: 0,
+            backoff: Backoff::new(),
+            seen_at_start: 0,
+            pace: Pace::new(period_ms),
         }
     }
 
@@ -131,29 +132,30 @@ impl PipeSource {
     }
 
     /// Restart a dead child when its backoff has passed.
-    fn supervise(&mut self) {
+    fn supervise(&mut self, now_ms: u64) {
         if let Some(c) = &mut self.child
             && let Ok(Some(status)) = c.try_wait()
         {
+            if self.frames_seen() > self.seen_at_start {
+                self.backoff.reset();
+            }
+            let wait = self.backoff.failed(now_ms);
             log::warn!(
-                "camera {} exited ({status}); restarting in {:?}",
-                self.name,
-                self.backoff
+                "camera {} exited ({status}); restarting in {wait} ms",
+                self.name
             );
             self.child = None;
-            self.retry_at = Some(Instant::now() + self.backoff);
-            self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
         }
-        if self.child.is_none() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
+        if self.child.is_none() && self.backoff.due(now_ms) {
             match self.spawn() {
                 Ok(()) => {
                     log::info!("camera {} started", self.name);
-                    self.retry_at = None;
+                    self.backoff.succeeded();
+                    self.seen_at_start = self.frames_seen();
                 }
                 Err(e) => {
-                    log::warn!("camera {}: {e}; retrying in {:?}", self.name, self.backoff);
-                    self.retry_at = Some(Instant::now() + self.backoff);
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+                    let wait = self.backoff.failed(now_ms);
+                    log::warn!("camera {}: {e}; retrying in {wait} ms", self.name);
                 }
             }
         }
@@ -182,30 +184,21 @@ impl FrameSource for PipeSource {
     }
 
     fn poll(&mut self, now_ms: u64) -> Result<Option<Frame>, CameraError> {
-        self.supervise();
-        if now_ms < self.next_ms {
+        self.supervise(now_ms);
+        if !self.pace.ready(now_ms) {
             return Ok(None);
         }
         let Some(jpeg) = self.mailbox.lock().ok().and_then(|mut m| m.jpeg.take()) else {
             return Ok(None);
         };
-        self.next_ms = now_ms + self.period_ms;
-        match image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg) {
-            Ok(img) => {
-                let img = img.into_rgb8();
-                let (w, h) = img.dimensions();
-                Ok(Some(Frame {
-                    width: w as usize,
-                    height: h as usize,
-                    rgb: img.into_raw(),
-                    tag: self.name.clone(),
-                }))
-            }
-            Err(e) => {
-                log::warn!("camera {}: undecodable frame skipped: {e}", self.name);
-                Ok(None)
-            }
-        }
+        self.pace.took(now_ms);
+        // An undecodable frame is an error the appliance counts; the next one may be fine.
+        crate::frame::decode_jpeg(&jpeg, &self.name)
+            .map(Some)
+            .map_err(|e| CameraError::Read {
+                source_name: self.name.clone(),
+                message: e.to_string(),
+            })
     }
 }
 
@@ -243,13 +236,13 @@ mod tests {
         let cmd = format!("cat {}/train/*/000.jpg", d.path().display());
         let mut s = PipeSource::command(&cmd, 0);
         let mut frames = 0;
-        let t0 = Instant::now();
-        while frames < 4 && t0.elapsed() < Duration::from_secs(20) {
+        let t0 = std::time::Instant::now();
+        while frames < 4 && t0.elapsed() < std::time::Duration::from_secs(20) {
             if let Some(f) = s.poll(t0.elapsed().as_millis() as u64).unwrap() {
                 assert_eq!((f.width, f.height), (256, 192));
                 frames += 1;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert!(frames >= 2, "frames from two runs of the command: {frames}");
         assert!(

@@ -136,7 +136,8 @@ mod imp {
     };
 
     use super::{Layout, to_rgb};
-    use crate::camera::{CameraError, Frame, FrameSource};
+    use crate::camera::{CameraError, FrameSource, Pace};
+    use crate::frame::Frame;
 
     #[derive(Default)]
     struct Mailbox {
@@ -150,8 +151,7 @@ mod imp {
         dev: String,
         mailbox: Arc<Mutex<Mailbox>>,
         stop: Arc<AtomicBool>,
-        period_ms: u64,
-        next_ms: u64,
+        pace: Pace,
     }
 
     fn layout(f: FrameFormat) -> Layout {
@@ -265,8 +265,7 @@ mod imp {
                 dev: dev.to_string(),
                 mailbox,
                 stop,
-                period_ms,
-                next_ms: 0,
+                pace: Pace::new(period_ms),
             })
         }
     }
@@ -277,12 +276,12 @@ mod imp {
         }
 
         fn poll(&mut self, now_ms: u64) -> Result<Option<Frame>, CameraError> {
-            if now_ms < self.next_ms {
+            if !self.pace.ready(now_ms) {
                 return Ok(None);
             }
             let frame = self.mailbox.lock().ok().and_then(|mut m| m.frame.take());
             if frame.is_some() {
-                self.next_ms = now_ms + self.period_ms;
+                self.pace.took(now_ms);
             }
             Ok(frame)
         }
@@ -325,7 +324,7 @@ mod tests {
     #[test]
     fn mjpeg_decodes_and_checks_its_size() {
         let img = image::RgbImage::from_pixel(8, 6, image::Rgb([200, 30, 30]));
-        let jpeg = crate::demo::encode_jpeg(&img).unwrap();
+        let jpeg = crate::frame::encode_jpeg(&img).unwrap();
         let rgb = to_rgb(Layout::Mjpeg, &jpeg, 8, 6).unwrap();
         assert_eq!(rgb.len(), 8 * 6 * 3);
         assert!(rgb[0] > 150 && rgb[1] < 80);

@@ -18,7 +18,7 @@
 
 use serde::Deserialize;
 
-use super::GpioError;
+use super::{GpioError, Lamp};
 
 /// A GPIO line: a number (BCM pin for `rpi`, offset for `gpiochip:CHIP`) or a line name.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,11 +80,16 @@ impl Default for Wiring {
     }
 }
 
-/// Which LEDs are lit for `class` (index into the class list) with `n` LEDs: LED 0 for
-/// "unknown", LED k+1 for class k; a class without an LED lights nothing.
-pub fn led_pattern(class: Option<usize>, n: usize) -> Vec<bool> {
-    let lit = class.map_or(0, |k| k + 1);
-    (0..n).map(|i| i == lit).collect()
+/// Which of `n` LEDs are lit for `lamp`: LED 0 for "unknown", LED k+1 for class k (a class
+/// without an LED lights nothing), every LED for an alert.
+pub fn led_pattern(lamp: Lamp, n: usize) -> Vec<bool> {
+    match lamp {
+        Lamp::Alert => vec![true; n],
+        Lamp::Class(class) => {
+            let lit = class.map_or(0, |k| k + 1);
+            (0..n).map(|i| i == lit).collect()
+        }
+    }
 }
 
 #[cfg(all(feature = "hw", target_os = "linux"))]
@@ -114,7 +119,7 @@ mod imp {
     use gpiocdev::line::{Bias, Value};
 
     use super::{GpioError, Line, Wiring, led_pattern};
-    use crate::gpio::{Buttons, Indicator, Io};
+    use crate::gpio::{Buttons, Indicator, Io, Lamp};
 
     fn board(what: String) -> GpioError {
         GpioError::Board(what)
@@ -141,8 +146,8 @@ mod imp {
     }
 
     impl Indicator for RpiLeds {
-        fn show(&mut self, class: Option<usize>) {
-            let pattern = led_pattern(class, self.pins.len());
+        fn show(&mut self, lamp: Lamp) {
+            let pattern = led_pattern(lamp, self.pins.len());
             for (pin, on) in self.pins.iter_mut().zip(pattern) {
                 if on != self.active_low {
                     pin.set_high();
@@ -349,8 +354,8 @@ mod imp {
     }
 
     impl Indicator for CdevLeds {
-        fn show(&mut self, class: Option<usize>) {
-            let pattern = led_pattern(class, self.count);
+        fn show(&mut self, lamp: Lamp) {
+            let pattern = led_pattern(lamp, self.count);
             for g in &self.groups {
                 for &(i, off) in &g.lines {
                     let v = if pattern[i] {
@@ -415,11 +420,13 @@ mod tests {
 
     #[test]
     fn one_led_per_class_and_led_zero_for_unknown() {
-        assert_eq!(led_pattern(None, 5), [true, false, false, false, false]);
-        assert_eq!(led_pattern(Some(0), 5), [false, true, false, false, false]);
-        assert_eq!(led_pattern(Some(3), 5), [false, false, false, false, true]);
-        assert_eq!(led_pattern(Some(7), 5), [false; 5], "no LED for class 8");
-        assert!(led_pattern(Some(0), 0).is_empty());
+        let class = |k| led_pattern(Lamp::Class(k), 5);
+        assert_eq!(class(None), [true, false, false, false, false]);
+        assert_eq!(class(Some(0)), [false, true, false, false, false]);
+        assert_eq!(class(Some(3)), [false, false, false, false, true]);
+        assert_eq!(class(Some(7)), [false; 5], "no LED for class 8");
+        assert!(led_pattern(Lamp::Class(Some(0)), 0).is_empty());
+        assert_eq!(led_pattern(Lamp::Alert, 3), [true; 3]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Buttons and indicator outputs behind two small traits, chosen at run time by URI, plus
-//! the pure [`debounce`] state machine every backend's raw levels go through.
+//! Buttons and indicator outputs behind two small traits, chosen at run time by a typed
+//! [`GpioSpec`] (parsed once), plus the pure [`debounce`] state machine every backend's raw
+//! levels go through.
 //!
 //! Backends: `rpi` (rppal, Raspberry Pi) and `gpiochip[:CHIP]` (the Linux GPIO character
 //! device, any board), both in [`board`]; `keyboard` (button numbers typed on stdin),
@@ -8,6 +9,9 @@
 
 pub mod board;
 pub mod debounce;
+
+use std::fmt;
+use std::str::FromStr;
 
 pub use board::{Line, Wiring};
 
@@ -60,22 +64,51 @@ pub trait Buttons: Send {
     fn read(&mut self, now_ms: u64) -> Result<Vec<bool>, GpioError>;
 }
 
+/// What the indicator shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lamp {
+    /// The class with this index (LED k+1), or "unknown" (LED 0).
+    Class(Option<usize>),
+    /// Every LED at once: something needs attention (a refused capture, a failing camera or
+    /// model); the appliance shows the class again when it passes.
+    Alert,
+}
+
 /// Something that shows the current class (LEDs, a relay, a log line).
 pub trait Indicator: Send {
-    /// Show `class` (index), or nothing for "unknown".
-    fn show(&mut self, class: Option<usize>);
+    /// Show `lamp`.
+    fn show(&mut self, lamp: Lamp);
 }
 
 /// Scripted presses: `(start_ms, button, hold_ms)`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
     presses: Vec<(u64, usize, u64)>,
     count: usize,
 }
 
 impl Script {
-    /// Parse `T@B[+D],...`.
+    /// Parse `T@B[+D],...` for `count` buttons (0..count).
     pub fn parse(spec: &str, count: usize) -> Result<Self, GpioError> {
+        let mut s = Self::parse_any(spec)?;
+        s.check(count)?;
+        s.count = count;
+        Ok(s)
+    }
+
+    /// Refuse presses of buttons that do not exist (0..count).
+    pub fn check(&self, count: usize) -> Result<(), GpioError> {
+        match self.presses.iter().find(|p| p.1 >= count) {
+            Some(&(t, b, d)) => Err(GpioError::Script {
+                entry: format!("{t}@{b}+{d}"),
+                why: format!("button {b} does not exist (0..{count})"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Parse the grammar alone (button numbers are checked against the wiring later).
+    fn parse_any(spec: &str) -> Result<Self, GpioError> {
         let mut presses = Vec::new();
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let bad = |why: &str| GpioError::Script {
@@ -91,12 +124,21 @@ impl Script {
             let d: u64 = d
                 .parse()
                 .map_err(|_| bad("hold is not a whole number of ms"))?;
-            if b >= count {
-                return Err(bad(&format!("button {b} does not exist (0..{count})")));
+            if t.checked_add(d).is_none() {
+                return Err(bad("time and hold overflow"));
             }
             presses.push((t, b, d));
         }
+        let count = presses.iter().map(|p| p.1 + 1).max().unwrap_or(0);
         Ok(Script { presses, count })
+    }
+
+    fn with_count(&self, count: usize) -> Result<Self, GpioError> {
+        self.check(count)?;
+        Ok(Script {
+            presses: self.presses.clone(),
+            count,
+        })
     }
 }
 
@@ -172,60 +214,100 @@ impl Buttons for Keyboard {
     }
 }
 
-/// Open buttons and the class indicator from a URI: `count` buttons (undo + one per class)
-/// and, on boards, the wired LEDs.
-pub fn open(uri: &str, wiring: &Wiring, count: usize) -> Result<Io, GpioError> {
-    if is_board(uri) && wiring.buttons.len() < count {
+/// Which buttons and LEDs to open: the parsed form of a GPIO URI.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GpioSpec {
+    /// `rpi`: Raspberry Pi GPIO through rppal (BCM numbers).
+    Rpi,
+    /// `gpiochip` (lines by name on any chip) or `gpiochip:CHIP`.
+    Gpiochip(Option<String>),
+    /// `keyboard`: button numbers typed on stdin.
+    Keyboard,
+    /// `script:T@B[+D],...`: scripted presses.
+    Script(Script),
+    /// `none`: no buttons, no LEDs (the default).
+    #[default]
+    None,
+}
+
+impl FromStr for GpioSpec {
+    type Err = GpioError;
+
+    fn from_str(uri: &str) -> Result<Self, GpioError> {
+        Ok(match uri {
+            "rpi" => GpioSpec::Rpi,
+            "gpiochip" => GpioSpec::Gpiochip(None),
+            "keyboard" => GpioSpec::Keyboard,
+            "none" => GpioSpec::None,
+            u => {
+                if let Some(chip) = u.strip_prefix("gpiochip:").filter(|c| !c.is_empty()) {
+                    GpioSpec::Gpiochip(Some(chip.to_string()))
+                } else if let Some(spec) = u.strip_prefix("script:") {
+                    GpioSpec::Script(Script::parse_any(spec)?)
+                } else {
+                    return Err(GpioError::UnknownUri(u.to_string()));
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Display for GpioSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpioSpec::Rpi => f.write_str("rpi"),
+            GpioSpec::Gpiochip(None) => f.write_str("gpiochip"),
+            GpioSpec::Gpiochip(Some(c)) => write!(f, "gpiochip:{c}"),
+            GpioSpec::Keyboard => f.write_str("keyboard"),
+            GpioSpec::Script(s) => {
+                let entries: Vec<String> = s
+                    .presses
+                    .iter()
+                    .map(|(t, b, d)| format!("{t}@{b}+{d}"))
+                    .collect();
+                write!(f, "script:{}", entries.join(","))
+            }
+            GpioSpec::None => f.write_str("none"),
+        }
+    }
+}
+
+impl GpioSpec {
+    /// Whether this is real GPIO (`rpi`, `gpiochip`), so the wiring applies.
+    pub fn is_board(&self) -> bool {
+        matches!(self, GpioSpec::Rpi | GpioSpec::Gpiochip(_))
+    }
+
+    /// Check that the spec can drive `count` buttons (a script presses only those).
+    pub fn check_buttons(&self, count: usize) -> Result<(), GpioError> {
+        match self {
+            GpioSpec::Script(s) => s.check(count),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Open buttons and the class indicator: `count` buttons (undo + one per class) and, on
+/// boards, the wired LEDs.
+pub fn open(spec: &GpioSpec, wiring: &Wiring, count: usize) -> Result<Io, GpioError> {
+    if spec.is_board() && wiring.buttons.len() < count {
         return Err(GpioError::TooFewButtons {
             classes: count - 1,
             need: count,
             have: wiring.buttons.len(),
         });
     }
-    if uri == "rpi" {
-        return board::open_rpi(wiring, count);
-    }
-    if uri == "gpiochip" {
-        return board::open_gpiochip(None, wiring, count);
-    }
-    if let Some(chip) = uri.strip_prefix("gpiochip:") {
-        return board::open_gpiochip(Some(chip), wiring, count);
-    }
-    Ok((open_buttons(uri, count)?, Box::new(LogIndicator)))
-}
-
-/// Whether `uri` names real GPIO (`rpi`, `gpiochip`, `gpiochip:CHIP`), so the wiring applies.
-pub fn is_board(uri: &str) -> bool {
-    uri == "rpi" || uri == "gpiochip" || uri.starts_with("gpiochip:")
-}
-
-/// Check a URI's grammar without touching hardware.
-pub fn check_uri(uri: &str, count: usize) -> Result<(), GpioError> {
-    match uri {
-        "rpi" | "gpiochip" | "keyboard" | "none" => Ok(()),
-        u if u.starts_with("gpiochip:") => Ok(()),
-        u => u
-            .strip_prefix("script:")
-            .map(|s| Script::parse(s, count).map(|_| ()))
-            .unwrap_or_else(|| Err(GpioError::UnknownUri(u.to_string()))),
-    }
-}
-
-/// Open non-board buttons from a URI.
-pub fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioError> {
-    if uri == "none" {
-        return Ok(Box::new(Script {
+    let buttons: Box<dyn Buttons> = match spec {
+        GpioSpec::Rpi => return board::open_rpi(wiring, count),
+        GpioSpec::Gpiochip(chip) => return board::open_gpiochip(chip.as_deref(), wiring, count),
+        GpioSpec::None => Box::new(Script {
             presses: Vec::new(),
             count,
-        }));
-    }
-    if uri == "keyboard" {
-        return Ok(Box::new(Keyboard::new(count)));
-    }
-    if let Some(spec) = uri.strip_prefix("script:") {
-        return Ok(Box::new(Script::parse(spec, count)?));
-    }
-    Err(GpioError::UnknownUri(uri.to_string()))
+        }),
+        GpioSpec::Keyboard => Box::new(Keyboard::new(count)),
+        GpioSpec::Script(s) => Box::new(s.with_count(count)?),
+    };
+    Ok((buttons, Box::new(LogIndicator)))
 }
 
 /// An indicator without outputs (class changes are printed by the daemon anyway).
@@ -233,12 +315,17 @@ pub fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioErr
 pub struct LogIndicator;
 
 impl Indicator for LogIndicator {
-    fn show(&mut self, _class: Option<usize>) {}
+    fn show(&mut self, _lamp: Lamp) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn open_buttons(uri: &str, count: usize) -> Result<Box<dyn Buttons>, GpioError> {
+        let spec: GpioSpec = uri.parse()?;
+        open(&spec, &Wiring::default(), count).map(|(b, _)| b)
+    }
 
     #[test]
     fn script_levels_follow_the_schedule() {
@@ -261,8 +348,32 @@ mod tests {
             open_buttons("rppal", 3),
             Err(GpioError::UnknownUri(_))
         ));
-        assert!(check_uri("gpiochip:/dev/gpiochip4", 3).is_ok());
-        assert!(check_uri("script:1@9", 3).is_err());
+        let chip: GpioSpec = "gpiochip:/dev/gpiochip4".parse().unwrap();
+        assert_eq!(chip, GpioSpec::Gpiochip(Some("/dev/gpiochip4".into())));
+        let script: GpioSpec = "script:1@9".parse().unwrap();
+        assert!(script.check_buttons(3).is_err() && script.check_buttons(10).is_ok());
+        assert!(
+            "script:18446744073709551615@1+5"
+                .parse::<GpioSpec>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn gpio_uris_parse_once_into_specs_and_print_back() {
+        for uri in [
+            "rpi",
+            "gpiochip",
+            "gpiochip:gpiochip4",
+            "keyboard",
+            "none",
+            "script:10@1+300,900@0+1500",
+        ] {
+            let spec: GpioSpec = uri.parse().unwrap();
+            assert_eq!(spec.to_string(), uri);
+        }
+        assert!(GpioSpec::Rpi.is_board() && !GpioSpec::Keyboard.is_board());
+        assert!("gpiochip:".parse::<GpioSpec>().is_err());
     }
 
     #[test]
@@ -271,7 +382,7 @@ mod tests {
             buttons: vec![Line::Number(16), Line::Number(6)],
             ..Wiring::default()
         };
-        let e = open("rpi", &w, 4).err().unwrap().to_string();
+        let e = open(&GpioSpec::Rpi, &w, 4).err().unwrap().to_string();
         assert!(e.contains("3 classes need 4 buttons"), "{e}");
         assert!(e.contains("gpio.buttons lists 2"), "{e}");
     }
