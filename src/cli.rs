@@ -1,11 +1,16 @@
 //! Command-line grammar (clap). Reads like the table of contents of the program: each
-//! subcommand, its arguments and their defaults. Must not: do any work.
+//! subcommand has one args struct with its arguments and their defaults. Values are parsed
+//! into checked types ([`crate::config::values`], [`CameraSpec`], [`GpioSpec`]) as clap reads
+//! them, so every rule lives with its type, once. Must not: do any work.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::backbone::Precision;
+use crate::camera::CameraSpec;
+use crate::config::values::{Fps, InputSize, L2, Seconds, Threshold, ValSplit};
+use crate::gpio::GpioSpec;
 
 /// teachcam: teach a camera to recognise things, offline.
 #[derive(Debug, Parser)]
@@ -32,7 +37,7 @@ pub struct Global {
     /// Side of the square model input: 224 (default), 192 or 160. Smaller is faster and
     /// less accurate; heads and stored samples record the size they were made with.
     #[arg(long, global = true, value_name = "PX")]
-    pub input_size: Option<usize>,
+    pub input_size: Option<InputSize>,
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -53,16 +58,18 @@ pub struct RunArgs {
     /// Frame source: v4l2:/dev/videoN, rpicam, gst:PIPELINE, cmd:COMMAND, dir:PATH or
     /// synthetic[:PHASE_MS] [default: synthetic].
     #[arg(long, value_name = "URI")]
-    pub camera: Option<String>,
+    pub camera: Option<CameraSpec>,
     /// Frames per second to take from the source, 0 = as fast as possible [default: 10].
     #[arg(long)]
-    pub fps: Option<f64>,
+    pub fps: Option<Fps>,
     /// Buttons and LEDs: rpi, gpiochip[:CHIP], keyboard, script:MS@BUTTON[+HOLD_MS],... or
     /// none [default: none]. Button 0 = undo (hold it), buttons 1.. capture classes 1..
     /// (hold for a burst).
     #[arg(long, visible_alias = "buttons", value_name = "URI")]
-    pub gpio: Option<String>,
-    /// Class names, in button order [default: class1,class2,class3,class4].
+    pub gpio: Option<GpioSpec>,
+    /// Class names, in button order [default: class1,class2,class3,class4]. They seed the
+    /// state directory's class list at the first start; after that the state's list (edited
+    /// at run time) is used.
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
     /// Write a JSON status file here about once a second (atomically).
@@ -70,7 +77,7 @@ pub struct RunArgs {
     pub status: Option<PathBuf>,
     /// Confidence below which the answer is "unknown" [default: 0.5].
     #[arg(long)]
-    pub threshold: Option<f32>,
+    pub threshold: Option<Threshold>,
 }
 
 /// `dataset` subcommands.
@@ -80,7 +87,7 @@ pub enum DatasetAction {
     /// checksums), or with --image-folder to <class>/*.jpg folders that `train` accepts.
     Export {
         /// State directory.
-        #[arg(long, default_value = "/var/lib/teachcam")]
+        #[arg(long, default_value = crate::config::DEFAULT_STATE)]
         state: PathBuf,
         /// Output: a .tar file, or a folder with --image-folder.
         out: PathBuf,
@@ -92,7 +99,7 @@ pub enum DatasetAction {
     /// (<class>/*.jpg; images are embedded with this machine's backbone).
     Import {
         /// State directory.
-        #[arg(long, default_value = "/var/lib/teachcam")]
+        #[arg(long, default_value = crate::config::DEFAULT_STATE)]
         state: PathBuf,
         /// A tarball from `dataset export`, or an image folder.
         input: PathBuf,
@@ -107,128 +114,176 @@ impl Global {
 
     /// The input size asked for, or the default.
     pub fn input_size(&self) -> usize {
-        self.input_size.unwrap_or(crate::backbone::INPUT_SIZE)
+        self.input_size.unwrap_or(InputSize::DEFAULT).get()
     }
+}
+
+/// `embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Image folder: <class>/*.jpg, or train/<class>/ and val/<class>/.
+    pub dataset: PathBuf,
+    /// Cache file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Parallel embedding threads (default: all cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// `train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Image folder or embedding cache (.tce).
+    pub dataset: PathBuf,
+    /// Head file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Validation folder or cache for model selection and early stopping.
+    #[arg(long, conflicts_with = "val_split")]
+    pub val: Option<PathBuf>,
+    /// Fraction of each class held out per cross-validation fold (k = 1/F folds, 2 to 10,
+    /// at most the smallest class's size) when --val is not given; 0 skips selection.
+    #[arg(long, default_value_t = ValSplit::DEFAULT)]
+    pub val_split: ValSplit,
+    /// Random seed (same seed and data give the same head).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Confidence below which the answer is "unknown".
+    #[arg(long, default_value_t = Threshold::DEFAULT)]
+    pub threshold: Threshold,
+    /// L2 strengths to choose from (comma-separated; default: the built-in grid).
+    #[arg(long, value_delimiter = ',')]
+    pub l2: Vec<L2>,
+    /// Parallel embedding threads (default: all cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Image folder or embedding cache (.tce).
+    pub dataset: PathBuf,
+    /// Head file.
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Parallel embedding threads (default: all cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// `classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Images to classify.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Head file.
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Show the K most probable classes.
+    #[arg(long, default_value_t = 1)]
+    pub top_k: usize,
+    /// Print JSON lines, one per image.
+    #[arg(long)]
+    pub json: bool,
+    /// With --json, include each image's embedding (for comparing builds).
+    #[arg(long, requires = "json")]
+    pub embedding: bool,
+}
+
+/// `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Timed backbone runs.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub runs: u32,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Also time every node and print a per-operator profile.
+    #[arg(long)]
+    pub profile: bool,
+    /// Also run the backbone on this many threads at once (one plan per thread, shared
+    /// weights) and report throughput and latency under that load.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    /// Flags that override the config file.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Stop after this many seconds (default: run until SIGTERM/SIGINT).
+    #[arg(long)]
+    pub duration: Option<Seconds>,
+}
+
+/// `doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Flags as for `run` (the config file's settings are checked too).
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `synth`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output folder (gets train/ and val/).
+    pub out: PathBuf,
+    /// Training images per class.
+    #[arg(long, default_value_t = 12)]
+    pub train: usize,
+    /// Validation images per class.
+    #[arg(long, default_value_t = 6)]
+    pub val: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Compute and cache the embeddings of an image folder (both splits if it has train/ and val/).
-    Embed {
-        /// Image folder: <class>/*.jpg, or train/<class>/ and val/<class>/.
-        dataset: PathBuf,
-        /// Cache file to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Parallel embedding threads (default: all cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-    },
+    Embed(EmbedArgs),
     /// Train a head on an image folder (its train/ split) or an embedding cache.
-    Train {
-        /// Image folder or embedding cache (.tce).
-        dataset: PathBuf,
-        /// Head file to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Validation folder or cache for model selection and early stopping.
-        #[arg(long, conflicts_with = "val_split")]
-        val: Option<PathBuf>,
-        /// Fraction of each class held out per cross-validation fold (k = 1/F folds, 2 to 10,
-        /// at most the smallest class's size) when --val is not given; 0 skips selection.
-        #[arg(long, default_value_t = 0.2)]
-        val_split: f32,
-        /// Random seed (same seed and data give the same head).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Confidence below which the answer is "unknown".
-        #[arg(long, default_value_t = 0.5)]
-        threshold: f32,
-        /// L2 strengths to choose from (comma-separated; default: the built-in grid).
-        #[arg(long, value_delimiter = ',')]
-        l2: Vec<f32>,
-        /// Parallel embedding threads (default: all cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-    },
+    Train(TrainArgs),
     /// Measure a head on an image folder (its val/ split) or an embedding cache.
-    Eval {
-        /// Image folder or embedding cache (.tce).
-        dataset: PathBuf,
-        /// Head file.
-        #[arg(long)]
-        head: PathBuf,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// Parallel embedding threads (default: all cores).
-        #[arg(long)]
-        jobs: Option<usize>,
-    },
+    Eval(EvalArgs),
     /// Classify image files.
-    Classify {
-        /// Images to classify.
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-        /// Head file.
-        #[arg(long)]
-        head: PathBuf,
-        /// Show the K most probable classes.
-        #[arg(long, default_value_t = 1)]
-        top_k: usize,
-        /// Print JSON lines, one per image.
-        #[arg(long)]
-        json: bool,
-        /// With --json, include each image's embedding (for comparing builds).
-        #[arg(long, requires = "json")]
-        embedding: bool,
-    },
+    Classify(ClassifyArgs),
     /// Time preprocessing, backbone and head on this machine (1 thread; see --threads).
-    Bench {
-        /// Timed backbone runs.
-        #[arg(long, default_value_t = 30)]
-        runs: usize,
-        /// Untimed warm-up runs.
-        #[arg(long, default_value_t = 3)]
-        warmup: usize,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// Also time every node and print a per-operator profile.
-        #[arg(long)]
-        profile: bool,
-        /// Also run the backbone on this many threads at once (one plan per thread, shared
-        /// weights) and report throughput and latency under that load.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-    },
+    Bench(BenchArgs),
     /// Show the model, precision, CPU features and versions.
-    Info {
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Info(InfoArgs),
     /// Run the appliance: classify the camera stream, learn from button presses, keep what
     /// was taught in the state directory.
-    Run {
-        /// Flags that override the config file.
-        #[command(flatten)]
-        run: RunArgs,
-        /// Stop after this many seconds (default: run until SIGTERM/SIGINT).
-        #[arg(long)]
-        duration: Option<f64>,
-    },
+    Run(RunCmd),
     /// Check this machine for running the appliance: cameras, GPIO chips and lines, the
     /// model, the state directory and the config; says what is wrong and how to fix it.
-    Doctor {
-        /// Flags as for `run` (the config file's settings are checked too).
-        #[command(flatten)]
-        run: RunArgs,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(DoctorArgs),
     /// Move what a device was taught: export to a tarball or an image folder, import back.
     Dataset {
         /// What to do.
@@ -236,17 +291,5 @@ pub enum Command {
         action: DatasetAction,
     },
     /// Write a synthetic image-folder dataset (balls, blocks, rings) for demos and tests.
-    Synth {
-        /// Output folder (gets train/ and val/).
-        out: PathBuf,
-        /// Training images per class.
-        #[arg(long, default_value_t = 12)]
-        train: usize,
-        /// Validation images per class.
-        #[arg(long, default_value_t = 6)]
-        val: usize,
-        /// Random seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    Synth(SynthArgs),
 }

@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::backbone::Precision;
-use crate::gpio::{Line, Wiring};
-
-/// Largest smoothing window.
-pub const MAX_SMOOTHING: usize = 16;
+use crate::camera::CameraSpec;
+use crate::frame::check_class_name;
+use crate::gpio::{GpioSpec, Line, Wiring};
 
 /// A configuration problem; the message names the key (and the file when there is one).
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +159,218 @@ impl ConfigFile {
     }
 }
 
+/// The checked numbers of the command line and the config file. Each type's `new` is the
+/// one place its rule lives: clap parses flags through `FromStr` (which calls `new`), and
+/// [`RunConfig::resolve`] checks file values with `new`, naming the key.
+pub mod values {
+    use std::fmt;
+    use std::str::FromStr;
+
+    /// Define `FromStr` and `Display` for a checked number type through its `new` and `get`.
+    macro_rules! checked_number {
+        ($name:ident, $t:ty) => {
+            impl FromStr for $name {
+                type Err = String;
+                fn from_str(s: &str) -> Result<Self, String> {
+                    let v: $t = s
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("{s:?} is not a number"))?;
+                    $name::new(v)
+                }
+            }
+            impl fmt::Display for $name {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    write!(f, "{}", self.get())
+                }
+            }
+        };
+    }
+
+    /// Confidence below which the answer is "unknown": 0..=1.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Threshold(f32);
+    impl Threshold {
+        /// The default.
+        pub const DEFAULT: Threshold = Threshold(0.5);
+        /// Checked.
+        pub fn new(v: f32) -> Result<Self, String> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(Threshold(v))
+            } else {
+                Err(format!("must be in 0..=1, got {v}"))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> f32 {
+            self.0
+        }
+    }
+    checked_number!(Threshold, f32);
+
+    /// Frames per second to take: 0 (as fast as possible) ..= 240.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Fps(f64);
+    impl Fps {
+        /// Checked.
+        pub fn new(v: f64) -> Result<Self, String> {
+            if v.is_finite() && (0.0..=240.0).contains(&v) {
+                Ok(Fps(v))
+            } else {
+                Err(format!(
+                    "must be 0..=240 (0 = as fast as possible), got {v}"
+                ))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> f64 {
+            self.0
+        }
+    }
+    checked_number!(Fps, f64);
+
+    /// A positive duration in seconds, at most ten years (so it always fits a `Duration`).
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Seconds(f64);
+    impl Seconds {
+        /// Longest accepted, seconds.
+        pub const MAX: f64 = 10.0 * 365.0 * 86_400.0;
+        /// Checked.
+        pub fn new(v: f64) -> Result<Self, String> {
+            if v.is_finite() && v > 0.0 && v <= Self::MAX {
+                Ok(Seconds(v))
+            } else {
+                Err(format!(
+                    "must be a positive number of seconds up to {}, got {v}",
+                    Self::MAX
+                ))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> f64 {
+            self.0
+        }
+        /// As a duration.
+        pub fn duration(self) -> std::time::Duration {
+            std::time::Duration::from_secs_f64(self.0)
+        }
+    }
+    checked_number!(Seconds, f64);
+
+    /// Time budget of one background fine-tune: 0.05..=600 s.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Budget(f64);
+    impl Budget {
+        /// The default, seconds.
+        pub const DEFAULT: Budget = Budget(2.0);
+        /// Checked.
+        pub fn new(v: f64) -> Result<Self, String> {
+            if v.is_finite() && (0.05..=600.0).contains(&v) {
+                Ok(Budget(v))
+            } else {
+                Err(format!("must be 0.05..=600 seconds, got {v}"))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> f64 {
+            self.0
+        }
+    }
+    checked_number!(Budget, f64);
+
+    /// Fraction of each class held out per cross-validation fold: 0 (no selection) .. 0.9.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct ValSplit(f32);
+    impl ValSplit {
+        /// The default.
+        pub const DEFAULT: ValSplit = ValSplit(0.2);
+        /// Checked.
+        pub fn new(v: f32) -> Result<Self, String> {
+            if (0.0..0.9).contains(&v) {
+                Ok(ValSplit(v))
+            } else {
+                Err(format!("must be in [0, 0.9), got {v}"))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> f32 {
+            self.0
+        }
+    }
+    checked_number!(ValSplit, f32);
+
+    /// An L2 regularisation strength: finite, >= 0.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct L2(f32);
+    impl L2 {
+        /// Checked.
+        pub fn new(v: f32) -> Result<Self, String> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(L2(v))
+            } else {
+                Err(format!("must be finite and >= 0, got {v}"))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> f32 {
+            self.0
+        }
+    }
+    checked_number!(L2, f32);
+
+    /// Side of the square model input: one of [`crate::backbone::INPUT_SIZES`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct InputSize(usize);
+    impl InputSize {
+        /// The default ([`crate::backbone::INPUT_SIZE`]).
+        pub const DEFAULT: InputSize = InputSize(crate::backbone::INPUT_SIZE);
+        /// Checked.
+        pub fn new(v: usize) -> Result<Self, String> {
+            if crate::backbone::INPUT_SIZES.contains(&v) {
+                Ok(InputSize(v))
+            } else {
+                let offered: Vec<String> = crate::backbone::INPUT_SIZES
+                    .iter()
+                    .map(usize::to_string)
+                    .collect();
+                Err(format!(
+                    "{v} is not offered; choose one of {}",
+                    offered.join(", ")
+                ))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> usize {
+            self.0
+        }
+    }
+    checked_number!(InputSize, usize);
+
+    /// Frames the displayed class is voted over: 1..=[`crate::session::MAX_SMOOTHING`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Smoothing(usize);
+    impl Smoothing {
+        /// The default ([`crate::session::SMOOTHING`]).
+        pub const DEFAULT: Smoothing = Smoothing(crate::session::SMOOTHING);
+        /// Checked.
+        pub fn new(v: usize) -> Result<Self, String> {
+            let max = crate::session::MAX_SMOOTHING;
+            if (1..=max).contains(&v) {
+                Ok(Smoothing(v))
+            } else {
+                Err(format!("must be 1..={max} frames, got {v}"))
+            }
+        }
+        /// The value.
+        pub fn get(self) -> usize {
+            self.0
+        }
+    }
+    checked_number!(Smoothing, usize);
+}
+
+use values::{Budget, Fps, InputSize, Smoothing, Threshold};
+
 /// Everything `teachcam run` needs, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -167,33 +378,33 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     /// Status JSON path.
     pub status_file: Option<PathBuf>,
-    /// Class names.
+    /// Class names (they seed the state directory's list at the first start).
     pub classes: Vec<String>,
     /// Unknown threshold.
-    pub threshold: f32,
+    pub threshold: Threshold,
     /// Smoothing window.
-    pub smoothing: usize,
-    /// Camera URI.
-    pub camera: String,
+    pub smoothing: Smoothing,
+    /// Camera.
+    pub camera: CameraSpec,
     /// Camera options.
     pub camera_opts: crate::camera::Options,
-    /// GPIO URI.
-    pub gpio: String,
+    /// Buttons and LEDs.
+    pub gpio: GpioSpec,
     /// Wiring for board backends.
     pub wiring: Wiring,
     /// Button timing.
     pub timing: crate::gpio::debounce::Timing,
     /// Fine-tune budget.
-    pub train_budget_s: f64,
+    pub train_budget: Budget,
     /// Models directory (None = search).
     pub models: Option<PathBuf>,
     /// Backbone precision.
     pub precision: Precision,
     /// Model input side in pixels.
-    pub input_size: usize,
+    pub input_size: InputSize,
 }
 
-/// Flags given on the command line (each overrides the file).
+/// Flags given on the command line (each overrides the file); already checked by their types.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--state`.
@@ -203,23 +414,28 @@ pub struct Overrides {
     /// `--classes`.
     pub classes: Option<Vec<String>>,
     /// `--threshold`.
-    pub threshold: Option<f32>,
+    pub threshold: Option<Threshold>,
     /// `--camera`.
-    pub camera: Option<String>,
+    pub camera: Option<CameraSpec>,
     /// `--fps`.
-    pub fps: Option<f64>,
+    pub fps: Option<Fps>,
     /// `--gpio`.
-    pub gpio: Option<String>,
+    pub gpio: Option<GpioSpec>,
     /// `--models`.
     pub models: Option<PathBuf>,
     /// `--precision`.
     pub precision: Option<Precision>,
     /// `--input-size`.
-    pub input_size: Option<usize>,
+    pub input_size: Option<InputSize>,
 }
 
 /// Default state directory.
 pub const DEFAULT_STATE: &str = "/var/lib/teachcam";
+
+/// Default class names (class1..class4).
+pub fn default_classes() -> Vec<String> {
+    (1..=4).map(|k| format!("class{k}")).collect()
+}
 
 impl RunConfig {
     /// Merge flags over the file over the defaults, then check every value.
@@ -236,6 +452,14 @@ impl RunConfig {
             key,
             why,
         };
+        // A file value goes through the same checked type as its flag.
+        fn from_file<T, V>(
+            v: Option<V>,
+            new: impl Fn(V) -> Result<T, String>,
+            bad: impl Fn(String) -> ConfigError,
+        ) -> Result<Option<T>, ConfigError> {
+            v.map(new).transpose().map_err(bad)
+        }
         let dt = crate::gpio::debounce::Timing::default();
         let dc = crate::camera::Options::default();
         let precision = match (cli.precision, f.model.precision.as_deref()) {
@@ -243,38 +467,54 @@ impl RunConfig {
             (None, Some(s)) => s.parse().map_err(|e: String| bad("model.precision", e))?,
             (None, None) => Precision::default(),
         };
-        let input_size = cli
-            .input_size
-            .or(f.model.input_size)
-            .unwrap_or(crate::backbone::INPUT_SIZE);
-        if !crate::backbone::INPUT_SIZES.contains(&input_size) {
-            return Err(bad(
-                "model.input_size",
-                format!("{input_size} is not offered; use 224, 192 or 160"),
-            ));
-        }
+        let input_size = match cli.input_size {
+            Some(s) => s,
+            None => from_file(f.model.input_size, InputSize::new, |w| {
+                bad("model.input_size", w)
+            })?
+            .unwrap_or(InputSize::DEFAULT),
+        };
+        let threshold = match cli.threshold {
+            Some(t) => t,
+            None => from_file(f.threshold, Threshold::new, |w| bad("threshold", w))?
+                .unwrap_or(Threshold::DEFAULT),
+        };
+        let fps = match cli.fps {
+            Some(v) => v,
+            None => from_file(f.camera.fps, Fps::new, |w| bad("camera.fps", w))?
+                .unwrap_or(Fps::new(dc.fps).map_err(|w| bad("camera.fps", w))?),
+        };
+        let camera = match (cli.camera, f.camera.uri) {
+            (Some(c), _) => c,
+            (None, Some(u)) => u
+                .parse()
+                .map_err(|e: crate::camera::CameraError| bad("camera.uri", e.to_string()))?,
+            (None, None) => CameraSpec::default(),
+        };
+        let gpio = match (cli.gpio, f.gpio.uri) {
+            (Some(g), _) => g,
+            (None, Some(u)) => u
+                .parse()
+                .map_err(|e: crate::gpio::GpioError| bad("gpio.uri", e.to_string()))?,
+            (None, None) => GpioSpec::default(),
+        };
         let c = RunConfig {
             state_dir: cli
                 .state_dir
                 .or(f.state_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE)),
             status_file: cli.status_file.or(f.status_file),
-            classes: cli
-                .classes
-                .or(f.classes)
-                .unwrap_or_else(|| (1..=4).map(|k| format!("class{k}")).collect()),
-            threshold: cli.threshold.or(f.threshold).unwrap_or(0.5),
-            smoothing: f.smoothing.unwrap_or(5),
-            camera: cli
-                .camera
-                .or(f.camera.uri)
-                .unwrap_or_else(|| "synthetic".into()),
+            classes: cli.classes.or(f.classes).unwrap_or_else(default_classes),
+            threshold,
+            smoothing: from_file(f.smoothing, Smoothing::new, |w| bad("smoothing", w))?
+                .unwrap_or(Smoothing::DEFAULT),
+            camera,
             camera_opts: crate::camera::Options {
-                fps: cli.fps.or(f.camera.fps).unwrap_or(dc.fps),
+                fps: fps.get(),
                 width: f.camera.width.unwrap_or(dc.width),
                 height: f.camera.height.unwrap_or(dc.height),
             },
-            gpio: cli.gpio.or(f.gpio.uri).unwrap_or_else(|| "none".into()),
+            gpio,
             wiring: {
                 let d = Wiring::default();
                 Wiring {
@@ -288,13 +528,17 @@ impl RunConfig {
                 hold_ms: f.gpio.hold_ms.unwrap_or(dt.hold_ms),
                 repeat_ms: f.gpio.repeat_ms.unwrap_or(dt.repeat_ms),
             },
-            train_budget_s: f.train.budget_s.unwrap_or(2.0),
+            train_budget: from_file(f.train.budget_s, Budget::new, |w| bad("train.budget_s", w))?
+                .unwrap_or(Budget::DEFAULT),
             models: cli.models.or(f.model.dir),
             precision,
             input_size,
         };
 
-        // Values.
+        // What no single value's type can check: names, and values that depend on others.
+        if c.state_dir.as_os_str().is_empty() {
+            return Err(bad("state_dir", "must not be empty".into()));
+        }
         if c.classes.is_empty() {
             return Err(bad("classes", "needs at least one class name".into()));
         }
@@ -306,25 +550,6 @@ impl RunConfig {
                 return Err(bad("classes", format!("lists {name:?} twice")));
             }
         }
-        if !(0.0..=1.0).contains(&c.threshold) {
-            return Err(bad(
-                "threshold",
-                format!("must be in 0..1, got {}", c.threshold),
-            ));
-        }
-        if !(1..=MAX_SMOOTHING).contains(&c.smoothing) {
-            return Err(bad(
-                "smoothing",
-                format!("must be 1..={MAX_SMOOTHING} frames, got {}", c.smoothing),
-            ));
-        }
-        let fps = c.camera_opts.fps;
-        if !(fps.is_finite() && (0.0..=240.0).contains(&fps)) {
-            return Err(bad(
-                "camera.fps",
-                format!("must be 0..=240 (0 = as fast as possible), got {fps}"),
-            ));
-        }
         for (key, v) in [
             ("camera.width", c.camera_opts.width),
             ("camera.height", c.camera_opts.height),
@@ -333,10 +558,11 @@ impl RunConfig {
                 return Err(bad(key, format!("must be 16..=8192 pixels, got {v}")));
             }
         }
-        crate::camera::check_uri(&c.camera).map_err(|e| bad("camera.uri", e.to_string()))?;
         let buttons = c.classes.len() + 1;
-        crate::gpio::check_uri(&c.gpio, buttons).map_err(|e| bad("gpio.uri", e.to_string()))?;
-        if crate::gpio::is_board(&c.gpio) && c.wiring.buttons.len() < buttons {
+        c.gpio
+            .check_buttons(buttons)
+            .map_err(|e| bad("gpio.uri", e.to_string()))?;
+        if c.gpio.is_board() && c.wiring.buttons.len() < buttons {
             return Err(bad(
                 "gpio.buttons",
                 format!(
@@ -346,7 +572,7 @@ impl RunConfig {
                 ),
             ));
         }
-        if c.gpio == "rpi" {
+        if c.gpio == GpioSpec::Rpi {
             for (key, lines) in [
                 ("gpio.buttons", &c.wiring.buttons),
                 ("gpio.leds", &c.wiring.leds),
@@ -363,8 +589,11 @@ impl RunConfig {
             .iter()
             .collect();
         all.extend(c.wiring.leds.iter());
-        if let Some((i, l)) = all.iter().enumerate().find(|(i, l)| all[..*i].contains(l)) {
-            let _ = i;
+        if let Some(l) = all
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| all[..i].contains(l).then_some(l))
+        {
             return Err(bad(
                 "gpio",
                 format!("uses line {l} twice (buttons and LEDs must be distinct)"),
@@ -392,31 +621,8 @@ impl RunConfig {
                 format!("must be 20..=10000, got {}", t.repeat_ms),
             ));
         }
-        if !(c.train_budget_s.is_finite() && (0.05..=600.0).contains(&c.train_budget_s)) {
-            return Err(bad(
-                "train.budget_s",
-                format!("must be 0.05..=600 seconds, got {}", c.train_budget_s),
-            ));
-        }
         Ok(c)
     }
-}
-
-/// A class name must be usable as a folder name in an image-folder export.
-pub fn check_class_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.trim() != name {
-        return Err("must be non-empty without leading or trailing spaces".into());
-    }
-    if name == crate::head::UNKNOWN {
-        return Err(format!(
-            "is reserved ({:?} is the answer below the threshold)",
-            crate::head::UNKNOWN
-        ));
-    }
-    if name == "." || name == ".." || name.contains(['/', '\\', '\0']) || name.len() > 64 {
-        return Err("must be a plain name (no / or \\, not . or .., at most 64 bytes) so it can be a folder name".into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -432,7 +638,7 @@ mod tests {
     fn the_shipped_config_is_valid_and_documents_every_key() {
         let text = include_str!("../cross/teachcam.toml");
         let c = resolve(text).unwrap();
-        assert_eq!(c.gpio, "rpi");
+        assert_eq!(c.gpio, GpioSpec::Rpi);
         assert_eq!(c.wiring, Wiring::default());
         // Every key the parser knows appears in the shipped file (uncommented or as a comment).
         for key in [
@@ -501,6 +707,9 @@ mod tests {
             ("classes = [\"cat\", \"cat\"]", "`classes`"),
             ("classes = [\"a/b\"]", "`classes`"),
             ("classes = [\"unknown\"]", "`classes`"),
+            ("classes = [\"a\\nb\"]", "`classes`"),
+            ("state_dir = \"\"", "`state_dir`"),
+            ("[gpio]\nuri = \"script:100@9\"", "`gpio.uri`"),
         ] {
             let e = resolve(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e}");
@@ -518,7 +727,7 @@ mod tests {
         let c = RunConfig::resolve(
             Some((p, f)),
             Overrides {
-                fps: Some(12.0),
+                fps: Some("12".parse().unwrap()),
                 ..Overrides::default()
             },
         )
@@ -528,5 +737,35 @@ mod tests {
         assert_eq!(c.camera_opts.width, 640);
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE));
         assert_eq!(c.precision, Precision::default());
+        assert_eq!(c.smoothing, Smoothing::DEFAULT);
+    }
+
+    #[test]
+    fn each_number_has_one_rule_for_flags_and_file() {
+        assert!("0.5".parse::<Threshold>().is_ok());
+        for bad in ["1.5", "-0.1", "NaN", "x"] {
+            assert!(bad.parse::<Threshold>().is_err(), "{bad}");
+        }
+        assert!(
+            "1e20".parse::<values::Seconds>().is_err(),
+            "would overflow a Duration"
+        );
+        assert!("0".parse::<values::Seconds>().is_err());
+        assert_eq!(
+            "2.5"
+                .parse::<values::Seconds>()
+                .unwrap()
+                .duration()
+                .as_millis(),
+            2500
+        );
+        let e = "100".parse::<InputSize>().unwrap_err();
+        assert!(e.contains("160, 192, 224"), "{e}");
+        assert!("0.9".parse::<values::ValSplit>().is_err());
+        assert!("-1".parse::<values::L2>().is_err());
+        assert!("17".parse::<Smoothing>().is_err());
+        // The file goes through the same rule.
+        let e = resolve("threshold = 1.5").unwrap_err().to_string();
+        assert!(e.contains(&Threshold::new(1.5).unwrap_err()), "{e}");
     }
 }

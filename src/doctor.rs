@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::backbone::{self, Backbone};
+use crate::camera::CameraSpec;
 use crate::config::RunConfig;
+use crate::gpio::GpioSpec;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,9 +114,9 @@ fn check_model(r: &mut Report, c: &RunConfig) -> Option<String> {
     };
     let path = dir.join(c.precision.file_name());
     match backbone::verify_model(&path) {
-        Ok(sha) => {
+        Ok(_) => {
             let t = std::time::Instant::now();
-            match Backbone::load_sized(&dir, c.precision, c.input_size) {
+            match Backbone::load_sized(&dir, c.precision, c.input_size.get()) {
                 Ok(b) => {
                     r.push(
                         "model",
@@ -127,7 +129,8 @@ fn check_model(r: &mut Report, c: &RunConfig) -> Option<String> {
                             b.dim()
                         ),
                     );
-                    Some(sha)
+                    // What heads record: the backbone's digest, not the file's SHA-256.
+                    Some(b.id().digest.clone())
                 }
                 Err(e) => {
                     r.push("model", Status::Fail, e.to_string());
@@ -195,60 +198,59 @@ fn check_cameras(r: &mut Report, c: &RunConfig) {
         );
     }
     // The configured camera.
-    let uri = c.camera.as_str();
-    let (status, msg) = if let Some(dev) = uri.strip_prefix("v4l2:") {
-        let p = Path::new(dev);
-        if !p.exists() {
-            (
-                Status::Fail,
-                format!(
-                    "camera {uri}: {dev} does not exist; plug the webcam in, or pick one of the nodes listed above"
-                ),
-            )
-        } else if let Err(e) = can_open_rw(p) {
-            (
-                Status::Fail,
-                format!(
-                    "camera {uri}: cannot open {dev} ({e}); add the service user to the video group"
-                ),
-            )
-        } else if cfg!(all(feature = "hw", target_os = "linux")) {
-            (Status::Ok, format!("camera {uri}: present"))
-        } else {
-            (
-                Status::Fail,
-                format!(
-                    "camera {uri}: this build has no V4L2 support (built without the hw feature)"
-                ),
-            )
+    let uri = c.camera.to_string();
+    let (status, msg) = match &c.camera {
+        CameraSpec::V4l2 { device: dev, .. } => {
+            let p = Path::new(dev);
+            if !p.exists() {
+                (
+                    Status::Fail,
+                    format!(
+                        "camera {uri}: {dev} does not exist; plug the webcam in, or pick one of the nodes listed above"
+                    ),
+                )
+            } else if let Err(e) = can_open_rw(p) {
+                (
+                    Status::Fail,
+                    format!(
+                        "camera {uri}: cannot open {dev} ({e}); add the service user to the video group"
+                    ),
+                )
+            } else if cfg!(all(feature = "hw", target_os = "linux")) {
+                (Status::Ok, format!("camera {uri}: present"))
+            } else {
+                (
+                    Status::Fail,
+                    format!(
+                        "camera {uri}: this build has no V4L2 support (built without the hw feature)"
+                    ),
+                )
+            }
         }
-    } else if uri == "rpicam" {
-        match &rpicam {
+        CameraSpec::Rpicam => match &rpicam {
             Some(_) => (Status::Ok, "camera rpicam: rpicam-vid found".into()),
             None => (Status::Fail, "camera rpicam: rpicam-vid is not installed; on Raspberry Pi OS: sudo apt install rpicam-apps".into()),
-        }
-    } else if uri.starts_with("gst:") {
-        match &gst {
+        },
+        CameraSpec::Gst(_) => match &gst {
             Some(_) => (Status::Ok, "camera gst: gst-launch-1.0 found".into()),
             None => (
                 Status::Fail,
                 "camera gst: gst-launch-1.0 is not installed; sudo apt install gstreamer1.0-tools"
                     .into(),
             ),
-        }
-    } else if let Some(d) = uri.strip_prefix("dir:") {
-        match crate::camera::DirSource::new(Path::new(d), 0) {
+        },
+        CameraSpec::Dir(d) => match crate::camera::DirSource::new(d, 0) {
             Ok(_) => (Status::Ok, format!("camera {uri}: images found")),
             Err(e) => (Status::Fail, format!("camera {uri}: {e}")),
+        },
+        CameraSpec::Cmd(cmd) => {
+            let prog = cmd.split_whitespace().next().unwrap_or("");
+            match on_path(prog).or_else(|| Path::new(prog).is_file().then(|| PathBuf::from(prog))) {
+                Some(_) => (Status::Ok, format!("camera cmd: {prog} found")),
+                None => (Status::Fail, format!("camera cmd: {prog:?} is not on PATH")),
+            }
         }
-    } else if let Some(cmd) = uri.strip_prefix("cmd:") {
-        let prog = cmd.split_whitespace().next().unwrap_or("");
-        match on_path(prog).or_else(|| Path::new(prog).is_file().then(|| PathBuf::from(prog))) {
-            Some(_) => (Status::Ok, format!("camera cmd: {prog} found")),
-            None => (Status::Fail, format!("camera cmd: {prog:?} is not on PATH")),
-        }
-    } else {
-        (Status::Ok, format!("camera {uri}: built in"))
+        CameraSpec::Synthetic { .. } => (Status::Ok, format!("camera {uri}: built in")),
     };
     r.push("camera", status, msg);
 }
@@ -302,9 +304,9 @@ fn check_gpio(r: &mut Report, c: &RunConfig) {
     for p in &chips {
         r.push("gpio", Status::Note, format!("{}", p.display()));
     }
-    let uri = c.gpio.as_str();
+    let uri = c.gpio.to_string();
     let buttons = c.classes.len() + 1;
-    if !crate::gpio::is_board(uri) {
+    if !c.gpio.is_board() {
         r.push(
             "gpio",
             Status::Ok,
@@ -320,7 +322,7 @@ fn check_gpio(r: &mut Report, c: &RunConfig) {
         );
         return;
     }
-    if uri == "rpi" {
+    if c.gpio == GpioSpec::Rpi {
         let mem = ["/dev/gpiomem0", "/dev/gpiomem"]
             .into_iter()
             .map(Path::new)
@@ -336,10 +338,10 @@ fn check_gpio(r: &mut Report, c: &RunConfig) {
     }
     #[cfg(all(feature = "hw", target_os = "linux"))]
     {
-        let chip = match uri
-            .strip_prefix("gpiochip:")
-            .map(crate::gpio::board::chip_path)
-        {
+        let chip = match match &c.gpio {
+            GpioSpec::Gpiochip(Some(chip)) => Some(crate::gpio::board::chip_path(chip)),
+            _ => None,
+        } {
             Some(Err(e)) => {
                 r.push("gpio", Status::Fail, format!("gpio {uri}: {e}"));
                 return;
@@ -486,7 +488,7 @@ fn check_state(r: &mut Report, c: &RunConfig, model_sha: Option<&str>) {
     let head = dir.join("head.current");
     let head_msg = if head.exists() {
         match crate::head::Head::load(&head) {
-            Ok(h) if model_sha.is_some_and(|s| s != h.backbone_sha256) => {
+            Ok(h) if model_sha.is_some_and(|s| s != h.backbone.digest) => {
                 "a head for another backbone (re-made from the samples at start)".to_string()
             }
             Ok(h) => format!(

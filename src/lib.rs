@@ -1,27 +1,33 @@
 //! teachcam: teach a camera on a small board to recognise things, offline.
 //!
-//! Module map (dependencies point down the list, never up):
+//! Module map (the full table, with what each module may depend on, is in
+//! `docs/ARCHITECTURE.md`; `tests/architecture.rs` enforces it):
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`app`], [`cli`] | composition root and command-line grammar |
-//! | [`daemon`] | the appliance loop (`teachcam run`) and its pure controller |
+//! | [`daemon`] | the shell of `teachcam run`: threads, signals, clock, observer API |
+//! | [`session`] | the appliance's policy as a pure state machine (`step(now, input)`) |
 //! | [`camera`], [`gpio`] | frame sources, buttons, indicators (traits + fakes), debouncer |
-//! | [`store`] | crash-safe store of captured samples and heads |
+//! | [`store`] | crash-safe store of captured samples, classes and heads |
 //! | [`head`] | linear softmax head: predict, train, file format |
 //! | [`backbone`] | tract model: find, verify, load once, embed |
 //! | [`qnn`] | int8 kernels as tract custom ops, and the graph rewrite that uses them |
 //! | [`preprocess`] | frame → model input, one pass |
+//! | [`dataset`], [`doctor`], [`config`] | export/import, machine checks, the checked run configuration |
 //! | [`imagefolder`], [`embcache`] | datasets on disk, embedding caches |
 //! | [`metrics`] | accuracy, confusion, latency summaries |
 //! | [`demo`] | synthetic scenes for demos and tests |
 //! | [`linalg`] | dot/axpy kernels with CPU-feature dispatch |
+//! | [`bus`] | bounded per-subscriber event queues, newest-only slots |
+//! | [`frame`] | frames, JPEG, thumbnails, class-name rules |
 //! | [`framed`], [`fsutil`], [`rng`] | file container, atomic writes, seeded randomness |
 
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod backbone;
+pub mod bus;
 pub mod camera;
 pub mod cli;
 pub mod config;
@@ -30,6 +36,7 @@ pub mod dataset;
 pub mod demo;
 pub mod doctor;
 pub mod embcache;
+pub mod frame;
 pub mod framed;
 pub mod fsutil;
 pub mod gpio;
@@ -40,4 +47,5 @@ pub mod metrics;
 pub mod preprocess;
 pub mod qnn;
 pub mod rng;
+pub mod session;
 pub mod store;

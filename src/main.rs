@@ -2,9 +2,26 @@
 //! All work happens in the library (`teachcam::app`).
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 fn main() {
-    let cli = teachcam::cli::Cli::parse();
+    let cli = match teachcam::cli::Cli::try_parse() {
+        Ok(c) => c,
+        // A bad value (a threshold out of range, an unknown camera URI) is one line naming
+        // the flag and the rule, exit code 2, like every other error.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ) =>
+        {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("teachcam: {first}");
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    };
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => log::LevelFilter::Error,
         (false, 0) => log::LevelFilter::Warn,

@@ -1,6 +1,7 @@
 //! The composition root: turns parsed command lines into work, wiring the backbone, image
-//! folders, caches and heads together. The only module that prints results; the only place
-//! that uses `anyhow`. Errors returned from here are shown as one line and exit with code 2.
+//! folders, caches, heads and the appliance together. The only module that prints command
+//! results; the only place (with `main`) that uses `anyhow`. Errors returned from here are
+//! shown as one line and exit with code 2. `bench` lives in [`bench`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::backbone::{self, Backbone, Precision};
-use crate::cli::{Cli, Command, DatasetAction, Global, RunArgs};
+use crate::backbone::{self, Backbone, BackboneId, Precision};
+use crate::cli::{
+    ClassifyArgs, Cli, Command, DatasetAction, DoctorArgs, EmbedArgs, EvalArgs, Global, RunArgs,
+    RunCmd, SynthArgs, TrainArgs,
+};
 use crate::config::{ConfigFile, Overrides, RunConfig};
 use crate::embcache::{CachedItem, EmbeddingSet};
 use crate::head::Head;
@@ -37,74 +41,33 @@ macro_rules! out_part {
     }};
 }
 
+mod bench;
+
 /// Version of tract this build is pinned to (Cargo.toml pins `=0.23.9`).
 pub const TRACT_VERSION: &str = "0.23.9";
 
 /// Run one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
-    match cli.command {
-        Command::Embed {
-            ref dataset,
-            ref out,
-            jobs,
-        } => cmd_embed(g, dataset, out, jobs),
-        Command::Train {
-            ref dataset,
-            ref out,
-            ref val,
-            val_split,
-            seed,
-            threshold,
-            ref l2,
-            jobs,
-        } => cmd_train(
-            g,
-            dataset,
-            out,
-            val.as_deref(),
-            val_split,
-            seed,
-            threshold,
-            l2,
-            jobs,
-        ),
-        Command::Eval {
-            ref dataset,
-            ref head,
-            json,
-            jobs,
-        } => cmd_eval(g, dataset, head, json, jobs),
-        Command::Classify {
-            ref images,
-            ref head,
-            top_k,
-            json,
-            embedding,
-        } => cmd_classify(g, images, head, top_k, json, embedding),
-        Command::Bench {
-            runs,
-            warmup,
-            json,
-            profile,
-            threads,
-        } => cmd_bench(g, runs, warmup, json, profile, threads),
-        Command::Info { json } => cmd_info(g, json),
-        Command::Run { ref run, duration } => cmd_run(g, run, duration),
-        Command::Doctor { ref run, json } => cmd_doctor(g, run, json),
-        Command::Dataset { ref action } => cmd_dataset(g, action),
-        Command::Synth {
-            ref out,
-            train,
-            val,
-            seed,
-        } => {
-            let n = crate::demo::write_dataset(out, train, val, seed)
-                .with_context(|| format!("cannot write synthetic dataset to {}", out.display()))?;
-            out!("wrote {n} images to {}", out.display());
-            Ok(())
-        }
+    match &cli.command {
+        Command::Embed(a) => cmd_embed(g, a),
+        Command::Train(a) => cmd_train(g, a),
+        Command::Eval(a) => cmd_eval(g, a),
+        Command::Classify(a) => cmd_classify(g, a),
+        Command::Bench(a) => bench::cmd_bench(g, a),
+        Command::Info(a) => cmd_info(g, a.json),
+        Command::Run(a) => cmd_run(g, a),
+        Command::Doctor(a) => cmd_doctor(g, a),
+        Command::Dataset { action } => cmd_dataset(g, action),
+        Command::Synth(a) => cmd_synth(a),
     }
+}
+
+fn cmd_synth(a: &SynthArgs) -> Result<()> {
+    let n = crate::demo::write_dataset(&a.out, a.train, a.val, a.seed)
+        .with_context(|| format!("cannot write synthetic dataset to {}", a.out.display()))?;
+    out!("wrote {n} images to {}", a.out.display());
+    Ok(())
 }
 
 fn load_backbone(g: &Global) -> Result<Backbone> {
@@ -163,7 +126,7 @@ fn embed_paths(backbone: &Backbone, paths: &[PathBuf], jobs: usize) -> Vec<Optio
                     let r = imagefolder::load_rgb(path)
                         .map_err(|e| e.to_string())
                         .and_then(|img| {
-                            emb.embed(&img.data, img.width, img.height)
+                            emb.embed(&img.rgb, img.width, img.height)
                                 .map_err(|e| e.to_string())
                         });
                     match r {
@@ -220,11 +183,10 @@ fn embed_folder(
     skipped
 }
 
-fn empty_set(backbone: &Backbone, precision: Precision) -> EmbeddingSet {
+fn empty_set(backbone: &Backbone) -> EmbeddingSet {
     EmbeddingSet {
         dim: backbone.dim(),
-        backbone_sha256: backbone.sha256().to_string(),
-        precision: precision.name().to_string(),
+        backbone: backbone.id().clone(),
         classes: Vec::new(),
         items: Vec::new(),
         data: Vec::new(),
@@ -266,14 +228,15 @@ fn examples_for(
         *backbone = Some(load_backbone(g)?);
     }
     let b = backbone.as_ref().context("backbone")?;
-    let mut set = empty_set(b, g.precision());
+    let mut set = empty_set(b);
     set.classes = folder.classes.clone();
     let skipped = embed_folder(b, &folder, None, jobs_or_default(jobs), &mut set);
     report_skipped(skipped, folder.items.len());
     Ok(set)
 }
 
-fn cmd_embed(g: &Global, dataset: &Path, out: &Path, jobs: Option<usize>) -> Result<()> {
+fn cmd_embed(g: &Global, a: &EmbedArgs) -> Result<()> {
+    let (dataset, out, jobs) = (a.dataset.as_path(), a.out.as_path(), a.jobs);
     let split_layout = imagefolder::has_splits(dataset);
     let folders: Vec<(Option<&str>, PathBuf)> = if split_layout {
         ["train", "val"]
@@ -289,7 +252,7 @@ fn cmd_embed(g: &Global, dataset: &Path, out: &Path, jobs: Option<usize>) -> Res
         .map(|(s, d)| imagefolder::scan(d).map(|f| (*s, f)))
         .collect::<Result<Vec<_>, _>>()?;
     let backbone = load_backbone(g)?;
-    let mut set = empty_set(&backbone, g.precision());
+    let mut set = empty_set(&backbone);
     // Class order: sorted union over splits, so labels agree between train and val.
     let mut classes: Vec<String> = scanned
         .iter()
@@ -325,27 +288,13 @@ fn cmd_embed(g: &Global, dataset: &Path, out: &Path, jobs: Option<usize>) -> Res
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cmd_train(
-    g: &Global,
-    dataset: &Path,
-    out: &Path,
-    val: Option<&Path>,
-    val_split: f32,
-    seed: u64,
-    threshold: f32,
-    l2: &[f32],
-    jobs: Option<usize>,
-) -> Result<()> {
-    if l2.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
-        bail!("--l2 values must be finite and >= 0");
-    }
-    if !(0.0..0.9).contains(&val_split) {
-        bail!("--val-split must be in [0, 0.9), got {val_split}");
-    }
-    if !(0.0..=1.0).contains(&threshold) {
-        bail!("--threshold must be in [0, 1], got {threshold}");
-    }
+fn cmd_train(g: &Global, a: &TrainArgs) -> Result<()> {
+    let (dataset, out, val, jobs) = (
+        a.dataset.as_path(),
+        a.out.as_path(),
+        a.val.as_deref(),
+        a.jobs,
+    );
     check_writable_parent(out)?;
     let mut backbone = None;
     let tr = examples_for(g, dataset, Split::Train, &mut backbone, jobs)?;
@@ -355,7 +304,7 @@ fn cmd_train(
     let va = match val {
         Some(v) => {
             let mut set = examples_for(g, v, Split::Val, &mut backbone, jobs)?;
-            if set.backbone_sha256 != tr.backbone_sha256 {
+            if !set.backbone.same_as(&tr.backbone) {
                 bail!(
                     "{} was embedded with another backbone than {}; re-embed one of them",
                     v.display(),
@@ -368,13 +317,13 @@ fn cmd_train(
         None => None,
     };
     let mut cfg = TrainConfig {
-        seed,
-        holdout: val_split,
-        threshold,
+        seed: a.seed,
+        holdout: a.val_split.get(),
+        threshold: a.threshold.get(),
         ..TrainConfig::default()
     };
-    if !l2.is_empty() {
-        cfg.l2_grid = l2.to_vec();
+    if !a.l2.is_empty() {
+        cfg.l2_grid = a.l2.iter().map(|v| v.get()).collect();
     }
     let labels = tr.labels();
     let val_labels = va.as_ref().map(EmbeddingSet::labels);
@@ -391,8 +340,7 @@ fn cmd_train(
             labels: l,
         }),
         tr.classes.clone(),
-        &tr.backbone_sha256,
-        &tr.precision,
+        &tr.backbone,
         &cfg,
     )
     .map_err(|e| anyhow::anyhow!("cannot train on {}: {e}", dataset.display()))?;
@@ -452,24 +400,20 @@ fn check_writable_parent(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn load_head_for(path: &Path, sha256: &str, precision: &str, dim: usize) -> Result<Head> {
+fn load_head_for(path: &Path, backbone: &BackboneId, dim: usize) -> Result<Head> {
     let head = Head::load(path)?;
-    head.check_backbone(path, sha256, precision, dim)?;
+    head.check_backbone(path, backbone, dim)?;
     Ok(head)
 }
 
-fn cmd_eval(
-    g: &Global,
-    dataset: &Path,
-    head_path: &Path,
-    json_out: bool,
-    jobs: Option<usize>,
-) -> Result<()> {
+fn cmd_eval(g: &Global, a: &EvalArgs) -> Result<()> {
+    let (dataset, head_path, json_out, jobs) =
+        (a.dataset.as_path(), a.head.as_path(), a.json, a.jobs);
     // Read the head first: a missing or corrupt head must not cost a whole embedding run.
     let head = Head::load(head_path)?;
     let mut backbone = None;
     let mut set = examples_for(g, dataset, Split::Val, &mut backbone, jobs)?;
-    head.check_backbone(head_path, &set.backbone_sha256, &set.precision, set.dim)?;
+    head.check_backbone(head_path, &set.backbone, set.dim)?;
     remap_classes(&mut set, &head.classes, dataset)?;
     if set.items.is_empty() {
         bail!("no image in {} could be read", dataset.display());
@@ -524,21 +468,11 @@ fn cmd_eval(
     Ok(())
 }
 
-fn cmd_classify(
-    g: &Global,
-    images: &[PathBuf],
-    head_path: &Path,
-    top_k: usize,
-    json_out: bool,
-    with_embedding: bool,
-) -> Result<()> {
+fn cmd_classify(g: &Global, a: &ClassifyArgs) -> Result<()> {
+    let (images, head_path, top_k) = (&a.images, a.head.as_path(), a.top_k);
+    let (json_out, with_embedding) = (a.json, a.embedding);
     let backbone = load_backbone(g)?;
-    let head = load_head_for(
-        head_path,
-        backbone.sha256(),
-        g.precision().name(),
-        backbone.dim(),
-    )?;
+    let head = load_head_for(head_path, backbone.id(), backbone.dim())?;
     let mut emb = backbone.embedder();
     let mut failed = 0;
     let stdout = std::io::stdout();
@@ -552,7 +486,7 @@ fn cmd_classify(
                 continue;
             }
         };
-        let e = match emb.embed(&img.data, img.width, img.height) {
+        let e = match emb.embed(&img.rgb, img.width, img.height) {
             Ok(e) => e,
             Err(e) => {
                 log::error!("cannot classify {}: {e}", path.display());
@@ -588,215 +522,6 @@ fn cmd_classify(
     }
     if failed > 0 {
         bail!("{failed} of {} images could not be read", images.len());
-    }
-    Ok(())
-}
-
-fn time_ms(runs: usize, mut f: impl FnMut()) -> Vec<f64> {
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect()
-}
-
-fn synthetic_embeddings(classes: usize, n: usize, dim: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
-    // Non-negative, sparse-ish vectors around class prototypes, like pooled ReLU6 features.
-    let mut r = crate::rng::Rng::new(seed);
-    let protos: Vec<Vec<f32>> = (0..classes)
-        .map(|_| (0..dim).map(|_| (r.normal() * 0.8).max(0.0)).collect())
-        .collect();
-    let mut x = Vec::with_capacity(n * dim);
-    let y: Vec<usize> = (0..n).map(|i| i % classes).collect();
-    for &k in &y {
-        x.extend(
-            protos[k]
-                .iter()
-                .map(|m| (m + 0.6 * r.normal()).clamp(0.0, 6.0)),
-        );
-    }
-    (x, y)
-}
-
-/// `threads` backbones running `runs` inferences each at the same time: aggregate
-/// inferences per second, and the median and p95 latency of one inference under that load.
-fn parallel_backbone(
-    backbone: &Backbone,
-    input: &[f32],
-    threads: usize,
-    runs: usize,
-) -> Result<(f64, f64, f64)> {
-    let start = Instant::now();
-    let per_thread: Vec<Result<Vec<f64>, crate::backbone::ModelError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut times = Vec::with_capacity(runs);
-                    for _ in 0..runs {
-                        let t = Instant::now();
-                        backbone.run_tensor(input)?;
-                        times.push(t.elapsed().as_secs_f64() * 1e3);
-                    }
-                    Ok(times)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("benchmark thread panicked"))
-            .collect()
-    });
-    let wall = start.elapsed().as_secs_f64();
-    let mut all = Vec::new();
-    for r in per_thread {
-        all.extend(r?);
-    }
-    let (m, p) = metrics::median_p95(&all);
-    Ok(((threads * runs) as f64 / wall, m, p))
-}
-
-fn cmd_bench(
-    g: &Global,
-    runs: usize,
-    warmup: usize,
-    json_out: bool,
-    profile: bool,
-    threads: usize,
-) -> Result<()> {
-    let runs = runs.clamp(1, 100_000);
-    let threads = threads.clamp(1, 256);
-    let t = Instant::now();
-    let backbone = load_backbone(g)?;
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let (w, h) = (640, 480);
-    let frame = crate::demo::render(0, w, h, &mut crate::rng::Rng::new(1));
-    let jpeg = crate::demo::encode_jpeg(
-        &image::RgbImage::from_raw(w as u32, h as u32, frame.clone()).context("frame size")?,
-    )?;
-    let decode = time_ms(runs, || {
-        let _ = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg);
-    });
-    let size = backbone.input_size();
-    let plan = crate::preprocess::Plan::new(w, h, size);
-    let mut input = vec![0f32; 3 * size * size];
-    let pre = time_ms(runs, || plan.run(&frame, &mut input));
-    for _ in 0..warmup {
-        backbone.run_tensor(&input)?;
-    }
-    let mut last = Vec::new();
-    let mut err = None;
-    let bb = time_ms(runs, || match backbone.run_tensor(&input) {
-        Ok(v) => last = v,
-        Err(e) => err = Some(e),
-    });
-    if let Some(e) = err {
-        return Err(e.into());
-    }
-    // Heads: 2 classes × 2000 examples, and 37 classes × 296 examples (the pets set's shape).
-    let dim = backbone.dim();
-    let mut train_ms = Vec::new();
-    let mut head_us = Vec::new();
-    for (classes, n) in [(2usize, 2000usize), (37, 296)] {
-        let (x, y) = synthetic_embeddings(classes, n, dim, 7);
-        let names: Vec<String> = (0..classes).map(|k| format!("c{k}")).collect();
-        let t = Instant::now();
-        let (head, _) = train(
-            Examples {
-                dim,
-                data: &x,
-                labels: &y,
-            },
-            None,
-            names,
-            backbone.sha256(),
-            g.precision().name(),
-            &TrainConfig::default(),
-        )?;
-        train_ms.push((classes, n, t.elapsed().as_secs_f64() * 1e3));
-        let p = time_ms(runs * 10, || {
-            let _ = head.predict(&last);
-        });
-        head_us.push((classes, metrics::median_p95(&p).0 * 1e3));
-    }
-    let prof = if profile {
-        backbone.profile(&input, runs)?
-    } else {
-        Vec::new()
-    };
-    let par = if threads > 1 {
-        Some(parallel_backbone(&backbone, &input, threads, runs)?)
-    } else {
-        None
-    };
-    let (dm, dp) = metrics::median_p95(&decode);
-    let (pm, pp) = metrics::median_p95(&pre);
-    let (bm, bp) = metrics::median_p95(&bb);
-    let mut v = json!({
-        "precision": g.precision().name(),
-        "model_path": backbone.path().to_string_lossy(),
-        "threads": 1,
-        "runs": runs,
-        "load_ms": load_ms,
-        "decode_jpeg_640x480_ms_median": dm, "decode_jpeg_640x480_ms_p95": dp,
-        "preprocess_640x480_ms_median": pm, "preprocess_640x480_ms_p95": pp,
-        "backbone_ms_median": bm, "backbone_ms_p95": bp,
-        "head_predict_us_median": head_us.iter().map(|(c, u)| json!({"classes": c, "us": u})).collect::<Vec<_>>(),
-        "train_ms": train_ms.iter().map(|(c, n, ms)| json!({"classes": c, "examples": n, "ms": ms})).collect::<Vec<_>>(),
-    });
-    if let Some((tput, m, p)) = par {
-        v["parallel"] = json!({"threads": threads, "inferences_per_s": tput,
-            "latency_ms_median": m, "latency_ms_p95": p});
-    }
-    if profile {
-        v["profile"] = serde_json::to_value(&prof)?;
-    }
-    if json_out {
-        out!("{v}");
-    } else {
-        out!(
-            "precision {} ({}), 1 thread, {runs} runs",
-            g.precision(),
-            backbone.path().display()
-        );
-        out!("  model load + optimise  {load_ms:8.1} ms");
-        out!("  decode 640x480 JPEG    {dm:8.2} ms median  {dp:8.2} ms p95");
-        out!("  preprocess 640x480     {pm:8.2} ms median  {pp:8.2} ms p95");
-        out!("  backbone               {bm:8.2} ms median  {bp:8.2} ms p95");
-        for (c, us) in &head_us {
-            out!("  head predict {c:2} classes {us:8.1} us median");
-        }
-        for (c, n, ms) in &train_ms {
-            out!("  train head {c:2} classes x {n} examples {ms:8.0} ms");
-        }
-        if let Some((tput, m, p)) = par {
-            out!(
-                "  backbone on {threads} threads at once: {tput:.1} inferences/s, {m:.2} ms median, {p:.2} ms p95 each"
-            );
-        }
-        if profile {
-            let total: f64 = prof.iter().map(|p| p.ms).sum();
-            out!("per-operator profile (median of {runs} runs, sum of nodes):");
-            out!(
-                "  {:<28} {:>5} {:>9} {:>6} {:>9}",
-                "operator",
-                "nodes",
-                "ms",
-                "share",
-                "Mmacs"
-            );
-            for p in &prof {
-                out!(
-                    "  {:<28} {:>5} {:>9.3} {:>5.1}% {:>9.1}",
-                    p.op,
-                    p.nodes,
-                    p.ms,
-                    100.0 * p.ms / total.max(1e-9),
-                    p.mmacs
-                );
-            }
-        }
     }
     Ok(())
 }
@@ -907,16 +632,12 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
     )
 }
 
-fn cmd_run(g: &Global, a: &RunArgs, duration: Option<f64>) -> Result<()> {
-    let c = run_config(g, a)?;
-    if let Some(d) = duration
-        && !(d.is_finite() && d > 0.0)
-    {
-        bail!("--duration must be a positive number of seconds, got {d}");
-    }
+fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
+    let c = run_config(g, &a.run)?;
     // Open every input before the slow model load, so a wrong pin or camera fails at once.
     let mut camera = crate::camera::open(&c.camera, &c.camera_opts)?;
-    let (mut buttons, mut indicator) = crate::gpio::open(&c.gpio, &c.wiring, c.classes.len() + 1)?;
+    let buttons = c.classes.len() + 1;
+    let (mut pins, mut indicator) = crate::gpio::open(&c.gpio, &c.wiring, buttons)?;
     let (mut store, report) = crate::store::Store::open(&c.state_dir)?;
     if report.index_rebuilt && report.samples > 0 {
         log::warn!(
@@ -936,15 +657,29 @@ fn cmd_run(g: &Global, a: &RunArgs, duration: Option<f64>) -> Result<()> {
             )
         })?;
     }
-    let backbone = load_backbone_from(c.models.as_deref(), c.precision, c.input_size)?;
+    let backbone = load_backbone_from(c.models.as_deref(), c.precision, c.input_size.get())?;
+    // Samples taught with another backbone (the precision or input size changed) are
+    // re-embedded from their thumbnails, so what was taught is kept across a model change.
+    crate::dataset::reembed_stale(&mut store, &mut backbone.embedder())?;
     let settings = crate::daemon::Settings {
         classes: c.classes.clone(),
-        duration: duration.map(std::time::Duration::from_secs_f64),
-        train_budget: std::time::Duration::from_secs_f64(c.train_budget_s),
+        buttons,
+        source: match c.gpio {
+            crate::gpio::GpioSpec::Keyboard => crate::session::Source::Keyboard,
+            crate::gpio::GpioSpec::Script(_) => crate::session::Source::Script,
+            _ => crate::session::Source::Button,
+        },
+        duration: a.duration.map(|d| d.duration()),
+        train_budget: std::time::Duration::from_secs_f64(c.train_budget.get()),
         status: c.status_file.clone(),
         timing: c.timing,
-        threshold: c.threshold,
-        smoothing: c.smoothing,
+        threshold: c.threshold.get(),
+        session: crate::session::SessionConfig {
+            smoothing: c.smoothing.get(),
+            // The camera is lost after 3 s, or three frame periods at low rates.
+            camera_timeout_ms: 3000.max(3 * c.camera_opts.period_ms()),
+            ..crate::session::SessionConfig::default()
+        },
     };
     log::info!("camera {}", camera.describe());
     crate::daemon::run(
@@ -952,15 +687,16 @@ fn cmd_run(g: &Global, a: &RunArgs, duration: Option<f64>) -> Result<()> {
         &backbone,
         &mut store,
         camera.as_mut(),
-        buttons.as_mut(),
+        pins.as_mut(),
         indicator.as_mut(),
-    )
+    )?;
+    Ok(())
 }
 
-fn cmd_doctor(g: &Global, a: &RunArgs, json_out: bool) -> Result<()> {
-    let report = crate::doctor::diagnose(run_config(g, a).map_err(|e| e.to_string()));
+fn cmd_doctor(g: &Global, a: &DoctorArgs) -> Result<()> {
+    let report = crate::doctor::diagnose(run_config(g, &a.run).map_err(|e| e.to_string()));
     let fails = report.failures();
-    if json_out {
+    if a.json {
         out!("{}", serde_json::to_string(&report)?);
     } else {
         for c in &report.checks {
@@ -1016,7 +752,10 @@ fn cmd_dataset(g: &Global, action: &DatasetAction) -> Result<()> {
             let (mut store, _) = crate::store::Store::open(state)?;
             let backbone = load_backbone(g)?;
             let mut emb = backbone.embedder();
-            let r = crate::dataset::import(&mut store, &mut emb, input)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let r = crate::dataset::import(&mut store, &mut emb, input, now)?;
             out!(
                 "imported {} samples into {} ({} already there, {} embedded here); {} samples in all",
                 r.added,
