@@ -718,3 +718,60 @@ fn input_size_is_a_choice_and_heads_remember_it() {
     ]);
     assert!(e.contains("100") && e.contains("160, 192, 224"), "{e}");
 }
+
+#[test]
+fn the_class_list_is_kept_in_the_state_directory_after_the_first_start() {
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let run = |classes: &str| {
+        let o = teachcam(&[
+            "run",
+            "--state",
+            s(&state),
+            "--classes",
+            classes,
+            "--duration",
+            "0.5",
+        ]);
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let first = run("cup,pen");
+    assert!(
+        first.contains("running with 2 classes (cup, pen)"),
+        "{first}"
+    );
+    assert!(state.join("classes").is_file());
+    // Later starts use the state's list (edited at run time); the flag only seeds it.
+    let second = run("x,y,z");
+    assert!(
+        second.contains("running with 2 classes (cup, pen)"),
+        "{second}"
+    );
+}
+
+#[test]
+fn bad_flag_values_are_one_line_errors_naming_the_rule() {
+    for (args, want) in [
+        (&["run", "--threshold", "2", "--duration", "1"][..], "0..=1"),
+        (
+            &["run", "--duration", "1e20"][..],
+            "positive number of seconds",
+        ),
+        (
+            &["run", "--camera", "webcam", "--duration", "1"][..],
+            "unknown camera",
+        ),
+        (
+            &["run", "--gpio", "script:5@x", "--duration", "1"][..],
+            "button is not a number",
+        ),
+        (
+            &["train", "d", "--out", "h", "--val-split", "0.95"][..],
+            "[0, 0.9)",
+        ),
+    ] {
+        let e = fails(args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
