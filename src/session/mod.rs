@@ -1427,6 +1427,9 @@ impl Session {
             }
             Change::RemoveClass { name, deleted } => {
                 self.classes.retain(|c| *c != name);
+                // Positions after it moved: the display starts over.
+                self.votes.clear();
+                self.shown = None;
                 self.samples.retain(|s| !deleted.contains(&s.id));
                 self.bursts.retain(|b| b.label != name);
                 Event::ClassRemoved {
