@@ -149,7 +149,9 @@ dist/teachcam-%: $(CROSS_SRCS)
 	cross/cross.sh build $*
 
 bench-arm: setup build $(ICOUNT) dist/teachcam-aarch64 dist/teachcam-armv7
-	python3 bench/arm_bench.py --host $(BIN) --plugin $(ICOUNT) --json-out target/bench-arm.json
+	python3 bench/arm_bench.py --host $(BIN) --plugin $(ICOUNT) --json-out target/bench-arm.json \
+		$(if $(ONLY),--only $(ONLY)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
+		$(if $(KERNELS),--kernels "$(KERNELS)")
 
 # The plugin counts exactly: a known ARM loop under qemu (in `make test`, about 1 s).
 test-icount: $(ICOUNT)

@@ -16,8 +16,12 @@ model, and a paper estimate of board milliseconds from assumed clocks and instru
 cycle, next to published figures for other runtimes. Runs one qemu at a time (they are
 CPU-bound; the machine has 2 cores).
 
+With --kernels, the int8 rows are repeated with kernels forced by TEACHCAM_KERNELS (one row per
+spec, e.g. `pointwise=neon;pointwise=tract:arm64simd_mmm_i32_8x8`): the measurement that picks
+each layer type's kernel per CPU. A spec a CPU model cannot run is skipped for it.
+
 Usage: arm_bench.py --host HOST_BIN --plugin libicount.so [--dist dist] [--json-out F]
-                    [--only aarch64-cortex-a72,...] [--precisions int8,f32]
+                    [--only aarch64-cortex-a72,...] [--precisions int8,f32] [--kernels S1;S2]
 """
 import argparse
 import json
@@ -82,12 +86,13 @@ def run(cmd, env=None):
     return p.stdout
 
 
-def count(arch, cpu, tract_env, plugin, board_bin, args, out_file):
+def count(arch, cpu, tract_env, plugin, board_bin, args, out_file, extra_env=None):
     """Guest instructions of one whole board-binary run under qemu, its wall time, its stdout."""
     qemu, sysroot = QEMU[arch]
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TRACT_", "QEMU_"))}  # only what this run sets
+           if not k.startswith(("TRACT_", "QEMU_", "TEACHCAM_"))}  # only what this run sets
     env.update(tract_env)
+    env.update(extra_env or {})
     t = time.time()
     stdout = run([qemu, "-L", sysroot, "-cpu", cpu, "-plugin", f"{plugin},out={out_file}",
                   board_bin] + args, env)
@@ -145,10 +150,11 @@ def anchors(rows):
 def print_tables(rows, est, anc, macs, macs_source):
     print("\nARM PROXY (guest instructions under qemu-user, not a board time)")
     print(f"multiply-adds per image: {macs / 1e6:.1f} M ({macs_source})\n")
-    print(f"{'arch':8} {'qemu cpu':11} {'precision':9} {'instr/image':>12} "
+    width = max(9, *(len(r["precision"]) for r in rows))
+    print(f"{'arch':8} {'qemu cpu':11} {'precision':{width}} {'instr/image':>12} "
           f"{'MACs/instr':>10} {'vs f32':>7}")
     for r in rows:
-        print(f"{r['arch']:8} {r['cpu']:11} {r['precision']:9} "
+        print(f"{r['arch']:8} {r['cpu']:11} {r['precision']:{width}} "
               f"{r['insns_per_image'] / 1e6:10.1f} M {r['macs_per_insn']:10.2f} "
               f"{r['ratio_to_f32']:6.2f}x")
     for r in rows:
@@ -178,6 +184,8 @@ def main():
     ap.add_argument("--models", default=str(ROOT / "models"))
     ap.add_argument("--only", help="comma-separated configs, e.g. aarch64-cortex-a72")
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--kernels", default="", help="';'-separated TEACHCAM_KERNELS specs for "
+                    "extra int8 rows")
     ap.add_argument("--json-out")
     a = ap.parse_args()
     host, plugin = str(Path(a.host).resolve()), str(Path(a.plugin).resolve())
@@ -200,28 +208,44 @@ def main():
                  str(w / "scenes" / "train"), "--out", str(heads[p]), "--seed", "1"])
         macs, macs_source = network_macs(host, a.models)
         rows = []
-        total = len(configs) * len(precisions) * 2
+        variants = [(p, p, {}) for p in precisions]
+        variants += [(f"int8[{spec}]", "int8", {"TEACHCAM_KERNELS": spec})
+                     for spec in a.kernels.split(";") if spec.strip()]
+        if a.kernels and "int8" not in heads:
+            heads["int8"] = w / "int8.head"
+            run([host, "--models", a.models, "--precision", "int8", "train",
+                 str(w / "scenes" / "train"), "--out", str(heads["int8"]), "--seed", "1"])
+        total = len(configs) * len(variants) * 2
         k = 0
         for arch, cpu, tract_env, what in configs:
             board_bin = str(Path(a.dist) / f"teachcam-{arch}")
             if not os.access(board_bin, os.X_OK):
                 raise SystemExit(f"no {board_bin}: run 'make cross' first")
-            for p in precisions:
+            for label, p, extra in variants:
                 counts = {}
                 for n in (SMALL, LARGE):
                     k += 1
                     args = ["--models", a.models, "--precision", p, "classify",
                             "--head", str(heads[p]), "--json"] + images[:n]
-                    insns, wall, out = count(arch, cpu, tract_env, plugin, board_bin, args,
-                                             w / "icount.txt")
+                    try:
+                        insns, wall, out = count(arch, cpu, tract_env, plugin, board_bin, args,
+                                                 w / "icount.txt", extra)
+                    except SystemExit as e:
+                        if extra and "cannot run" in str(e):
+                            print(f"[{k}/{total}] {arch} -cpu {cpu} {label}: not runnable here",
+                                  flush=True)
+                            break
+                        raise
                     if len([ln for ln in out.splitlines() if ln.strip()]) != n:
                         raise SystemExit(f"FAIL: classify printed no line per image:\n{out}")
                     counts[n] = (insns, wall)
-                    print(f"[{k}/{total}] {arch} -cpu {cpu} {p} {n} image(s): "
+                    print(f"[{k}/{total}] {arch} -cpu {cpu} {label} {n} image(s): "
                           f"{insns / 1e6:.1f} M instructions, {wall:.1f} s", flush=True)
+                if len(counts) < 2:
+                    continue
                 per_image = (counts[LARGE][0] - counts[SMALL][0]) / (LARGE - SMALL)
                 rows.append({"config": f"{arch}-{cpu}", "arch": arch, "cpu": cpu,
-                             "stands_for": what, "tract_env": tract_env, "precision": p,
+                             "stands_for": what, "tract_env": tract_env, "precision": label,
                              "insns_1_image": counts[SMALL][0],
                              "insns_6_images": counts[LARGE][0],
                              "insns_per_image": per_image, "macs_per_insn": macs / per_image,

@@ -301,3 +301,92 @@ impl NeonPointwise {
         }
     }
 }
+
+/// The float stem's inner kernels on NEON (`fmla`): 16 channels (four registers) per call.
+pub(crate) struct StemNeon;
+
+impl super::stem::Blocks for StemNeon {
+    const B: usize = 16;
+
+    #[inline]
+    unsafe fn conv(r: super::stem::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+        let c = r.c;
+        let b: &[f32; 16] = r.conv_b[c0..c0 + 16].try_into().expect("16 biases");
+        // SAFETY (whole block): every access is of 4 floats inside a bounds-checked slice of
+        // 16 taken just before it; NEON is part of every aarch64 CPU.
+        unsafe {
+            let mut acc = [
+                vld1q_f32(b.as_ptr()),
+                vld1q_f32(b.as_ptr().add(4)),
+                vld1q_f32(b.as_ptr().add(8)),
+                vld1q_f32(b.as_ptr().add(12)),
+            ];
+            let mut t = 0;
+            for row in patch {
+                for &v in row.iter() {
+                    let w: &[f32; 16] = r.conv_w[t * c + c0..t * c + c0 + 16]
+                        .try_into()
+                        .expect("16 weights");
+                    let x = vdupq_n_f32(v);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = vfmaq_f32(*a, x, vld1q_f32(w.as_ptr().add(4 * j)));
+                    }
+                    t += 1;
+                }
+            }
+            let (lo, hi) = (vdupq_n_f32(r.clip1.0), vdupq_n_f32(r.clip1.1));
+            let o: &mut [f32; 16] = (&mut o[c0..c0 + 16]).try_into().expect("16 outputs");
+            for (j, a) in acc.iter().enumerate() {
+                // fmaxnm/fminnm: a NaN gives the other operand, as f32::max/min do.
+                vst1q_f32(
+                    o.as_mut_ptr().add(4 * j),
+                    vminnmq_f32(vmaxnmq_f32(*a, lo), hi),
+                );
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+        let c = r.c;
+        let b: &[f32; 16] = r.dw_b[c0..c0 + 16].try_into().expect("16 biases");
+        // SAFETY (whole block): as in `conv`.
+        unsafe {
+            let mut acc = [
+                vld1q_f32(b.as_ptr()),
+                vld1q_f32(b.as_ptr().add(4)),
+                vld1q_f32(b.as_ptr().add(8)),
+                vld1q_f32(b.as_ptr().add(12)),
+            ];
+            for (t, px) in taps.iter().enumerate() {
+                let x: &[f32; 16] = px[c0..c0 + 16].try_into().expect("16 inputs");
+                let w: &[f32; 16] = r.dw_w[t * c + c0..t * c + c0 + 16]
+                    .try_into()
+                    .expect("16 weights");
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = vfmaq_f32(
+                        *a,
+                        vld1q_f32(x.as_ptr().add(4 * j)),
+                        vld1q_f32(w.as_ptr().add(4 * j)),
+                    );
+                }
+            }
+            // Clip, then ONNX QuantizeLinear: divide, clamp to the u8 codes, round to nearest
+            // even (fcvtns), add the zero point.
+            let (c_lo, c_hi) = (vdupq_n_f32(r.clip2.0), vdupq_n_f32(r.clip2.1));
+            let z = r.q.zero.clamp(0, 255);
+            let (q_lo, q_hi) = (vdupq_n_f32(-z as f32), vdupq_n_f32((255 - z) as f32));
+            let (scale, zero) = (vdupq_n_f32(r.q.scale), vdupq_n_s32(z));
+            let mut q = [vdupq_n_s32(0); 4];
+            for (qi, a) in q.iter_mut().zip(&acc) {
+                let v = vminnmq_f32(vmaxnmq_f32(*a, c_lo), c_hi);
+                let v = vminnmq_f32(vmaxnmq_f32(vdivq_f32(v, scale), q_lo), q_hi);
+                *qi = vaddq_s32(vcvtnq_s32_f32(v), zero);
+            }
+            let lo8 = vqmovn_u16(vcombine_u16(vqmovun_s32(q[0]), vqmovun_s32(q[1])));
+            let hi8 = vqmovn_u16(vcombine_u16(vqmovun_s32(q[2]), vqmovun_s32(q[3])));
+            let o: &mut [u8; 16] = (&mut o[c0..c0 + 16]).try_into().expect("16 outputs");
+            vst1q_u8(o.as_mut_ptr(), vcombine_u8(lo8, hi8));
+        }
+    }
+}

@@ -217,8 +217,13 @@ impl Stem {
                 // SAFETY: `Stem::new` accepted this kernel only where AVX2 and FMA were
                 // detected.
                 Kernel::Avx2 => unsafe { run_avx2_fma(self, x, h, w, out, input, ring) },
-                Kernel::Neon => run_with::<true>(self, x, h, w, out, input, ring),
-                _ => run_with::<false>(self, x, h, w, out, input, ring),
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: NEON is part of every aarch64 CPU.
+                Kernel::Neon => unsafe {
+                    run_with::<super::neon::StemNeon>(self, x, h, w, out, input, ring)
+                },
+                // SAFETY: the portable blocks need no instruction-set extension.
+                _ => unsafe { run_with::<PortableBlocks>(self, x, h, w, out, input, ring) },
             }
         })
     }
@@ -249,8 +254,9 @@ unsafe fn run_avx2_fma(
     ring: &mut Vec<f32>,
 ) {
     // No closure between here and the loops: a closure would not inherit this function's
-    // target features, and `mul_add` would become a library call.
-    run_with::<true>(s, x, h, w, out, input, ring)
+    // target features, and the blocks' intrinsics would not be inlined.
+    // SAFETY: the caller checked AVX2 and FMA, which `StemAvx2` needs.
+    unsafe { run_with::<super::x86::StemAvx2>(s, x, h, w, out, input, ring) }
 }
 
 /// Per-thread buffers of the stem: the padded NHWC input and the ring of convolution rows.
@@ -274,8 +280,11 @@ thread_local! {
 ///    depthwise layer's left and right padding as zero columns.
 /// 3. Each depthwise output pixel sums its taps over blocks of channels held in registers,
 ///    then clips and quantises.
+///
+/// # Safety
+/// The CPU has the instructions `K` uses.
 #[inline(always)]
-fn run_with<const FMA: bool>(
+unsafe fn run_with<K: Blocks>(
     s: &Stem,
     x: &[f32],
     h: usize,
@@ -336,12 +345,13 @@ fn run_with<const FMA: bool>(
                         }
                     });
                     let mut c0 = 0;
-                    while c0 + BLOCK <= c {
-                        conv_block::<FMA, BLOCK>(s, &patch[..kh1], c0, o);
-                        c0 += BLOCK;
+                    while c0 + K::B <= c {
+                        // SAFETY: the caller checked K's instruction set.
+                        unsafe { K::conv(s.refs(), &patch[..kh1], c0, o) };
+                        c0 += K::B;
                     }
                     while c0 < c {
-                        conv_block::<FMA, 1>(s, &patch[..kh1], c0, o);
+                        conv_one(s.refs(), &patch[..kh1], c0, o);
                         c0 += 1;
                     }
                 }
@@ -365,79 +375,110 @@ fn run_with<const FMA: bool>(
             });
             let o = &mut out[(oy * w2 + ox) * c..(oy * w2 + ox + 1) * c];
             let mut c0 = 0;
-            while c0 + BLOCK <= c {
-                dw_block::<FMA, BLOCK>(s, &taps[..kh2 * kw2], c0, o);
-                c0 += BLOCK;
+            while c0 + K::B <= c {
+                // SAFETY: the caller checked K's instruction set.
+                unsafe { K::dw(s.refs(), &taps[..kh2 * kw2], c0, o) };
+                c0 += K::B;
             }
             while c0 < c {
-                dw_block::<FMA, 1>(s, &taps[..kh2 * kw2], c0, o);
+                dw_one(s.refs(), &taps[..kh2 * kw2], c0, o);
                 c0 += 1;
             }
         }
     }
 }
 
-/// Depthwise outputs of channels `c0..c0 + B` of one pixel: accumulators in registers across
-/// the taps (each a pixel's `c` values, zero rows in the padding), then clip and quantise.
-#[inline(always)]
-fn dw_block<const FMA: bool, const B: usize>(s: &Stem, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
-    let c = s.c;
-    let mut acc: [f32; B] = s.dw_b[c0..c0 + B].try_into().expect("block of B");
-    for (t, px) in taps.iter().enumerate() {
-        let xv: &[f32; B] = px[c0..c0 + B].try_into().expect("block of B");
-        let wv: &[f32; B] = s.dw_w[t * c + c0..t * c + c0 + B]
-            .try_into()
-            .expect("block of B");
-        for i in 0..B {
-            acc[i] = if FMA {
-                xv[i].mul_add(wv[i], acc[i])
-            } else {
-                acc[i] + xv[i] * wv[i]
-            };
+/// What the inner kernels read: the stem's weights and constants.
+#[derive(Clone, Copy)]
+pub(crate) struct Refs<'a> {
+    /// Channels.
+    pub c: usize,
+    /// Convolution weights `[ky][kx][ci][c]`.
+    pub conv_w: &'a [f32],
+    /// Convolution bias.
+    pub conv_b: &'a [f32],
+    /// First clip.
+    pub clip1: (f32, f32),
+    /// Depthwise weights `[tap][c]`.
+    pub dw_w: &'a [f32],
+    /// Depthwise bias.
+    pub dw_b: &'a [f32],
+    /// Second clip.
+    pub clip2: (f32, f32),
+    /// Output quantisation.
+    pub q: QParams,
+}
+
+impl Stem {
+    fn refs(&self) -> Refs<'_> {
+        Refs {
+            c: self.c,
+            conv_w: &self.conv_w,
+            conv_b: &self.conv_b,
+            clip1: self.clip1,
+            dw_w: &self.dw_w,
+            dw_b: &self.dw_b,
+            clip2: self.clip2,
+            q: self.q,
         }
-    }
-    let o: &mut [u8; B] = (&mut o[c0..c0 + B]).try_into().expect("block of B");
-    for i in 0..B {
-        let v = acc[i].max(s.clip2.0).min(s.clip2.1);
-        o[i] = quantize(v, s.q.scale, s.q.zero);
     }
 }
 
-/// Convolution outputs of channels `c0..c0 + B` of one pixel from its patch (one slice of
-/// `kw·cin` contiguous inputs per kernel row; weights are `[ky][kx][ci][c]`).
-#[inline(always)]
-fn conv_block<const FMA: bool, const B: usize>(
-    s: &Stem,
-    patch: &[&[f32]],
-    c0: usize,
-    o: &mut [f32],
-) {
-    let c = s.c;
-    let mut acc: [f32; B] = s.conv_b[c0..c0 + B].try_into().expect("block of B");
+/// The stem's two inner kernels for one instruction set, `B` channels of one pixel at a time.
+/// Implementations index the slices they are given (so a wrong size panics, never reads out
+/// of bounds) and may assume their instruction set.
+pub(crate) trait Blocks {
+    /// Channels per call.
+    const B: usize;
+    /// Convolution, channels `c0..c0 + B`: `o = clip1(bias + Σ_t patch_t · w_t)`, the patch
+    /// given as one slice per kernel row (the weights run over them in order).
+    ///
+    /// # Safety
+    /// The CPU has this implementation's instructions.
+    unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]);
+    /// Depthwise, channels `c0..c0 + B`: `o = quantise(clip2(bias + Σ_t tap_t · w_t))`, each
+    /// tap a pixel's `c` values.
+    ///
+    /// # Safety
+    /// The CPU has this implementation's instructions.
+    unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]);
+}
+
+/// Plain Rust, one channel at a time (also the tail of the SIMD versions).
+struct PortableBlocks;
+
+impl Blocks for PortableBlocks {
+    const B: usize = 1;
+    unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+        conv_one(r, patch, c0, o)
+    }
+    unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+        dw_one(r, taps, c0, o)
+    }
+}
+
+/// One channel of the convolution (separate multiply and add).
+fn conv_one(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+    let mut acc = r.conv_b[c0];
     let mut t = 0;
     for row in patch {
         for &v in row.iter() {
-            let wv: &[f32; B] = s.conv_w[t * c + c0..t * c + c0 + B]
-                .try_into()
-                .expect("block of B");
-            for i in 0..B {
-                acc[i] = if FMA {
-                    v.mul_add(wv[i], acc[i])
-                } else {
-                    acc[i] + v * wv[i]
-                };
-            }
+            acc += v * r.conv_w[t * r.c + c0];
             t += 1;
         }
     }
-    let o: &mut [f32; B] = (&mut o[c0..c0 + B]).try_into().expect("block of B");
-    for i in 0..B {
-        o[i] = acc[i].max(s.clip1.0).min(s.clip1.1);
-    }
+    o[c0] = acc.max(r.clip1.0).min(r.clip1.1);
 }
 
-/// Channels per block of accumulators (four AVX registers, eight NEON ones).
-const BLOCK: usize = 32;
+/// One channel of the depthwise layer, clipped and quantised.
+fn dw_one(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+    let mut acc = r.dw_b[c0];
+    for (t, px) in taps.iter().enumerate() {
+        acc += px[c0] * r.dw_w[t * r.c + c0];
+    }
+    o[c0] = quantize(acc.max(r.clip2.0).min(r.clip2.1), r.q.scale, r.q.zero);
+}
+
 /// Kernel rows and taps the fixed-size tap lists hold (3×3 and 4×4 kernels; larger ones are
 /// refused at construction).
 const MAX_TAPS: usize = 16;
@@ -501,7 +542,7 @@ mod tests {
     #[test]
     fn every_stem_kernel_computes_the_two_convolutions() {
         let mut r = crate::rng::Rng::new(5);
-        let (cin, c, h, w) = (3usize, 16usize, 13usize, 10usize);
+        let (cin, c, h, w) = (3usize, 48usize, 13usize, 10usize);
         let conv_w: Vec<f32> = (0..c * cin * 9).map(|_| r.normal() * 0.3).collect();
         let conv_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
         let dw_w: Vec<f32> = (0..c * 9).map(|_| r.normal() * 0.4).collect();
