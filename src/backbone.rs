@@ -23,8 +23,9 @@ pub const INPUT_SIZE: usize = 224;
 /// accurate (the network is fully convolutional; README has the trade-off measured).
 pub const INPUT_SIZES: [usize; 3] = [160, 192, 224];
 
-/// Which of the shipped model variants to run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Which of the shipped model variants to run. The default is chosen for the CPU this runs on
+/// ([`Precision::for_cpu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Float weights, float compute.
@@ -37,10 +38,16 @@ pub enum Precision {
     /// Static int8, QOperator format (`QLinearConv`), run by tract's own operators.
     Qop,
     /// The QOperator file run through teachcam's int8 operators ([`crate::qnn`]): integer
-    /// arithmetic identical to onnxruntime's on the same file. The default: the fastest
-    /// variant in tract, within the fidelity bound on real photos (see README).
-    #[default]
+    /// arithmetic identical to onnxruntime's on the same file. The default wherever teachcam
+    /// has SIMD int8 kernels for the CPU (see [`Precision::for_cpu`]).
     Int8,
+}
+
+impl Default for Precision {
+    /// The fastest faithful precision on this machine's CPU.
+    fn default() -> Self {
+        Precision::for_cpu(&crate::qnn::cpu::Cpu::detect()).0
+    }
 }
 
 impl Precision {
@@ -52,6 +59,32 @@ impl Precision {
         Precision::Qop,
         Precision::Int8,
     ];
+
+    /// The default precision for a CPU with `cpu`'s features, and why: `int8` wherever
+    /// teachcam has SIMD kernels for every int8 layer type (measured faster than tract's float
+    /// path there: README, "Kernel choice"), else `f32` (tract's float kernels, which have
+    /// SIMD for every target, while int8 would run portable loops).
+    pub fn for_cpu(cpu: &crate::qnn::cpu::Cpu) -> (Precision, &'static str) {
+        use crate::qnn::cpu::Arch;
+        match cpu.arch {
+            Arch::X86_64 if cpu.avx2 => (
+                Precision::Int8,
+                "x86-64 with AVX2: teachcam's int8 kernels (VNNI or vpmaddwd) beat tract's float path",
+            ),
+            Arch::Aarch64 => (
+                Precision::Int8,
+                "aarch64: teachcam's NEON and tract-linalg's int8 kernels beat tract's float path",
+            ),
+            Arch::Arm if cpu.neon => (
+                Precision::Int8,
+                "armv7 with NEON: tract-linalg's int8 kernel and teachcam's NEON kernels beat tract's float path",
+            ),
+            _ => (
+                Precision::F32,
+                "no SIMD int8 kernels for this CPU: tract's float kernels are faster than portable int8 loops",
+            ),
+        }
+    }
 
     /// File name of this variant inside the models directory.
     pub fn file_name(self) -> &'static str {
@@ -277,6 +310,8 @@ pub struct Backbone {
     precision: Option<Precision>,
     dim: usize,
     size: usize,
+    /// The int8 path's kernel for each layer type (`None` for tract's own operators).
+    kernels: Option<crate::qnn::KernelPlan>,
 }
 
 impl fmt::Debug for Backbone {
@@ -332,9 +367,18 @@ impl Backbone {
             // Shapes recorded for intermediate tensors are for 224; tract re-infers them.
             g.value_info.clear();
         }
+        let mut kernels = None;
         let (model, mut digest) = if int8 {
-            let (model, done) = crate::qnn::model_for_proto(proto).map_err(tract_err)?;
-            log::debug!("int8 rewrite of {}: {done:?}", path.display());
+            let plan = crate::qnn::KernelPlan::detect().map_err(|message| ModelError::Tract {
+                path: path.to_path_buf(),
+                message,
+            })?;
+            let (model, done) = crate::qnn::model_for_proto(proto, &plan).map_err(tract_err)?;
+            log::debug!(
+                "int8 rewrite of {}: {done:?}, kernels {plan:?}",
+                path.display()
+            );
+            kernels = Some(plan);
             // Another computation than the same file under tract's operators: another identity
             // for heads and stored embeddings.
             let id = crate::fsutil::sha256_hex(format!("{file_sha256}+teachcam-int8").as_bytes());
@@ -374,7 +418,13 @@ impl Backbone {
             precision: None,
             dim,
             size,
+            kernels,
         })
+    }
+
+    /// The int8 path's kernels (`None` when the model runs on tract's own operators).
+    pub fn kernels(&self) -> Option<&crate::qnn::KernelPlan> {
+        self.kernels.as_ref()
     }
 
     /// Side of the square input this backbone was loaded for.
@@ -407,12 +457,20 @@ impl Backbone {
         self.plan.model().nodes().len()
     }
 
-    /// A per-thread embedder with its own input buffer.
+    /// A per-thread embedder with its own input buffer and run state.
     pub fn embedder(&self) -> Embedder {
         Embedder {
             backbone: self.clone(),
-            input: vec![0f32; 3 * self.size * self.size],
+            input: Arc::new(Tensor::zero::<f32>(&[1, 3, self.size, self.size]).unwrap_or_default()),
             plan: None,
+            state: None,
+        }
+    }
+
+    fn tract_err(&self, e: TractError) -> ModelError {
+        ModelError::Tract {
+            path: self.path.clone(),
+            message: format!("{e:#}"),
         }
     }
 
@@ -516,11 +574,15 @@ impl Backbone {
     }
 }
 
-/// Reusable per-thread state: input tensor buffer and a cached preprocessing plan.
+/// Reusable per-thread state: the input tensor, a cached preprocessing plan, and tract's run
+/// state for the plan (kept between frames instead of being rebuilt on every call).
 pub struct Embedder {
     backbone: Backbone,
-    input: Vec<f32>,
+    /// `[1, 3, size, size]`; shared with tract only during a run, so the next frame is
+    /// written in place.
+    input: Arc<Tensor>,
     plan: Option<Plan>,
+    state: Option<TypedSimpleState>,
 }
 
 impl Embedder {
@@ -530,13 +592,35 @@ impl Embedder {
             self.plan = Some(Plan::new(width, height, self.backbone.size));
         }
         if let Some(plan) = &self.plan {
-            plan.run(rgb, &mut self.input);
+            // Unique after the previous run (tract dropped its reference): no copy.
+            let t = Arc::make_mut(&mut self.input);
+            if let Ok(mut view) = t.try_as_plain_ram_mut()
+                && let Ok(buf) = view.as_slice_mut::<f32>()
+            {
+                plan.run(rgb, buf);
+            }
         }
     }
 
     /// Run the backbone on what [`Embedder::preprocess`] left in the buffer.
     pub fn run(&mut self) -> Result<Vec<f32>, ModelError> {
-        self.backbone.run_tensor(&self.input)
+        if self.state.is_none() {
+            self.state = Some(
+                self.backbone
+                    .plan
+                    .spawn()
+                    .map_err(|e| self.backbone.tract_err(e))?,
+            );
+        }
+        let state = self.state.as_mut().expect("spawned just above");
+        let input = TValue::from_const(Arc::clone(&self.input));
+        let out = state
+            .run(tvec!(input))
+            .map_err(|e| self.backbone.tract_err(e))?;
+        let view = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| self.backbone.tract_err(e))?;
+        Ok(view.iter().copied().collect())
     }
 
     /// Preprocess and embed one packed RGB8 frame.
@@ -552,7 +636,11 @@ impl Embedder {
 
     /// The preprocessed input (for tests and diagnostics).
     pub fn input(&self) -> &[f32] {
-        &self.input
+        self.input
+            .try_as_plain_ram()
+            .ok()
+            .and_then(|v| v.as_slice::<f32>().ok())
+            .unwrap_or(&[])
     }
 
     /// The shared backbone.
@@ -564,6 +652,53 @@ impl Embedder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_precision_is_chosen_for_the_cpu_it_runs_on() {
+        use crate::qnn::cpu::{Arch, Cpu};
+        let with = |arch, f: &dyn Fn(&mut Cpu)| {
+            let mut c = Cpu::bare(arch);
+            f(&mut c);
+            Precision::for_cpu(&c).0
+        };
+        assert_eq!(with(Arch::X86_64, &|c| c.avx2 = true), Precision::Int8);
+        assert_eq!(
+            with(Arch::X86_64, &|c| {
+                c.avx2 = true;
+                c.avx512vnni = true
+            }),
+            Precision::Int8
+        );
+        assert_eq!(
+            with(Arch::X86_64, &|_| {}),
+            Precision::F32,
+            "x86 without AVX2"
+        );
+        assert_eq!(
+            with(Arch::Aarch64, &|_| {}),
+            Precision::Int8,
+            "Pi 4 / Jetson Nano"
+        );
+        assert_eq!(
+            with(Arch::Aarch64, &|c| c.dotprod = true),
+            Precision::Int8,
+            "Pi 5"
+        );
+        assert_eq!(
+            with(Arch::Arm, &|c| c.neon = true),
+            Precision::Int8,
+            "Pi OS 32-bit"
+        );
+        assert_eq!(
+            with(Arch::Arm, &|_| {}),
+            Precision::F32,
+            "armv7 without NEON"
+        );
+        assert_eq!(with(Arch::Other, &|_| {}), Precision::F32);
+        // The masked machine gets the masked machine's default.
+        let detected = Cpu::detect();
+        assert_eq!(Precision::default(), Precision::for_cpu(&detected).0);
+    }
 
     #[test]
     fn precision_names_round_trip() {

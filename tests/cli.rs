@@ -64,7 +64,19 @@ fn dataset(dir: &Path, train: usize, val: usize) -> PathBuf {
 fn info_reports_model_and_precision() {
     let out = ok(&["info", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["precision"], "int8");
+    // The default is chosen for this CPU, and says why.
+    let default = &v["int8_kernels"]["default_precision"];
+    assert_eq!(v["precision"], default["precision"]);
+    assert!(!default["why"].as_str().unwrap().is_empty());
+    for layer in ["pointwise", "depthwise", "stem"] {
+        let k = &v["int8_kernels"][layer];
+        assert!(
+            k["runnable"].as_array().unwrap().contains(&k["kernel"]),
+            "{layer}: {k}"
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", "--precision", "int8"])).unwrap();
     assert!(
         v["model_path"]
             .as_str()

@@ -563,6 +563,31 @@ pub fn cpu_features() -> Vec<&'static str> {
     f
 }
 
+/// The int8 path's kernel per layer type on this CPU, why, and what else could run.
+fn int8_kernels_json() -> Result<serde_json::Value> {
+    use crate::qnn::cpu::{Layer, runnable_kernels};
+    let plan = crate::qnn::KernelPlan::detect().map_err(anyhow::Error::msg)?;
+    let mut v = serde_json::Map::new();
+    for layer in Layer::ALL {
+        let c = plan.get(layer);
+        v.insert(
+            layer.key().into(),
+            json!({
+                "kernel": c.kernel.name(),
+                "why": c.why,
+                "runnable": runnable_kernels(layer, &plan.cpu).iter().map(|k| k.name()).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    v.insert("cpu".into(), json!(plan.cpu.features()));
+    let (default, why) = crate::backbone::Precision::for_cpu(&plan.cpu);
+    v.insert(
+        "default_precision".into(),
+        json!({"precision": default.name(), "why": why}),
+    );
+    Ok(serde_json::Value::Object(v))
+}
+
 fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
     let dir = backbone::find_models_dir(g.models.as_deref())?;
     let path = dir.join(g.precision().file_name());
@@ -579,7 +604,7 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         "model_ok": check.is_ok(),
         "model_error": check.as_ref().err().map(|e| e.to_string()),
         "input": [1, 3, g.input_size(), g.input_size()],
-        "int8_kernels": {"pointwise": crate::qnn::pointwise_kernel_name()},
+        "int8_kernels": int8_kernels_json()?,
         "arch": std::env::consts::ARCH,
         "cpu_features": cpu_features(),
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -7,10 +7,15 @@
 //!
 //! | op type | replaces | computes |
 //! |---|---|---|
+//! | `TeachcamStem` | float `Conv` → `Clip` → depthwise `Conv` → `Clip` → `QuantizeLinear` | [`Stem`]: float NCHW → `u8` NHWC |
 //! | `TeachcamQuantize` | `QuantizeLinear` | float NCHW (entry) or NHWC → `u8` NHWC |
 //! | `TeachcamQConv` | `QLinearConv` (1×1 or depthwise) | [`Pointwise`] / [`Depthwise`] |
-//! | `TeachcamAdd` | `DequantizeLinear`(s) → `Add` | [`kernels::add`], float NHWC out |
-//! | `TeachcamDequantMean` | `DequantizeLinear` → `GlobalAveragePool` | [`kernels::dequantize_mean`] |
+//! | `TeachcamAdd` | `DequantizeLinear`(s) → `Add` | [`elementwise::add`], float NHWC out |
+//! | `TeachcamDequantMean` | `DequantizeLinear` → `GlobalAveragePool` | [`elementwise::dequantize_mean`] |
+//!
+//! Each layer's kernel is named in its node's attributes by the rewrite (from a
+//! [`super::cpu::KernelPlan`]) and its weights are packed for that kernel when the graph is
+//! wired.
 
 use std::sync::Arc;
 
@@ -18,7 +23,12 @@ use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use super::kernels::{self, Depthwise, Pointwise, QParams};
+use super::arith::{QParams, output_scale};
+use super::cpu::{Kernel, parse_kernel};
+use super::depthwise::{Depthwise, DepthwiseParams, DwGeom};
+use super::elementwise;
+use super::pointwise::{Pointwise, PointwiseParams};
+use super::stem::{ConvGeom, Stem, StemParams};
 
 /// Op type names used in rewritten graphs.
 pub const QUANTIZE: &str = "TeachcamQuantize";
@@ -28,6 +38,8 @@ pub const QCONV: &str = "TeachcamQConv";
 pub const QADD: &str = "TeachcamAdd";
 /// See the module table.
 pub const DEQUANT_MEAN: &str = "TeachcamDequantMean";
+/// See the module table.
+pub const STEM: &str = "TeachcamStem";
 
 /// Add teachcam's op builders to an ONNX op register.
 pub fn register(reg: &mut OnnxOpRegister) {
@@ -47,6 +59,31 @@ pub fn register(reg: &mut OnnxOpRegister) {
         ))
     });
     reg.insert(DEQUANT_MEAN, |_, _| Ok((expand(Exp::Mean), vec![])));
+    reg.insert(STEM, |_, node| {
+        let geom = |prefix: &str| -> TractResult<ConvGeom> {
+            let k: TVec<usize> = node.get_attr_tvec(&format!("{prefix}_kernel"))?;
+            let s: TVec<usize> = node.get_attr_tvec(&format!("{prefix}_strides"))?;
+            let p: TVec<usize> = node.get_attr_tvec(&format!("{prefix}_pads"))?;
+            ensure!(
+                k.len() == 2 && s.len() == 2 && p.len() == 4,
+                "{}: 2-D geometry expected",
+                node.name
+            );
+            Ok(ConvGeom {
+                kernel: (k[0], k[1]),
+                stride: (s[0], s[1]),
+                pads: [p[0], p[1], p[2], p[3]],
+            })
+        };
+        Ok((
+            expand(Exp::Stem {
+                conv: geom("conv")?,
+                dw: geom("dw")?,
+                kernel: kernel_attr(node, "kernel")?,
+            }),
+            vec![],
+        ))
+    });
 }
 
 fn build_qconv(
@@ -79,8 +116,18 @@ fn build_qconv(
         stride: (strides[0], strides[1]),
         pads: [pads[0], pads[1], pads[2], pads[3]],
         group,
+        pointwise: kernel_attr(node, "pointwise_kernel")?,
+        depthwise: kernel_attr(node, "depthwise_kernel")?,
     };
     Ok((expand(Exp::Conv(conv)), vec![]))
+}
+
+/// The kernel a rewritten node names in attribute `name` (portable when absent).
+fn kernel_attr(node: &NodeProto, name: &str) -> TractResult<Kernel> {
+    match node.get_attr_opt::<String>(name)? {
+        Some(k) => parse_kernel(&k).map_err(|e| format_err!("{}: {e}", node.name)),
+        None => Ok(Kernel::Portable),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +136,10 @@ struct ConvAttrs {
     stride: (usize, usize),
     pads: [usize; 4],
     group: usize,
+    /// Kernel for the layer if it is a 1×1 one.
+    pointwise: Kernel,
+    /// Kernel for the layer if it is a depthwise one.
+    depthwise: Kernel,
 }
 
 impl ConvAttrs {
@@ -119,6 +170,11 @@ enum Exp {
         float_operands: u8,
     },
     Mean,
+    Stem {
+        conv: ConvGeom,
+        dw: ConvGeom,
+        kernel: Kernel,
+    },
 }
 
 impl Exp {
@@ -139,6 +195,7 @@ impl Expansion for Exp {
             Exp::Conv(_) => QCONV,
             Exp::Add { .. } => QADD,
             Exp::Mean => DEQUANT_MEAN,
+            Exp::Stem { .. } => STEM,
         }
         .into()
     }
@@ -195,6 +252,27 @@ impl Expansion for Exp {
                 s.equals(&outputs[0].datum_type, f32::datum_type())?;
                 s.equals(&outputs[0].shape, &inputs[0].shape)?;
                 s.equals(&inputs[b].shape, &inputs[0].shape)?;
+            }
+            Exp::Stem { conv, dw, .. } => {
+                let (conv, dw) = (*conv, *dw);
+                check_input_arity(inputs, 11)?;
+                s.equals(&outputs[0].datum_type, u8::datum_type())?;
+                s.equals(&outputs[0].rank, 4)?;
+                s.given_2(&inputs[0].shape, &inputs[1].shape, move |s, x, w| {
+                    if let (Some(x), Some(w)) = (dims(&x), dims(&w)) {
+                        ensure!(x.len() == 4 && w.len() == 4, "{STEM}: 2-D NCHW input");
+                        let (h1, w1) = conv
+                            .out_size(x[2], x[3])
+                            .context("stem input smaller than its kernel")?;
+                        let (h2, w2) = dw
+                            .out_size(h1, w1)
+                            .context("stem input smaller than its kernels")?;
+                        let y: TVec<TDim> =
+                            [x[0], h2, w2, w[0]].iter().map(|d| d.to_dim()).collect();
+                        s.equals(&outputs[0].shape, y)?;
+                    }
+                    Ok(())
+                })?;
             }
             Exp::Mean => {
                 check_input_arity(inputs, 3)?;
@@ -279,7 +357,7 @@ impl Expansion for Exp {
                 };
                 let scale: Vec<f32> = w_scale
                     .iter()
-                    .map(|&ws| kernels::output_scale(qx.scale, ws, qy.scale))
+                    .map(|&ws| output_scale(qx.scale, ws, qy.scale))
                     .collect();
                 let wv = w.cast_to::<i8>()?;
                 let wdata = wv.try_as_plain_ram()?.as_slice::<i8>()?.to_vec();
@@ -289,34 +367,87 @@ impl Expansion for Exp {
                     && attrs.group == 1
                     && wshape[1] == cin;
                 let depthwise = attrs.group == cin && n == cin && wshape[1] == 1;
+                let fail = |e: String| format_err!("{prefix}: {e}");
                 if pointwise {
                     ensure!(
                         w_zero.iter().all(|&z| z == 0),
                         "{prefix}: 1x1 weights must be symmetric (zero point 0)"
                     );
-                    Kind::Pointwise(Pointwise::new(n, cin, wdata, bias, scale, qx.zero, qy.zero))
+                    let p = PointwiseParams {
+                        n,
+                        k: cin,
+                        w: &wdata,
+                        bias: &bias,
+                        scale: &scale,
+                        x_zero: qx.zero,
+                        y_zero: qy.zero,
+                    };
+                    // A kernel that cannot take this layer's shape (VNNI wants k in multiples
+                    // of 4) leaves it to the portable kernel.
+                    let pw = Pointwise::new(&p, attrs.pointwise)
+                        .or_else(|_| Pointwise::new(&p, Kernel::Portable))
+                        .map_err(fail)?;
+                    Kind::Pointwise(pw)
                 } else if depthwise {
                     ensure!(
                         wshape[2] == attrs.kernel.0 && wshape[3] == attrs.kernel.1,
                         "{prefix}: kernel_shape does not match the weights"
                     );
-                    Kind::Depthwise(Depthwise::new(
-                        n,
-                        attrs.kernel,
-                        attrs.stride,
-                        attrs.pads,
-                        &wdata,
-                        &w_zero,
-                        bias,
-                        scale,
-                        qx.zero,
-                        qy.zero,
-                    ))
+                    let p = DepthwiseParams {
+                        geom: DwGeom {
+                            c: n,
+                            kernel: attrs.kernel,
+                            stride: attrs.stride,
+                            pads: attrs.pads,
+                        },
+                        w: &wdata,
+                        w_zero: &w_zero,
+                        bias: &bias,
+                        scale: &scale,
+                        x_zero: qx.zero,
+                        y_zero: qy.zero,
+                    };
+                    // A kernel that cannot take this layer's shape (the AVX2 one wants
+                    // channels in multiples of 16) leaves it to the portable kernel.
+                    let d = Depthwise::new(&p, attrs.depthwise)
+                        .or_else(|_| Depthwise::new(&p, Kernel::Portable))
+                        .map_err(fail)?;
+                    Kind::Depthwise(d)
                 } else {
                     bail!(
                         "{prefix}: only 1x1 and depthwise quantised convolutions have teachcam kernels"
                     )
                 }
+            }
+            Exp::Stem { conv, dw, kernel } => {
+                let floats = |i: usize| -> TractResult<Vec<f32>> {
+                    let t = konst(i)?.cast_to::<f32>()?.into_owned();
+                    Ok(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+                };
+                let scalar = |i: usize| -> TractResult<f32> { konst(i)?.cast_to_scalar::<f32>() };
+                let conv_w = konst(1)?;
+                ensure!(
+                    conv_w.rank() == 4,
+                    "{prefix}: conv weights must be [out, in, kh, kw]"
+                );
+                let (c, cin) = (conv_w.shape()[0], conv_w.shape()[1]);
+                let q = qparams(9, 10)?;
+                let (conv_w, conv_b, dw_w, dw_b) = (floats(1)?, floats(2)?, floats(5)?, floats(6)?);
+                let p = StemParams {
+                    cin,
+                    c,
+                    conv: *conv,
+                    conv_w: &conv_w,
+                    conv_b: &conv_b,
+                    clip1: (scalar(3)?, scalar(4)?),
+                    dw: *dw,
+                    dw_w: &dw_w,
+                    dw_b: &dw_b,
+                    clip2: (scalar(7)?, scalar(8)?),
+                    q,
+                };
+                let fail = |e: String| format_err!("{prefix}: {e}");
+                Kind::Stem(Stem::new(&p, *kernel).map_err(fail)?)
             }
         };
         let data: TVec<OutletId> = match (self, &kind) {
@@ -359,6 +490,7 @@ enum Kind {
     /// Float add; `None` marks a float operand, `Some` a `u8` one and its quantisation.
     Add(Option<QParams>, Option<QParams>),
     Mean(QParams),
+    Stem(Stem),
 }
 
 /// The typed (planned, runnable) form of every teachcam int8 op.
@@ -380,17 +512,26 @@ impl Op for QnnOp {
             Kind::Depthwise(_) => "QnnDepthwise",
             Kind::Add(..) => "QnnAdd",
             Kind::Mean(_) => "QnnDequantMean",
+            Kind::Stem(_) => "QnnStem",
         }
         .into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(match &*self.0 {
-            Kind::Pointwise(p) => vec![format!("{}x{} kernel {}", p.k, p.n, p.kernel_name())],
-            Kind::Depthwise(d) => vec![format!(
-                "c {} kernel {:?} stride {:?} pads {:?}",
-                d.c, d.kernel, d.stride, d.pads
-            )],
+            Kind::Pointwise(p) => vec![format!("{}x{} kernel {}", p.k(), p.n(), p.kernel().name())],
+            Kind::Depthwise(d) => {
+                let g = d.geom();
+                vec![format!(
+                    "c {} kernel {:?} stride {:?} pads {:?} kernel {}",
+                    g.c,
+                    g.kernel,
+                    g.stride,
+                    g.pads,
+                    d.kernel().name()
+                )]
+            }
+            Kind::Stem(s) => vec![format!("kernel {}", s.kernel().name())],
             _ => vec![],
         })
     }
@@ -413,7 +554,12 @@ impl EvalOp for QnnOp {
             Kind::Mean(q) => {
                 let mut t = Tensor::zero::<f32>(&out_shape)?;
                 let mut tv = t.try_as_plain_ram_mut()?;
-                kernels::dequantize_mean(view.as_slice::<u8>()?, shape[3], *q, tv.as_slice_mut()?);
+                elementwise::dequantize_mean(
+                    view.as_slice::<u8>()?,
+                    shape[3],
+                    *q,
+                    tv.as_slice_mut()?,
+                );
                 t
             }
             Kind::Add(qa, qb) => {
@@ -422,7 +568,7 @@ impl EvalOp for QnnOp {
                 // SAFETY: every element is written by `add`.
                 let mut t = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
                 let mut tv = t.try_as_plain_ram_mut()?;
-                kernels::add(a, b, tv.as_slice_mut::<f32>()?);
+                elementwise::add(a, b, tv.as_slice_mut::<f32>()?);
                 t
             }
             kind => {
@@ -433,9 +579,12 @@ impl EvalOp for QnnOp {
                 match kind {
                     Kind::Quantize(q, true) => {
                         let x = view.as_slice::<f32>()?;
-                        kernels::quantize_nchw_to_nhwc(x, shape[1], shape[2] * shape[3], *q, o)
+                        elementwise::quantize_nchw_to_nhwc(x, shape[1], shape[2] * shape[3], *q, o)
                     }
-                    Kind::Quantize(q, false) => kernels::quantize_slice(view.as_slice()?, *q, o),
+                    Kind::Quantize(q, false) => {
+                        elementwise::quantize_slice(view.as_slice()?, *q, o)
+                    }
+                    Kind::Stem(s) => s.run(view.as_slice::<f32>()?, shape[2], shape[3], o),
                     Kind::Pointwise(p) => p.run(view.as_slice::<u8>()?, o),
                     Kind::Depthwise(d) => d.run(view.as_slice::<u8>()?, shape[1], shape[2], o),
                     Kind::Add(..) | Kind::Mean(_) => unreachable!("handled above"),
@@ -449,10 +598,10 @@ impl EvalOp for QnnOp {
     op_out_of_plan!();
 }
 
-fn operand<'a>(v: &PlainView<'a>, q: &Option<QParams>) -> TractResult<kernels::Operand<'a>> {
+fn operand<'a>(v: &PlainView<'a>, q: &Option<QParams>) -> TractResult<elementwise::Operand<'a>> {
     Ok(match q {
-        Some(q) => kernels::Operand::Int8(v.as_slice::<u8>()?, *q),
-        None => kernels::Operand::Float(v.as_slice::<f32>()?),
+        Some(q) => elementwise::Operand::Int8(v.as_slice::<u8>()?, *q),
+        None => elementwise::Operand::Float(v.as_slice::<f32>()?),
     })
 }
 
@@ -465,10 +614,19 @@ impl TypedOp for QnnOp {
         Ok(tvec!(match &*self.0 {
             Kind::Quantize(_, true) => u8::fact([s[0], s[2], s[3], s[1]]),
             Kind::Quantize(_, false) => u8::fact(s),
-            Kind::Pointwise(p) => u8::fact([s[0], s[1], s[2], p.n]),
+            Kind::Pointwise(p) => u8::fact([s[0], s[1], s[2], p.n()]),
             Kind::Depthwise(d) => {
-                let (oh, ow) = d.out_size(s[1], s[2]);
-                u8::fact([s[0], oh, ow, d.c])
+                let (oh, ow) = d
+                    .geom()
+                    .out_size(s[1], s[2])
+                    .context("depthwise input smaller than its kernel")?;
+                u8::fact([s[0], oh, ow, d.geom().c])
+            }
+            Kind::Stem(st) => {
+                let (oh, ow) = st
+                    .out_size(s[2], s[3])
+                    .context("stem input smaller than its kernels")?;
+                u8::fact([s[0], oh, ow, st.channels()])
             }
             Kind::Add(..) => f32::fact(s),
             Kind::Mean(_) => f32::fact([s[0], s[3], 1, 1]),
@@ -478,11 +636,13 @@ impl TypedOp for QnnOp {
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
         let s = inputs[0].shape.as_concrete().context("fixed shape")?;
         let macs = match &*self.0 {
-            Kind::Pointwise(p) => s[1] * s[2] * p.k * p.n,
+            Kind::Pointwise(p) => s[1] * s[2] * p.k() * p.n(),
             Kind::Depthwise(d) => {
-                let (oh, ow) = d.out_size(s[1], s[2]);
-                oh * ow * d.c * d.kernel.0 * d.kernel.1
+                let g = d.geom();
+                let (oh, ow) = g.out_size(s[1], s[2]).unwrap_or((0, 0));
+                oh * ow * g.c * g.taps()
             }
+            Kind::Stem(st) => st.macs(s[2], s[3]),
             _ => 0,
         };
         Ok(tvec!((Cost::FMA(i32::datum_type()), macs.to_dim())))

@@ -8,7 +8,11 @@ use std::path::Path;
 use serde_json::Value;
 use tract_onnx::prelude::*;
 
-use super::kernels::{self, Depthwise, Operand, Pointwise, QParams};
+use super::arith::{QParams, output_scale};
+use super::cpu::{Cpu, KernelPlan, Layer, runnable_kernels};
+use super::depthwise::{Depthwise, DepthwiseParams, DwGeom};
+use super::elementwise::{self, Operand};
+use super::pointwise::{Pointwise, PointwiseParams};
 
 fn fixtures() -> Value {
     serde_json::from_str(include_str!("../../tests/fixtures/qnn/qnn_fixtures.json")).unwrap()
@@ -56,7 +60,7 @@ fn f(v: &Value) -> f32 {
 fn scales(c: &Value) -> Vec<f32> {
     floats(&c["w_scale"])
         .iter()
-        .map(|&ws| kernels::output_scale(f(&c["x_scale"]), ws, f(&c["y_scale"])))
+        .map(|&ws| output_scale(f(&c["x_scale"]), ws, f(&c["y_scale"])))
         .collect()
 }
 
@@ -66,36 +70,41 @@ fn mismatches(got: &[u8], want: &[u8]) -> usize {
 }
 
 #[test]
-fn pointwise_matches_onnxruntime_bit_for_bit() {
+fn every_pointwise_kernel_matches_onnxruntime_bit_for_bit() {
+    let cpu = Cpu::detect();
     for c in cases("pointwise") {
         let (k, nout) = (n(&c["c_in"]), n(&c["c_out"]));
         let x: Vec<u8> = ints(&c["x"]);
         let want: Vec<u8> = ints(&c["y"]);
-        let p = Pointwise::new(
-            nout,
+        let (w, bias, scale): (Vec<i8>, Vec<i32>, Vec<f32>) =
+            (ints(&c["weights"]), ints(&c["bias"]), scales(&c));
+        let p = PointwiseParams {
+            n: nout,
             k,
-            ints(&c["weights"]),
-            ints(&c["bias"]),
-            scales(&c),
-            c["x_zero"].as_i64().unwrap() as i32,
-            c["y_zero"].as_i64().unwrap() as i32,
-        );
-        let mut got = vec![0u8; want.len()];
-        p.run(&x, &mut got);
-        assert_eq!(
-            mismatches(&got, &want),
-            0,
-            "{} ({})",
-            c["name"],
-            p.kernel_name()
-        );
-        p.run_portable(&x, &mut got);
-        assert_eq!(mismatches(&got, &want), 0, "{} (portable)", c["name"]);
+            w: &w,
+            bias: &bias,
+            scale: &scale,
+            x_zero: c["x_zero"].as_i64().unwrap() as i32,
+            y_zero: c["y_zero"].as_i64().unwrap() as i32,
+        };
+        for kernel in runnable_kernels(Layer::Pointwise, &cpu) {
+            let layer = Pointwise::new(&p, kernel).unwrap();
+            let mut got = vec![0u8; want.len()];
+            layer.run(&x, &mut got);
+            assert_eq!(
+                mismatches(&got, &want),
+                0,
+                "{} ({})",
+                c["name"],
+                kernel.name()
+            );
+        }
     }
 }
 
 #[test]
-fn depthwise_matches_onnxruntime_bit_for_bit() {
+fn every_depthwise_kernel_matches_onnxruntime_bit_for_bit() {
+    let cpu = Cpu::detect();
     for c in cases("depthwise") {
         let ch = n(&c["c_in"]);
         let kernel = n(&c["kernel"]);
@@ -104,31 +113,48 @@ fn depthwise_matches_onnxruntime_bit_for_bit() {
             .iter()
             .map(|&p| p as usize)
             .collect();
-        let d = Depthwise::new(
-            ch,
-            (kernel, kernel),
-            (stride, stride),
-            [pads[0], pads[1], pads[2], pads[3]],
-            &ints::<i8>(&c["weights"]),
-            &vec![0; ch],
-            ints(&c["bias"]),
-            scales(&c),
-            c["x_zero"].as_i64().unwrap() as i32,
-            c["y_zero"].as_i64().unwrap() as i32,
-        );
-        let (h, w) = (n(&c["h"]), n(&c["w"]));
+        let geom = DwGeom {
+            c: ch,
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            pads: [pads[0], pads[1], pads[2], pads[3]],
+        };
+        let (w, bias, scale): (Vec<i8>, Vec<i32>, Vec<f32>) =
+            (ints(&c["weights"]), ints(&c["bias"]), scales(&c));
+        let w_zero = vec![0; ch];
+        let p = DepthwiseParams {
+            geom,
+            w: &w,
+            w_zero: &w_zero,
+            bias: &bias,
+            scale: &scale,
+            x_zero: c["x_zero"].as_i64().unwrap() as i32,
+            y_zero: c["y_zero"].as_i64().unwrap() as i32,
+        };
+        let (h, wd) = (n(&c["h"]), n(&c["w"]));
         assert_eq!(
-            d.out_size(h, w),
-            (n(&c["oh"]), n(&c["ow"])),
+            geom.out_size(h, wd),
+            Some((n(&c["oh"]), n(&c["ow"]))),
             "{}",
             c["name"]
         );
         let want: Vec<u8> = ints(&c["y"]);
-        let mut got = vec![0u8; want.len()];
-        d.run(&ints::<u8>(&c["x"]), h, w, &mut got);
-        assert_eq!(mismatches(&got, &want), 0, "{}", c["name"]);
-        d.run_portable(&ints::<u8>(&c["x"]), h, w, &mut got);
-        assert_eq!(mismatches(&got, &want), 0, "{} (portable)", c["name"]);
+        for kernel in runnable_kernels(Layer::Depthwise, &cpu) {
+            let Ok(d) = Depthwise::new(&p, kernel) else {
+                // e.g. AVX2 needs channels in multiples of 16: the graph falls back to
+                // portable for such layers, so there is nothing to check here.
+                continue;
+            };
+            let mut got = vec![0u8; want.len()];
+            d.run(&ints::<u8>(&c["x"]), h, wd, &mut got);
+            assert_eq!(
+                mismatches(&got, &want),
+                0,
+                "{} ({})",
+                c["name"],
+                kernel.name()
+            );
+        }
     }
 }
 
@@ -142,20 +168,20 @@ fn residual_add_chain_matches_onnxruntime_bit_for_bit() {
         let (a, b, cc): (Vec<u8>, Vec<u8>, Vec<u8>) = (ints(&c["a"]), ints(&c["b"]), ints(&c["c"]));
         let len = a.len();
         let mut sum1 = vec![0f32; len];
-        kernels::add(
+        elementwise::add(
             Operand::Int8(&a, q("sa", "za")),
             Operand::Int8(&b, q("sb", "zb")),
             &mut sum1,
         );
         let mut sum2 = vec![0f32; len];
-        kernels::add(
+        elementwise::add(
             Operand::Float(&sum1),
             Operand::Int8(&cc, q("sc", "zc")),
             &mut sum2,
         );
         let (mut y1, mut y2) = (vec![0u8; len], vec![0u8; len]);
-        kernels::quantize_slice(&sum1, q("s1", "z1"), &mut y1);
-        kernels::quantize_slice(&sum2, q("s2", "z2"), &mut y2);
+        elementwise::quantize_slice(&sum1, q("s1", "z1"), &mut y1);
+        elementwise::quantize_slice(&sum2, q("s2", "z2"), &mut y2);
         assert_eq!(mismatches(&y1, &ints::<u8>(&c["y1"])), 0, "first add");
         assert_eq!(mismatches(&y2, &ints::<u8>(&c["y2"])), 0, "chained add");
     }
@@ -168,8 +194,9 @@ fn formula_input(h: usize, w: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The shipped QOperator model cut at the float input of its int8 section.
-fn int8_section(h: usize, w: usize) -> std::sync::Arc<TypedRunnableModel> {
+/// The shipped QOperator model cut at the float input of its int8 section, on `plan`'s
+/// kernels.
+fn int8_section(h: usize, w: usize, plan: &KernelPlan) -> std::sync::Arc<TypedRunnableModel> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mobilenetv2_qop.onnx");
     let mut proto = tract_onnx::onnx().proto_model_for_path(&path).unwrap();
     let g = proto.graph.as_mut().unwrap();
@@ -183,7 +210,7 @@ fn int8_section(h: usize, w: usize) -> std::sync::Arc<TypedRunnableModel> {
     let mut input = g.input[0].clone();
     input.name = cut.into();
     g.input = vec![input];
-    let (model, done) = super::model_for_proto(proto).unwrap();
+    let (model, done) = super::model_for_proto(proto, plan).unwrap();
     assert_eq!(
         (done.quantize, done.conv, done.add, done.mean),
         (1, 50, 10, 1),
@@ -198,11 +225,36 @@ fn int8_section(h: usize, w: usize) -> std::sync::Arc<TypedRunnableModel> {
         .unwrap()
 }
 
+/// Every kernel plan to check on this CPU: the default, then each other runnable 1×1 and
+/// depthwise kernel in turn.
+fn plans() -> Vec<KernelPlan> {
+    let cpu = Cpu::detect();
+    let base = KernelPlan::for_cpu(cpu);
+    let mut v = vec![base.clone()];
+    for layer in [Layer::Pointwise, Layer::Depthwise] {
+        for k in runnable_kernels(layer, &cpu).into_iter().skip(1) {
+            v.push(base.clone().with(layer, k));
+        }
+    }
+    v
+}
+
 #[test]
 fn int8_section_of_the_shipped_model_matches_onnxruntime_exactly() {
+    for kernels in plans() {
+        body_cases_match(&kernels);
+    }
+}
+
+fn body_cases_match(kernels: &KernelPlan) {
+    let label = format!(
+        "pointwise {}, depthwise {}",
+        kernels.pointwise.kernel.name(),
+        kernels.depthwise.kernel.name()
+    );
     for c in cases("body") {
         let (h, w) = (n(&c["h"]), n(&c["w"]));
-        let plan = int8_section(h, w);
+        let plan = int8_section(h, w, kernels);
         let x = Tensor::from_shape(&[1, 32, h, w], &formula_input(h, w)).unwrap();
         let out = plan.run(tvec!(x.into())).unwrap();
         let emb: Vec<f32> = out[0]
@@ -234,7 +286,7 @@ fn int8_section_of_the_shipped_model_matches_onnxruntime_exactly() {
         assert_eq!(
             wrong,
             0,
-            "{}: {wrong} of {} channel sums differ",
+            "{} ({label}): {wrong} of {} channel sums differ",
             c["name"],
             sums.len()
         );

@@ -1,44 +1,65 @@
-//! x86-64 VNNI kernel for the pointwise (1×1) convolution.
+//! x86-64 kernels: the 1×1 convolution on VNNI (`vpdpbusd`) or on plain AVX2 (`vpmaddwd`),
+//! and the depthwise convolution on AVX2.
 //!
-//! `vpdpbusd` multiplies groups of four `u8` activations by four `i8` weights and adds the four
-//! products to an `i32` lane without saturation, so the sums are exact (unlike `vpmaddubsw`,
-//! which saturates at 16 bits). The weights are packed once at load into panels of 16 output
-//! channels × 4 input channels; each activation quadruple is broadcast. The tile is 6 pixels
-//! × 16 channels: 12 accumulators, 2 weight registers and a broadcast register, which fits the
-//! 16 vector registers of AVX2-class CPUs. The epilogue adds the folded bias, requantises with
-//! the per-channel scale (round half to even, the MXCSR default) and stores bytes.
+//! Every type here checks at construction that the CPU has its instructions (`None`
+//! otherwise) and keeps every size its `unsafe` inner loops rely on private, checked against
+//! the slices it is given on each call. Which kernel a layer gets is [`super::cpu`]'s choice.
 //!
-//! Chosen at run time: AVX-VNNI (`vpdpbusd` with VEX encoding), else AVX512-VNNI with VL on
-//! 256-bit registers; CPUs with neither use the portable kernel.
+//! - **VNNI 1×1**: `vpdpbusd` multiplies four `u8` activations by four `i8` weights and adds
+//!   them to an `i32` lane without saturation. Weights are packed once into panels of 16
+//!   output channels × 4 input channels; each activation quadruple is broadcast. Tile: 6
+//!   pixels × 16 channels (12 accumulators), which fits the 16 vector registers of AVX2-class
+//!   cores.
+//! - **AVX2 1×1** (no VNNI): `vpmaddubsw` would saturate (255·127·2 > 2^15), so activations
+//!   are widened to `i16` once per block of 6 pixels, weights are stored as `i16` pairs, and
+//!   `vpmaddwd` adds two exact products per `i32` lane. Same 6×16 tile.
+//! - **AVX2 depthwise**: 16 channels per step, taps taken in pairs so that `vpmaddwd` adds two
+//!   taps' products per lane; the activation zero point is folded into the bias and padding
+//!   reads a row of `x_zero` bytes.
+//!
+//! All epilogues: bias, `f32` scale, clamp, round half to even (the MXCSR default mode of
+//! `vcvtps2dq`), zero point, narrow with unsigned saturation: [`super::arith::requant`].
 
 use std::arch::x86_64::*;
 
-use super::kernels::Depthwise;
+use super::depthwise::DwGeom;
 
 const MR: usize = 6;
 const NR: usize = 16;
 
+/// Which encoding of `vpdpbusd` the CPU has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isa {
     AvxVnni,
     Avx512Vnni,
 }
 
-/// Weights packed for the VNNI tile, with bias and scales padded to whole panels.
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Bias and scales padded to whole 16-channel panels.
+fn padded<T: Copy + Default>(v: &[T], panels: usize) -> Vec<T> {
+    let mut out = v.to_vec();
+    out.resize(panels * NR, T::default());
+    out
+}
+
+/// The VNNI 1×1 kernel: weights `[panel][k/4][16][4]`.
 #[derive(Debug, Clone)]
-pub struct PackedPointwise {
+pub struct VnniPointwise {
     isa: Isa,
     k: usize,
     n: usize,
-    /// `[panel][k/4][16][4]`.
     w: Vec<i8>,
     bias: Vec<i32>,
     scale: Vec<f32>,
     y_zero: i32,
 }
 
-impl PackedPointwise {
-    /// Pack `w` (`[n][k]`) when this CPU has VNNI and `k` is a multiple of 4; `None` otherwise.
+impl VnniPointwise {
+    /// Pack `w` (`[n][k]`); `bias` is folded for raw `u8` activations. `None` when the CPU
+    /// has no VNNI, or `k` is not a multiple of 4.
     pub fn new(
         n: usize,
         k: usize,
@@ -47,13 +68,11 @@ impl PackedPointwise {
         scale: &[f32],
         y_zero: i32,
     ) -> Option<Self> {
-        if std::env::var_os("TEACHCAM_NO_VNNI").is_some() {
-            return None;
-        }
-        let isa = if std::is_x86_feature_detected!("avxvnni") {
+        let isa = if std::is_x86_feature_detected!("avxvnni") && has_avx2() {
             Isa::AvxVnni
         } else if std::is_x86_feature_detected!("avx512vnni")
             && std::is_x86_feature_detected!("avx512vl")
+            && has_avx2()
         {
             Isa::Avx512Vnni
         } else {
@@ -62,6 +81,7 @@ impl PackedPointwise {
         if k == 0 || !k.is_multiple_of(4) || n == 0 {
             return None;
         }
+        assert!(w.len() == n * k && bias.len() == n && scale.len() == n);
         let panels = n.div_ceil(NR);
         let k4 = k / 4;
         let mut packed = vec![0i8; panels * k4 * NR * 4];
@@ -69,71 +89,69 @@ impl PackedPointwise {
             for kk in 0..k4 {
                 for j in 0..NR {
                     let col = p * NR + j;
-                    if col >= n {
-                        continue;
-                    }
-                    for r in 0..4 {
-                        packed[((p * k4 + kk) * NR + j) * 4 + r] = w[col * k + kk * 4 + r];
+                    if col < n {
+                        for r in 0..4 {
+                            packed[((p * k4 + kk) * NR + j) * 4 + r] = w[col * k + kk * 4 + r];
+                        }
                     }
                 }
             }
         }
-        let mut b = bias.to_vec();
-        b.resize(panels * NR, 0);
-        let mut s = scale.to_vec();
-        s.resize(panels * NR, 0.0);
-        Some(PackedPointwise {
+        Some(VnniPointwise {
             isa,
             k,
             n,
             w: packed,
-            bias: b,
-            scale: s,
+            bias: padded(bias, panels),
+            scale: padded(scale, panels),
             y_zero,
         })
     }
 
-    /// Kernel name for reports.
-    pub fn name(&self) -> &'static str {
-        match self.isa {
-            Isa::AvxVnni => "avx-vnni",
-            Isa::Avx512Vnni => "avx512-vnni",
-        }
-    }
-
-    /// `x`: `[pixels][k]`, `out`: `[pixels][n]` (lengths checked by the caller).
-    pub fn run(&self, x: &[u8], pixels: usize, out: &mut [u8]) {
-        assert!(x.len() >= pixels * self.k && out.len() >= pixels * self.n);
-        // SAFETY: the ISA was detected at construction; lengths are checked above and every
-        // access below stays inside `x[..pixels*k]`, `out[..pixels*n]` and the packed arrays.
+    /// `x`: `[pixels][k]`, `out`: `[pixels][n]`.
+    pub fn run(&self, x: &[u8], out: &mut [u8]) {
+        let pixels = x.len() / self.k;
+        assert!(x.len() == pixels * self.k && out.len() == pixels * self.n);
+        let panels = self.n.div_ceil(NR);
+        assert!(
+            self.w.len() == panels * (self.k / 4) * NR * 4
+                && self.bias.len() == panels * NR
+                && self.scale.len() == panels * NR
+        );
+        // SAFETY: the ISA was detected at construction; the lengths the kernel relies on are
+        // asserted just above, and the kernel indexes only within them (see `vnni_kernel`).
         unsafe {
             match self.isa {
-                Isa::AvxVnni => run_avxvnni(self, x, pixels, out),
-                Isa::Avx512Vnni => run_avx512vnni(self, x, pixels, out),
+                Isa::AvxVnni => vnni_avx(self, x, pixels, out),
+                Isa::Avx512Vnni => vnni_avx512(self, x, pixels, out),
             }
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn run_avxvnni(p: &PackedPointwise, x: &[u8], pixels: usize, out: &mut [u8]) {
-    // SAFETY: forwarded from `PackedPointwise::run`.
+unsafe fn vnni_avx(p: &VnniPointwise, x: &[u8], pixels: usize, out: &mut [u8]) {
+    // SAFETY: forwarded from `VnniPointwise::run`.
     unsafe {
-        run_generic(p, x, pixels, out, |a, b, c| {
+        vnni_kernel(p, x, pixels, out, |a, b, c| {
             _mm256_dpbusd_avx_epi32(a, b, c)
         })
     }
 }
 
 #[target_feature(enable = "avx2,fma,avx512vnni,avx512vl")]
-unsafe fn run_avx512vnni(p: &PackedPointwise, x: &[u8], pixels: usize, out: &mut [u8]) {
-    // SAFETY: forwarded from `PackedPointwise::run`.
-    unsafe { run_generic(p, x, pixels, out, |a, b, c| _mm256_dpbusd_epi32(a, b, c)) }
+unsafe fn vnni_avx512(p: &VnniPointwise, x: &[u8], pixels: usize, out: &mut [u8]) {
+    // SAFETY: forwarded from `VnniPointwise::run`.
+    unsafe { vnni_kernel(p, x, pixels, out, |a, b, c| _mm256_dpbusd_epi32(a, b, c)) }
 }
 
+/// # Safety
+/// The CPU has AVX2 (and the instructions `dot` uses); `x.len() == pixels * p.k`,
+/// `out.len() == pixels * p.n`, and `p`'s packed arrays have the lengths `VnniPointwise::run`
+/// asserts.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn run_generic<F>(p: &PackedPointwise, x: &[u8], pixels: usize, out: &mut [u8], dot: F)
+unsafe fn vnni_kernel<F>(p: &VnniPointwise, x: &[u8], pixels: usize, out: &mut [u8], dot: F)
 where
     F: Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
 {
@@ -146,8 +164,10 @@ where
     let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
     let zero = _mm256_set1_epi32(p.y_zero);
     for panel in 0..panels {
-        // SAFETY (whole block): indices are bounded by panels*k4*64 for the weights,
-        // panels*NR for bias/scale, pixels*k for x and pixels*n for out.
+        // SAFETY (whole block): weight reads stay below (panel + 1) * k4 * 64 <= w.len();
+        // bias/scale reads below (panel + 1) * 16; activation reads below pixels * k (rows are
+        // clamped to the last pixel); output writes below pixels * n (`cols` limits the last
+        // panel).
         unsafe {
             let wp = p.w.as_ptr().add(panel * k4 * NR * 4);
             let b0 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR) as *const __m256i);
@@ -174,18 +194,12 @@ where
                     }
                 }
                 for (r, acc_r) in acc.iter().enumerate().take(rows) {
-                    let dst = op.add((row0 + r) * n + panel * NR);
-                    let q0 = requant8(acc_r[0], b0, s0, lo, hi, zero);
-                    let q1 = requant8(acc_r[1], b1, s1, lo, hi, zero);
-                    if cols == NR {
-                        _mm_storel_epi64(dst as *mut __m128i, q0);
-                        _mm_storel_epi64(dst.add(8) as *mut __m128i, q1);
-                    } else {
-                        let mut tmp = [0u8; 16];
-                        _mm_storel_epi64(tmp.as_mut_ptr() as *mut __m128i, q0);
-                        _mm_storel_epi64(tmp.as_mut_ptr().add(8) as *mut __m128i, q1);
-                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
-                    }
+                    store16(
+                        op.add((row0 + r) * n + panel * NR),
+                        cols,
+                        requant8(acc_r[0], b0, s0, lo, hi, zero),
+                        requant8(acc_r[1], b1, s1, lo, hi, zero),
+                    );
                 }
                 row0 += MR;
             }
@@ -193,10 +207,31 @@ where
     }
 }
 
+/// Store the low 8 bytes of `q0` then of `q1` (16 channels), or only the first `cols`.
+///
+/// # Safety
+/// `dst` is valid for `cols` (≤ 16) byte writes.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store16(dst: *mut u8, cols: usize, q0: __m128i, q1: __m128i) {
+    // SAFETY: `dst` has room for `cols` bytes; the full stores happen only when cols == 16.
+    unsafe {
+        if cols == NR {
+            _mm_storel_epi64(dst as *mut __m128i, q0);
+            _mm_storel_epi64(dst.add(8) as *mut __m128i, q1);
+        } else {
+            let mut tmp = [0u8; 16];
+            _mm_storel_epi64(tmp.as_mut_ptr() as *mut __m128i, q0);
+            _mm_storel_epi64(tmp.as_mut_ptr().add(8) as *mut __m128i, q1);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+        }
+    }
+}
+
 /// Bias, scale, clamp, round half to even, add the zero point, narrow to 8 bytes (low half).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn requant8(
+fn requant8(
     acc: __m256i,
     bias: __m256i,
     scale: __m256,
@@ -211,21 +246,158 @@ unsafe fn requant8(
     _mm_packus_epi16(w, w)
 }
 
-/// AVX2 depthwise kernel: 16 channels per step, taps taken in pairs so that `vpmaddwd`
-/// multiplies two taps' `u8` activations (widened to `i16`) by their weights and adds the
-/// pair into `i32` lanes, exactly. The activation zero point is folded into the bias
-/// (`bias - x_zero·Σw`), and padding reads a row of `x_zero` bytes, which the fold cancels,
-/// so no subtraction is left in the inner loop.
+/// The AVX2 1×1 kernel: weights as `i16` pairs, `[panel][ceil(k/2)][16][2]`.
 #[derive(Debug, Clone)]
-pub struct PackedDepthwise {
-    /// `[pair][block][32]`: the two taps' weights interleaved as `vpunpck{l,h}wd` interleave
-    /// the activations.
+pub struct Avx2Pointwise {
+    k: usize,
+    n: usize,
+    w: Vec<i16>,
+    bias: Vec<i32>,
+    scale: Vec<f32>,
+    y_zero: i32,
+}
+
+impl Avx2Pointwise {
+    /// Pack `w` (`[n][k]`); `bias` is folded for raw `u8` activations. `None` without AVX2.
+    pub fn new(
+        n: usize,
+        k: usize,
+        w: &[i8],
+        bias: &[i32],
+        scale: &[f32],
+        y_zero: i32,
+    ) -> Option<Self> {
+        if !has_avx2() || k == 0 || n == 0 {
+            return None;
+        }
+        assert!(w.len() == n * k && bias.len() == n && scale.len() == n);
+        let panels = n.div_ceil(NR);
+        let k2 = k.div_ceil(2);
+        let mut packed = vec![0i16; panels * k2 * NR * 2];
+        for p in 0..panels {
+            for kk in 0..k2 {
+                for j in 0..NR {
+                    let col = p * NR + j;
+                    for r in 0..2 {
+                        let kin = kk * 2 + r;
+                        if col < n && kin < k {
+                            packed[((p * k2 + kk) * NR + j) * 2 + r] = w[col * k + kin] as i16;
+                        }
+                    }
+                }
+            }
+        }
+        Some(Avx2Pointwise {
+            k,
+            n,
+            w: packed,
+            bias: padded(bias, panels),
+            scale: padded(scale, panels),
+            y_zero,
+        })
+    }
+
+    /// `x`: `[pixels][k]`, `out`: `[pixels][n]`.
+    pub fn run(&self, x: &[u8], out: &mut [u8]) {
+        let pixels = x.len() / self.k;
+        assert!(x.len() == pixels * self.k && out.len() == pixels * self.n);
+        let panels = self.n.div_ceil(NR);
+        let k2 = self.k.div_ceil(2);
+        assert!(
+            self.w.len() == panels * k2 * NR * 2
+                && self.bias.len() == panels * NR
+                && self.scale.len() == panels * NR
+        );
+        // Activations of one block of MR pixels, widened to i16 pairs (k padded to even).
+        let mut wide = vec![0i16; MR * k2 * 2];
+        // SAFETY: AVX2 was detected at construction; lengths are asserted above and `wide`
+        // holds MR rows of 2·k2 values.
+        unsafe { avx2_pointwise(self, x, pixels, &mut wide, out) }
+    }
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA; `x.len() == pixels * p.k`, `out.len() == pixels * p.n`,
+/// `wide.len() == MR * 2 * ceil(k/2)`, and `p`'s arrays have the lengths `run` asserts.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_pointwise(
+    p: &Avx2Pointwise,
+    x: &[u8],
+    pixels: usize,
+    wide: &mut [i16],
+    out: &mut [u8],
+) {
+    let (k, n) = (p.k, p.n);
+    let k2 = k.div_ceil(2);
+    let panels = n.div_ceil(NR);
+    let lo = _mm256_set1_ps(-p.y_zero as f32);
+    let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
+    let zero = _mm256_set1_epi32(p.y_zero);
+    let op = out.as_mut_ptr();
+    let mut row0 = 0;
+    while row0 < pixels {
+        let rows = (pixels - row0).min(MR);
+        // Widen the block's rows (the last real row repeats into unused slots).
+        for r in 0..MR {
+            let src = &x[(row0 + r.min(rows - 1)) * k..][..k];
+            let dst = &mut wide[r * k2 * 2..(r + 1) * k2 * 2];
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s as i16;
+            }
+            if k % 2 == 1 {
+                dst[k] = 0;
+            }
+        }
+        let wp0 = wide.as_ptr() as *const i32;
+        for panel in 0..panels {
+            // SAFETY (whole block): weight reads below (panel + 1) * k2 * 32 i16 = w.len()
+            // for the last panel; bias/scale below (panel + 1) * 16; `wide` reads below
+            // MR * k2 i32 words; output writes below pixels * n (rows ≤ remaining pixels,
+            // `cols` limits the last panel).
+            unsafe {
+                let wp = p.w.as_ptr().add(panel * k2 * NR * 2);
+                let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+                for kk in 0..k2 {
+                    let w0 = _mm256_loadu_si256(wp.add(kk * 32) as *const __m256i);
+                    let w1 = _mm256_loadu_si256(wp.add(kk * 32 + 16) as *const __m256i);
+                    for r in 0..MR {
+                        let a = _mm256_set1_epi32(wp0.add(r * k2 + kk).read_unaligned());
+                        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, w0));
+                        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, w1));
+                    }
+                }
+                let b0 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR) as *const __m256i);
+                let b1 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR + 8) as *const __m256i);
+                let s0 = _mm256_loadu_ps(p.scale.as_ptr().add(panel * NR));
+                let s1 = _mm256_loadu_ps(p.scale.as_ptr().add(panel * NR + 8));
+                let cols = (n - panel * NR).min(NR);
+                for (r, acc_r) in acc.iter().enumerate().take(rows) {
+                    store16(
+                        op.add((row0 + r) * n + panel * NR),
+                        cols,
+                        requant8(acc_r[0], b0, s0, lo, hi, zero),
+                        requant8(acc_r[1], b1, s1, lo, hi, zero),
+                    );
+                }
+            }
+        }
+        row0 += MR;
+    }
+}
+
+/// The AVX2 depthwise kernel for one layer.
+#[derive(Debug, Clone)]
+pub struct Avx2Depthwise {
+    geom: DwGeom,
+    /// `[pair][block][32]`: the two taps' weights interleaved as `vpunpck{l,h}wd`
+    /// interleave the activations.
     w: Vec<i16>,
     /// Folded bias and scales per block, in accumulator order (see `lane_channel`).
     bias: Vec<i32>,
     scale: Vec<f32>,
     /// One pixel of `x_zero` bytes, read for taps in the padding.
     pad: Vec<u8>,
+    y_zero: i32,
 }
 
 /// Channel (within a block of 16) held by lane `j` of accumulator `half` (0: from the
@@ -234,77 +406,79 @@ fn lane_channel(half: usize, j: usize) -> usize {
     (j / 4) * 8 + half * 4 + j % 4
 }
 
-impl PackedDepthwise {
-    /// Pack `d`'s weights (`[tap][c]`, weight zero points already subtracted), bias and
-    /// scales when the CPU has AVX2 and `c` is a multiple of 16. The geometry stays in `d`.
-    pub fn new(d: &Depthwise) -> Option<Self> {
-        let (c, kernel, w, x_zero) = (d.c, d.kernel, &d.w, d.x_zero);
-        if !std::is_x86_feature_detected!("avx2") || c == 0 || !c.is_multiple_of(16) {
+impl Avx2Depthwise {
+    /// Pack weights (`[tap][c]`, zero points subtracted) with the folded bias. `None` without
+    /// AVX2 or when `c` is not a multiple of 16.
+    pub fn new(
+        geom: DwGeom,
+        w: &[i16],
+        bias: &[i32],
+        scale: &[f32],
+        x_zero: i32,
+        y_zero: i32,
+    ) -> Option<Self> {
+        let c = geom.c;
+        if !has_avx2() || c == 0 || !c.is_multiple_of(16) {
             return None;
         }
-        let taps = kernel.0 * kernel.1;
+        let taps = geom.taps();
+        assert!(w.len() == taps * c && bias.len() == c && scale.len() == c);
         let pairs = taps.div_ceil(2);
         let blocks = c / 16;
         let wt = |t: usize, ch: usize| if t < taps { w[t * c + ch] } else { 0 };
         let mut packed = vec![0i16; pairs * blocks * 32];
-        for p in 0..pairs {
-            for b in 0..blocks {
-                let dst = &mut packed[(p * blocks + b) * 32..][..32];
-                for half in 0..2 {
-                    for j in 0..8 {
-                        let ch = b * 16 + lane_channel(half, j);
-                        dst[half * 16 + 2 * j] = wt(2 * p, ch);
-                        dst[half * 16 + 2 * j + 1] = wt(2 * p + 1, ch);
-                    }
-                }
-            }
-        }
         let mut pb = vec![0i32; c];
         let mut ps = vec![0f32; c];
         for b in 0..blocks {
             for half in 0..2 {
                 for j in 0..8 {
                     let ch = b * 16 + lane_channel(half, j);
-                    let wsum: i32 = (0..taps).map(|t| wt(t, ch) as i32).sum();
-                    pb[b * 16 + half * 8 + j] = d.bias[ch] - x_zero * wsum;
-                    ps[b * 16 + half * 8 + j] = d.scale[ch];
+                    for p in 0..pairs {
+                        let dst = &mut packed[(p * blocks + b) * 32..][..32];
+                        dst[half * 16 + 2 * j] = wt(2 * p, ch);
+                        dst[half * 16 + 2 * j + 1] = wt(2 * p + 1, ch);
+                    }
+                    pb[b * 16 + half * 8 + j] = bias[ch];
+                    ps[b * 16 + half * 8 + j] = scale[ch];
                 }
             }
         }
-        Some(PackedDepthwise {
+        Some(Avx2Depthwise {
+            geom,
             w: packed,
             bias: pb,
             scale: ps,
             pad: vec![x_zero as u8; c],
+            y_zero,
         })
     }
 
-    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]` (sizes checked by the caller); `d` is the
-    /// layer this was packed from.
-    #[allow(clippy::too_many_arguments)]
-    pub fn run(
-        &self,
-        d: &Depthwise,
-        x: &[u8],
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        out: &mut [u8],
-    ) {
-        assert!(x.len() >= h * w * d.c && out.len() >= oh * ow * d.c);
-        assert_eq!(self.pad.len(), d.c, "packed for another layer");
-        // SAFETY: AVX2 was detected at construction; pointers stay inside `x`, `self.pad`,
-        // the packed arrays and `out` (bounds computed from the checked sizes).
-        unsafe { dw_avx2(self, d, x, h, w, oh, ow, out) }
+    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]`.
+    pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
+        let g = &self.geom;
+        let c = g.c;
+        let (oh, ow) = g.out_size(h, w).expect("input smaller than the kernel");
+        let pairs = g.taps().div_ceil(2);
+        assert!(x.len() == h * w * c && out.len() == oh * ow * c);
+        assert!(
+            c.is_multiple_of(16)
+                && self.w.len() == pairs * (c / 16) * 32
+                && self.bias.len() == c
+                && self.scale.len() == c
+                && self.pad.len() == c
+        );
+        // SAFETY: AVX2 was detected at construction; every length the kernel relies on is
+        // asserted above.
+        unsafe { dw_avx2(self, x, h, w, oh, ow, out) }
     }
 }
 
+/// # Safety
+/// The CPU has AVX2; the lengths `Avx2Depthwise::run` asserts hold, and `(oh, ow)` is the
+/// layer's output size for `h × w`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn dw_avx2(
-    p: &PackedDepthwise,
-    d: &Depthwise,
+    p: &Avx2Depthwise,
     x: &[u8],
     h: usize,
     w: usize,
@@ -312,24 +486,27 @@ unsafe fn dw_avx2(
     ow: usize,
     out: &mut [u8],
 ) {
-    let c = d.c;
-    let (kh, kw) = d.kernel;
+    let g = &p.geom;
+    let c = g.c;
+    let (kh, kw) = g.kernel;
     let taps = kh * kw;
     let pairs = taps.div_ceil(2);
     let blocks = c / 16;
-    let lo = _mm256_set1_ps(-d.y_zero as f32);
-    let hi = _mm256_set1_ps((255 - d.y_zero) as f32);
-    let zero = _mm256_set1_epi32(d.y_zero);
+    let lo = _mm256_set1_ps(-p.y_zero as f32);
+    let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
+    let zero = _mm256_set1_epi32(p.y_zero);
+    // Row pointers of each tap (2·pairs of them; an odd last one reads the pad row with a
+    // zero weight).
     let mut ptrs = vec![p.pad.as_ptr(); pairs * 2];
     for oy in 0..oh {
         for ox in 0..ow {
             for ky in 0..kh {
-                let iy = (oy * d.stride.0 + ky) as isize - d.pads[0] as isize;
+                let iy = (oy * g.stride.0 + ky) as isize - g.pads[0] as isize;
                 for kx in 0..kw {
-                    let ix = (ox * d.stride.1 + kx) as isize - d.pads[1] as isize;
+                    let ix = (ox * g.stride.1 + kx) as isize - g.pads[1] as isize;
                     let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
                     ptrs[ky * kw + kx] = if inside {
-                        x[(iy as usize * w + ix as usize) * c..].as_ptr()
+                        x[(iy as usize * w + ix as usize) * c..][..c].as_ptr()
                     } else {
                         p.pad.as_ptr()
                     };
@@ -337,8 +514,9 @@ unsafe fn dw_avx2(
             }
             let dst = out[(oy * ow + ox) * c..][..c].as_mut_ptr();
             for b in 0..blocks {
-                // SAFETY: b*16+16 <= c for every pointer (rows of c bytes), and the packed
-                // arrays hold pairs*blocks*32 weights and c biases/scales.
+                // SAFETY: every pointer in `ptrs` starts a row of c readable bytes and
+                // b * 16 + 16 <= c; the packed weights hold pairs * blocks * 32 values and the
+                // biases/scales c values; `dst` is a row of c bytes.
                 unsafe {
                     let mut acc_a = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16) as *const _);
                     let mut acc_b = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16 + 8) as *const _);
@@ -384,4 +562,99 @@ fn requant_i32(acc: __m256i, scale: __m256, lo: __m256, hi: __m256, zero: __m256
     let f = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
     let f = _mm256_min_ps(_mm256_max_ps(f, lo), hi);
     _mm256_add_epi32(_mm256_cvtps_epi32(f), zero)
+}
+
+/// The float stem's inner kernels on AVX2 + FMA: 32 channels (four registers) per call.
+pub(crate) struct StemAvx2;
+
+impl super::stem::Blocks for StemAvx2 {
+    const B: usize = 32;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn conv(r: super::stem::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+        let c = r.c;
+        let b: &[f32; 32] = r.conv_b[c0..c0 + 32].try_into().expect("32 biases");
+        // SAFETY (whole block): every load and store is of 8 floats inside a slice of 32
+        // taken (bounds-checked) just before it; AVX2 and FMA are the caller's contract.
+        unsafe {
+            let mut acc = [
+                _mm256_loadu_ps(b.as_ptr()),
+                _mm256_loadu_ps(b.as_ptr().add(8)),
+                _mm256_loadu_ps(b.as_ptr().add(16)),
+                _mm256_loadu_ps(b.as_ptr().add(24)),
+            ];
+            let mut t = 0;
+            for row in patch {
+                for &v in row.iter() {
+                    let w: &[f32; 32] = r.conv_w[t * c + c0..t * c + c0 + 32]
+                        .try_into()
+                        .expect("32 weights");
+                    let x = _mm256_set1_ps(v);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(w.as_ptr().add(8 * j)), *a);
+                    }
+                    t += 1;
+                }
+            }
+            let (lo, hi) = (_mm256_set1_ps(r.clip1.0), _mm256_set1_ps(r.clip1.1));
+            let o: &mut [f32; 32] = (&mut o[c0..c0 + 32]).try_into().expect("32 outputs");
+            for (j, a) in acc.iter().enumerate() {
+                // max first, with the value as its first operand: a NaN becomes `lo`, as
+                // `f32::max` does in the portable code.
+                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8 * j), v);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+        let c = r.c;
+        let b: &[f32; 32] = r.dw_b[c0..c0 + 32].try_into().expect("32 biases");
+        // SAFETY (whole block): as in `conv`: 8-float accesses inside checked 32-slices.
+        unsafe {
+            let mut acc = [
+                _mm256_loadu_ps(b.as_ptr()),
+                _mm256_loadu_ps(b.as_ptr().add(8)),
+                _mm256_loadu_ps(b.as_ptr().add(16)),
+                _mm256_loadu_ps(b.as_ptr().add(24)),
+            ];
+            for (t, px) in taps.iter().enumerate() {
+                let x: &[f32; 32] = px[c0..c0 + 32].try_into().expect("32 inputs");
+                let w: &[f32; 32] = r.dw_w[t * c + c0..t * c + c0 + 32]
+                    .try_into()
+                    .expect("32 weights");
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(x.as_ptr().add(8 * j)),
+                        _mm256_loadu_ps(w.as_ptr().add(8 * j)),
+                        *a,
+                    );
+                }
+            }
+            // Clip, then ONNX QuantizeLinear: x / scale, clamp to the u8 codes, round half
+            // to even (vcvtps2dq in the default rounding mode), add the zero point.
+            let (c_lo, c_hi) = (_mm256_set1_ps(r.clip2.0), _mm256_set1_ps(r.clip2.1));
+            let z = r.q.zero.clamp(0, 255);
+            let (q_lo, q_hi) = (_mm256_set1_ps(-z as f32), _mm256_set1_ps((255 - z) as f32));
+            let (scale, zero) = (_mm256_set1_ps(r.q.scale), _mm256_set1_epi32(z));
+            let mut ints = [_mm256_setzero_si256(); 4];
+            for (i, a) in ints.iter_mut().zip(&acc) {
+                let v = _mm256_min_ps(_mm256_max_ps(*a, c_lo), c_hi);
+                let v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, scale), q_lo), q_hi);
+                *i = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero);
+            }
+            // i32 → u8 (values are in 0..=255): packs interleave 128-bit lanes, the permute
+            // restores the order.
+            let w01 = _mm256_packs_epi32(ints[0], ints[1]);
+            let w23 = _mm256_packs_epi32(ints[2], ints[3]);
+            let bytes = _mm256_packus_epi16(w01, w23);
+            let ordered =
+                _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let o: &mut [u8; 32] = (&mut o[c0..c0 + 32]).try_into().expect("32 outputs");
+            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, ordered);
+        }
+    }
 }

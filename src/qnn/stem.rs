@@ -1,0 +1,604 @@
+//! The float stem of a quantised MobileNet, computed directly: 3×3/2 convolution + ReLU6 +
+//! first depthwise 3×3 + ReLU6 + `QuantizeLinear` to `u8` NHWC, in one pass.
+//!
+//! Quantising these two layers costs most of the network's fidelity (models/README.md), so the
+//! shipped models keep them in float, in front of the first `QuantizeLinear`. tract ran them
+//! through im2col and its generic matrix product, then a transpose-and-quantise: about half of
+//! the int8 path's time on x86 for 4 % of the multiply-adds. Here the convolution's output rows
+//! are produced into a ring of `kh` rows (NHWC, channels contiguous), the depthwise layer reads
+//! them as soon as it can, and its output is quantised straight into the int8 section's NHWC
+//! layout: nothing larger than a few rows is ever written. Inner loops run over channels so the
+//! compiler vectorises them; with fused multiply-adds where the CPU has them (x86-64 AVX2+FMA,
+//! every aarch64 CPU).
+//!
+//! Float arithmetic in another order than tract's or onnxruntime's: results agree to float
+//! rounding, not bit for bit (the int8 section after it is exact; README, "Fidelity").
+//!
+//! Must not: pick a kernel by itself.
+
+use super::arith::{QParams, quantize};
+use super::cpu::Kernel;
+
+/// A 2-D float convolution's geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvGeom {
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
+    /// Strides (rows, columns).
+    pub stride: (usize, usize),
+    /// Padding: top, left, bottom, right.
+    pub pads: [usize; 4],
+}
+
+impl ConvGeom {
+    /// Output size for an `h × w` input, `None` when the kernel does not fit.
+    pub fn out_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let ph = h + self.pads[0] + self.pads[2];
+        let pw = w + self.pads[1] + self.pads[3];
+        if ph < self.kernel.0 || pw < self.kernel.1 || self.stride.0 == 0 || self.stride.1 == 0 {
+            return None;
+        }
+        Some((
+            (ph - self.kernel.0) / self.stride.0 + 1,
+            (pw - self.kernel.1) / self.stride.1 + 1,
+        ))
+    }
+
+    fn taps(&self) -> usize {
+        self.kernel.0 * self.kernel.1
+    }
+}
+
+/// What the stem is made of, as the ONNX graph gives it.
+#[derive(Debug, Clone, Copy)]
+pub struct StemParams<'a> {
+    /// Input channels (3).
+    pub cin: usize,
+    /// Channels of both layers' outputs (32).
+    pub c: usize,
+    /// First convolution.
+    pub conv: ConvGeom,
+    /// Its weights `[c][cin][kh][kw]`.
+    pub conv_w: &'a [f32],
+    /// Its bias.
+    pub conv_b: &'a [f32],
+    /// The clip after it (min, max).
+    pub clip1: (f32, f32),
+    /// The depthwise convolution (one filter per channel).
+    pub dw: ConvGeom,
+    /// Its weights `[c][1][kh][kw]`.
+    pub dw_w: &'a [f32],
+    /// Its bias.
+    pub dw_b: &'a [f32],
+    /// The clip after it.
+    pub clip2: (f32, f32),
+    /// The quantisation of the result.
+    pub q: QParams,
+}
+
+/// The stem with its weights laid out for the direct loops.
+#[derive(Debug, Clone)]
+pub struct Stem {
+    cin: usize,
+    c: usize,
+    conv: ConvGeom,
+    /// `[kh][kw][cin][c]`.
+    conv_w: Vec<f32>,
+    conv_b: Vec<f32>,
+    clip1: (f32, f32),
+    dw: ConvGeom,
+    /// `[kh·kw][c]`.
+    dw_w: Vec<f32>,
+    dw_b: Vec<f32>,
+    clip2: (f32, f32),
+    q: QParams,
+    kernel: Kernel,
+}
+
+impl Stem {
+    /// Lay out `p` for `kernel` (portable, or the FMA versions: `avx2` on x86-64, `neon` on
+    /// aarch64).
+    pub fn new(p: &StemParams, kernel: Kernel) -> Result<Self, String> {
+        let (cin, c) = (p.cin, p.c);
+        let (t1, t2) = (p.conv.taps(), p.dw.taps());
+        if cin == 0 || c == 0 || t1 == 0 || t2 == 0 {
+            return Err("stem with an empty shape".into());
+        }
+        if p.conv_w.len() != c * cin * t1
+            || p.conv_b.len() != c
+            || p.dw_w.len() != c * t2
+            || p.dw_b.len() != c
+        {
+            return Err(format!(
+                "stem of {cin}->{c} channels: {} + {} conv values, {} + {} depthwise values",
+                p.conv_w.len(),
+                p.conv_b.len(),
+                p.dw_w.len(),
+                p.dw_b.len()
+            ));
+        }
+        if p.dw.pads[0] >= p.dw.kernel.0 || p.dw.pads[2] >= p.dw.kernel.0 {
+            return Err("stem depthwise padding as large as its kernel".into());
+        }
+        if t2 > MAX_TAPS {
+            return Err(format!(
+                "stem depthwise kernel of {t2} taps (at most {MAX_TAPS})"
+            ));
+        }
+        if !(p.q.scale.is_finite() && p.q.scale > 0.0) || !(0..=255).contains(&p.q.zero) {
+            return Err("stem quantisation: scale must be positive, zero point u8".into());
+        }
+        let ok = match kernel {
+            Kernel::Portable => true,
+            Kernel::Avx2 => cfg!(target_arch = "x86_64") && fma_available(),
+            Kernel::Neon => cfg!(target_arch = "aarch64"),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("kernel {} cannot run the stem here", kernel.name()));
+        }
+        // [ky][kx][ci][c], the order of a patch taken from the NHWC input row by row.
+        let (kh, kw) = p.conv.kernel;
+        let mut conv_w = vec![0f32; cin * t1 * c];
+        for o in 0..c {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let t = (ky * kw + kx) * cin + ci;
+                        conv_w[t * c + o] = p.conv_w[((o * cin + ci) * kh + ky) * kw + kx];
+                    }
+                }
+            }
+        }
+        let mut dw_w = vec![0f32; t2 * c];
+        for o in 0..c {
+            for t in 0..t2 {
+                dw_w[t * c + o] = p.dw_w[o * t2 + t];
+            }
+        }
+        Ok(Stem {
+            cin,
+            c,
+            conv: p.conv,
+            conv_w,
+            conv_b: p.conv_b.to_vec(),
+            clip1: p.clip1,
+            dw: p.dw,
+            dw_w,
+            dw_b: p.dw_b.to_vec(),
+            clip2: p.clip2,
+            q: p.q,
+            kernel,
+        })
+    }
+
+    /// The kernel this stem runs.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Output channels.
+    pub fn channels(&self) -> usize {
+        self.c
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.cin
+    }
+
+    /// Output height and width for an `h × w` input.
+    pub fn out_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let (h1, w1) = self.conv.out_size(h, w)?;
+        self.dw.out_size(h1, w1)
+    }
+
+    /// Multiply-adds for an `h × w` input.
+    pub fn macs(&self, h: usize, w: usize) -> usize {
+        let Some((h1, w1)) = self.conv.out_size(h, w) else {
+            return 0;
+        };
+        let (h2, w2) = self.dw.out_size(h1, w1).unwrap_or((0, 0));
+        h1 * w1 * self.c * self.cin * self.conv.taps() + h2 * w2 * self.c * self.dw.taps()
+    }
+
+    /// `x`: NCHW `[cin][h][w]` (batch 1); `out`: NHWC `[oh][ow][c]` `u8`.
+    pub fn run(&self, x: &[f32], h: usize, w: usize, out: &mut [u8]) {
+        let (oh, ow) = self
+            .out_size(h, w)
+            .expect("stem input smaller than its kernels");
+        assert_eq!(x.len(), self.cin * h * w, "stem input length");
+        assert_eq!(out.len(), oh * ow * self.c, "stem output length");
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let Scratch { input, ring } = &mut *scratch;
+            match self.kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Stem::new` accepted this kernel only where AVX2 and FMA were
+                // detected.
+                Kernel::Avx2 => unsafe { run_avx2_fma(self, x, h, w, out, input, ring) },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: NEON is part of every aarch64 CPU.
+                Kernel::Neon => unsafe {
+                    run_with::<super::neon::StemNeon>(self, x, h, w, out, input, ring)
+                },
+                // SAFETY: the portable blocks need no instruction-set extension.
+                _ => unsafe { run_with::<PortableBlocks>(self, x, h, w, out, input, ring) },
+            }
+        })
+    }
+}
+
+fn fma_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2_fma(
+    s: &Stem,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [u8],
+    input: &mut Vec<f32>,
+    ring: &mut Vec<f32>,
+) {
+    // No closure between here and the loops: a closure would not inherit this function's
+    // target features, and the blocks' intrinsics would not be inlined.
+    // SAFETY: the caller checked AVX2 and FMA, which `StemAvx2` needs.
+    unsafe { run_with::<super::x86::StemAvx2>(s, x, h, w, out, input, ring) }
+}
+
+/// Per-thread buffers of the stem: the padded NHWC input and the ring of convolution rows.
+struct Scratch {
+    input: Vec<f32>,
+    ring: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch { input: Vec::new(), ring: Vec::new() })
+    };
+}
+
+/// The stem on explicit buffers (see [`Stem`]'s module doc for the order of work).
+///
+/// 1. The NCHW input is copied once into an NHWC buffer with the convolution's padding as
+///    zeros, so each tap row of a 3×3 patch is `kw·cin` contiguous floats and no loop below
+///    needs a bounds test.
+/// 2. Convolution rows are produced on demand into a ring of `kh2` rows, each with the
+///    depthwise layer's left and right padding as zero columns.
+/// 3. Each depthwise output pixel sums its taps over blocks of channels held in registers,
+///    then clips and quantises.
+///
+/// # Safety
+/// The CPU has the instructions `K` uses.
+#[inline(always)]
+unsafe fn run_with<K: Blocks>(
+    s: &Stem,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [u8],
+    input: &mut Vec<f32>,
+    ring: &mut Vec<f32>,
+) {
+    let (c, cin) = (s.c, s.cin);
+    let (h1, w1) = s.conv.out_size(h, w).unwrap_or((0, 0));
+    let (h2, w2) = s.dw.out_size(h1, w1).unwrap_or((0, 0));
+    let (kh1, kw1) = s.conv.kernel;
+    let (kh2, kw2) = s.dw.kernel;
+    // 1. Padded NHWC input.
+    let [pt, pl, pb, pr] = s.conv.pads;
+    let (hp, wp) = (h + pt + pb, w + pl + pr);
+    input.clear();
+    input.resize(hp * wp * cin, 0.0);
+    for ci in 0..cin {
+        for y in 0..h {
+            let src = &x[(ci * h + y) * w..(ci * h + y + 1) * w];
+            let dst = &mut input[((y + pt) * wp + pl) * cin..((y + pt) * wp + pl + w) * cin];
+            for (d, &v) in dst.chunks_exact_mut(cin).zip(src) {
+                d[ci] = v;
+            }
+        }
+    }
+    // 2. Ring rows: [w1 + dl + dr][c], zero in the padding columns.
+    let [dt, dl, _, dr] = s.dw.pads;
+    let rw = w1 + dl + dr;
+    ring.clear();
+    ring.resize(kh2 * rw * c, 0.0);
+    let mut ready: [Option<usize>; MAX_TAPS] = [None; MAX_TAPS];
+    let zero_row = vec![0f32; rw * c];
+    let patch_len = kw1 * cin;
+    for oy in 0..h2 {
+        // The convolution rows this output row reads (y in 0..h1), made if not in the ring.
+        let mut rows: [Option<usize>; MAX_TAPS] = [None; MAX_TAPS];
+        for (ky, row) in rows.iter_mut().enumerate().take(kh2) {
+            let y = (oy * s.dw.stride.0 + ky) as isize - dt as isize;
+            if y < 0 || y >= h1 as isize {
+                continue;
+            }
+            let y = y as usize;
+            let slot = y % kh2;
+            if ready[slot] != Some(y) {
+                let dst = &mut ring[slot * rw * c..(slot + 1) * rw * c];
+                for ox in 0..w1 {
+                    let o = &mut dst[(ox + dl) * c..(ox + dl + 1) * c];
+                    let x0 = ox * s.conv.stride.1;
+                    let y0 = y * s.conv.stride.0;
+                    let patch: [&[f32]; MAX_TAPS] = std::array::from_fn(|ky| {
+                        if ky < kh1 {
+                            let at = ((y0 + ky) * wp + x0) * cin;
+                            &input[at..at + patch_len]
+                        } else {
+                            &[]
+                        }
+                    });
+                    let mut c0 = 0;
+                    while c0 + K::B <= c {
+                        // SAFETY: the caller checked K's instruction set.
+                        unsafe { K::conv(s.refs(), &patch[..kh1], c0, o) };
+                        c0 += K::B;
+                    }
+                    while c0 < c {
+                        conv_one(s.refs(), &patch[..kh1], c0, o);
+                        c0 += 1;
+                    }
+                }
+                ready[slot] = Some(y);
+            }
+            *row = Some(slot);
+        }
+        // 3. Depthwise over the ring.
+        for ox in 0..w2 {
+            let x0 = ox * s.dw.stride.1;
+            let taps: [&[f32]; MAX_TAPS] = std::array::from_fn(|t| {
+                if t >= kh2 * kw2 {
+                    return &[][..];
+                }
+                let (ky, kx) = (t / kw2, t % kw2);
+                let at = (x0 + kx) * c;
+                match rows[ky] {
+                    Some(slot) => &ring[slot * rw * c + at..slot * rw * c + at + c],
+                    None => &zero_row[at..at + c],
+                }
+            });
+            let o = &mut out[(oy * w2 + ox) * c..(oy * w2 + ox + 1) * c];
+            let mut c0 = 0;
+            while c0 + K::B <= c {
+                // SAFETY: the caller checked K's instruction set.
+                unsafe { K::dw(s.refs(), &taps[..kh2 * kw2], c0, o) };
+                c0 += K::B;
+            }
+            while c0 < c {
+                dw_one(s.refs(), &taps[..kh2 * kw2], c0, o);
+                c0 += 1;
+            }
+        }
+    }
+}
+
+/// What the inner kernels read: the stem's weights and constants.
+#[derive(Clone, Copy)]
+pub(crate) struct Refs<'a> {
+    /// Channels.
+    pub c: usize,
+    /// Convolution weights `[ky][kx][ci][c]`.
+    pub conv_w: &'a [f32],
+    /// Convolution bias.
+    pub conv_b: &'a [f32],
+    /// First clip.
+    pub clip1: (f32, f32),
+    /// Depthwise weights `[tap][c]`.
+    pub dw_w: &'a [f32],
+    /// Depthwise bias.
+    pub dw_b: &'a [f32],
+    /// Second clip.
+    pub clip2: (f32, f32),
+    /// Output quantisation.
+    pub q: QParams,
+}
+
+impl Stem {
+    fn refs(&self) -> Refs<'_> {
+        Refs {
+            c: self.c,
+            conv_w: &self.conv_w,
+            conv_b: &self.conv_b,
+            clip1: self.clip1,
+            dw_w: &self.dw_w,
+            dw_b: &self.dw_b,
+            clip2: self.clip2,
+            q: self.q,
+        }
+    }
+}
+
+/// The stem's two inner kernels for one instruction set, `B` channels of one pixel at a time.
+/// Implementations index the slices they are given (so a wrong size panics, never reads out
+/// of bounds) and may assume their instruction set.
+pub(crate) trait Blocks {
+    /// Channels per call.
+    const B: usize;
+    /// Convolution, channels `c0..c0 + B`: `o = clip1(bias + Σ_t patch_t · w_t)`, the patch
+    /// given as one slice per kernel row (the weights run over them in order).
+    ///
+    /// # Safety
+    /// The CPU has this implementation's instructions.
+    unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]);
+    /// Depthwise, channels `c0..c0 + B`: `o = quantise(clip2(bias + Σ_t tap_t · w_t))`, each
+    /// tap a pixel's `c` values.
+    ///
+    /// # Safety
+    /// The CPU has this implementation's instructions.
+    unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]);
+}
+
+/// Plain Rust, one channel at a time (also the tail of the SIMD versions).
+struct PortableBlocks;
+
+impl Blocks for PortableBlocks {
+    const B: usize = 1;
+    unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+        conv_one(r, patch, c0, o)
+    }
+    unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+        dw_one(r, taps, c0, o)
+    }
+}
+
+/// One channel of the convolution (separate multiply and add).
+fn conv_one(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+    let mut acc = r.conv_b[c0];
+    let mut t = 0;
+    for row in patch {
+        for &v in row.iter() {
+            acc += v * r.conv_w[t * r.c + c0];
+            t += 1;
+        }
+    }
+    o[c0] = acc.max(r.clip1.0).min(r.clip1.1);
+}
+
+/// One channel of the depthwise layer, clipped and quantised.
+fn dw_one(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+    let mut acc = r.dw_b[c0];
+    for (t, px) in taps.iter().enumerate() {
+        acc += px[c0] * r.dw_w[t * r.c + c0];
+    }
+    o[c0] = quantize(acc.max(r.clip2.0).min(r.clip2.1), r.q.scale, r.q.zero);
+}
+
+/// Kernel rows and taps the fixed-size tap lists hold (3×3 and 4×4 kernels; larger ones are
+/// refused at construction).
+const MAX_TAPS: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qnn::cpu::{Cpu, Layer, runnable_kernels};
+
+    /// The two convolutions in the most literal form (NCHW, f64), then the same quantisation.
+    fn reference(p: &StemParams, x: &[f32], h: usize, w: usize) -> (Vec<f64>, (usize, usize)) {
+        let (h1, w1) = p.conv.out_size(h, w).unwrap();
+        let (kh, kw) = p.conv.kernel;
+        let mut y1 = vec![0f64; p.c * h1 * w1];
+        for o in 0..p.c {
+            for oy in 0..h1 {
+                for ox in 0..w1 {
+                    let mut a = p.conv_b[o] as f64;
+                    for ci in 0..p.cin {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy =
+                                    (oy * p.conv.stride.0 + ky) as isize - p.conv.pads[0] as isize;
+                                let ix =
+                                    (ox * p.conv.stride.1 + kx) as isize - p.conv.pads[1] as isize;
+                                if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
+                                    a += x[(ci * h + iy as usize) * w + ix as usize] as f64
+                                        * p.conv_w[((o * p.cin + ci) * kh + ky) * kw + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                    y1[(o * h1 + oy) * w1 + ox] = a.clamp(p.clip1.0 as f64, p.clip1.1 as f64);
+                }
+            }
+        }
+        let (h2, w2) = p.dw.out_size(h1, w1).unwrap();
+        let (kh, kw) = p.dw.kernel;
+        let mut y2 = vec![0f64; h2 * w2 * p.c];
+        for o in 0..p.c {
+            for oy in 0..h2 {
+                for ox in 0..w2 {
+                    let mut a = p.dw_b[o] as f64;
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * p.dw.stride.0 + ky) as isize - p.dw.pads[0] as isize;
+                            let ix = (ox * p.dw.stride.1 + kx) as isize - p.dw.pads[1] as isize;
+                            if iy >= 0 && iy < h1 as isize && ix >= 0 && ix < w1 as isize {
+                                a += y1[(o * h1 + iy as usize) * w1 + ix as usize]
+                                    * p.dw_w[(o * kh + ky) * kw + kx] as f64;
+                            }
+                        }
+                    }
+                    y2[(oy * w2 + ox) * p.c + o] = a.clamp(p.clip2.0 as f64, p.clip2.1 as f64);
+                }
+            }
+        }
+        (y2, (h2, w2))
+    }
+
+    #[test]
+    fn every_stem_kernel_computes_the_two_convolutions() {
+        let mut r = crate::rng::Rng::new(5);
+        let (cin, c, h, w) = (3usize, 48usize, 13usize, 10usize);
+        let conv_w: Vec<f32> = (0..c * cin * 9).map(|_| r.normal() * 0.3).collect();
+        let conv_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
+        let dw_w: Vec<f32> = (0..c * 9).map(|_| r.normal() * 0.4).collect();
+        let dw_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
+        let x: Vec<f32> = (0..cin * h * w).map(|_| r.normal()).collect();
+        let p = StemParams {
+            cin,
+            c,
+            conv: ConvGeom {
+                kernel: (3, 3),
+                stride: (2, 2),
+                pads: [0, 0, 1, 1],
+            },
+            conv_w: &conv_w,
+            conv_b: &conv_b,
+            clip1: (0.0, 6.0),
+            dw: ConvGeom {
+                kernel: (3, 3),
+                stride: (1, 1),
+                pads: [1, 1, 1, 1],
+            },
+            dw_w: &dw_w,
+            dw_b: &dw_b,
+            clip2: (0.0, 6.0),
+            q: QParams {
+                scale: 0.02,
+                zero: 0,
+            },
+        };
+        let (want, (h2, w2)) = reference(&p, &x, h, w);
+        let cpu = Cpu::detect();
+        for kernel in runnable_kernels(Layer::Stem, &cpu) {
+            if kernel == Kernel::TractOps {
+                // Not a kernel of this op: the stem is then left unfused to tract.
+                assert!(Stem::new(&p, kernel).is_err());
+                continue;
+            }
+            let s = Stem::new(&p, kernel).unwrap();
+            assert_eq!(s.out_size(h, w), Some((h2, w2)));
+            let mut got = vec![0u8; h2 * w2 * c];
+            s.run(&x, h, w, &mut got);
+            // Quantised from the exact values: equal, except where float rounding of a sum
+            // lands on the other side of a rounding boundary (at most one step).
+            let mut off = 0;
+            for (i, (&g, &v)) in got.iter().zip(&want).enumerate() {
+                let exact = (v / 0.02).round_ties_even().clamp(0.0, 255.0);
+                let d = (g as f64 - exact).abs();
+                assert!(d <= 1.0, "{} at {i}: {g} vs {exact}", kernel.name());
+                off += (d > 0.0) as usize;
+            }
+            assert!(
+                off * 100 <= got.len(),
+                "{}: {off} values off by one",
+                kernel.name()
+            );
+            assert!(got.iter().any(|&v| v > 10), "degenerate data");
+        }
+    }
+}
