@@ -9,6 +9,7 @@
 //! | [`camera`], [`gpio`] | frame sources, buttons, indicators (traits + fakes), debouncer |
 //! | [`store`] | crash-safe store of captured samples and heads |
 //! | [`head`] | linear softmax head: predict, train, file format |
+//! | [`grad`] | differentiable float backbone: forward with a tape, input gradients |
 //! | [`backbone`] | tract model: find, verify, load once, embed |
 //! | [`qnn`] | int8 kernels as tract custom ops, and the graph rewrite that uses them |
 //! | [`preprocess`] | frame → model input, one pass |
@@ -33,6 +34,7 @@ pub mod embcache;
 pub mod framed;
 pub mod fsutil;
 pub mod gpio;
+pub mod grad;
 pub mod head;
 pub mod imagefolder;
 pub mod linalg;
