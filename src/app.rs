@@ -37,6 +37,10 @@ macro_rules! out_part {
     }};
 }
 
+// `explain`, `features`, `dream`, `attack`: their glue lives beside this file.
+#[path = "app_inspect.rs"]
+mod inspect_cmds;
+
 /// Version of tract this build is pinned to (Cargo.toml pins `=0.23.9`).
 pub const TRACT_VERSION: &str = "0.23.9";
 
@@ -93,6 +97,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run { ref run, duration } => cmd_run(g, run, duration),
         Command::Doctor { ref run, json } => cmd_doctor(g, run, json),
         Command::Dataset { ref action } => cmd_dataset(g, action),
+        Command::Explain(ref a) => inspect_cmds::explain(g, a),
+        Command::Features(ref a) => inspect_cmds::features(g, a),
+        Command::Dream(ref a) => inspect_cmds::dream(g, a),
+        Command::Attack(ref a) => inspect_cmds::attack(g, a),
         Command::Synth {
             ref out,
             train,

@@ -228,10 +228,59 @@ pub fn verify_model(path: &Path) -> Result<String, ModelError> {
     Ok(actual)
 }
 
+/// The last feature map of the network, before its global average pool: `h × w` positions of
+/// `c` channels, stored `[h][w][c]` (the pooled embedding is its mean over positions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMap {
+    /// Rows (7 at 224).
+    pub h: usize,
+    /// Columns.
+    pub w: usize,
+    /// Channels (the embedding length).
+    pub c: usize,
+    /// Values, `[h][w][c]`.
+    pub data: Vec<f32>,
+}
+
+impl FeatureMap {
+    /// The channel vector at one position.
+    pub fn at(&self, row: usize, col: usize) -> &[f32] {
+        let i = (row * self.w + col) * self.c;
+        &self.data[i..i + self.c]
+    }
+}
+
+/// How the pre-pool tensor comes out of the plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MapLayout {
+    /// Float `[1, c, h, w]` (tract's own operators).
+    Nchw,
+}
+
+/// Name and layout of the tensor a model's global average pool reads: the graph's
+/// `GlobalAveragePool` input.
+fn pre_pool_tensor(
+    proto: &tract_onnx::pb::ModelProto,
+    int8: bool,
+) -> Result<(String, MapLayout), String> {
+    let g = proto.graph.as_ref().ok_or("the model has no graph")?;
+    let gap = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "GlobalAveragePool")
+        .ok_or("the model has no GlobalAveragePool")?;
+    let x = gap.input.first().ok_or("GlobalAveragePool has no input")?;
+    if int8 {
+        return Err("the int8 path has no feature map output yet".into());
+    }
+    Ok((x.clone(), MapLayout::Nchw))
+}
+
 /// A loaded, optimised, immutable backbone. Cheap to clone (shared plan).
 #[derive(Clone)]
 pub struct Backbone {
     plan: Arc<TypedRunnableModel>,
+    map: Option<MapLayout>,
     path: PathBuf,
     sha256: String,
     precision: Option<Precision>,
@@ -267,6 +316,21 @@ impl Backbone {
         Ok(b)
     }
 
+    /// [`Backbone::load_sized`] whose plan also returns the last feature map, for
+    /// [`Embedder::embed_with_map`] (class-activation maps: `teachcam explain`). The
+    /// embedding is unchanged; the map costs one more output of a tensor the pass computes
+    /// anyway.
+    pub fn load_sized_with_map(
+        models_dir: &Path,
+        precision: Precision,
+        size: usize,
+    ) -> Result<Self, ModelError> {
+        let path = models_dir.join(precision.file_name());
+        let mut b = Self::load_inner(&path, precision == Precision::Int8, size, true)?;
+        b.precision = Some(precision);
+        Ok(b)
+    }
+
     /// Load any model file listed in the `SHA256SUMS` beside it, with tract's own operators.
     pub fn load_file(path: &Path) -> Result<Self, ModelError> {
         Self::load_with(path, false, INPUT_SIZE)
@@ -275,6 +339,15 @@ impl Backbone {
     /// Load a model file for a `size`×`size` input; with `int8`, its quantised section runs on
     /// teachcam's int8 operators (the file must be a QOperator model the rewrite handles).
     pub fn load_with(path: &Path, int8: bool, size: usize) -> Result<Self, ModelError> {
+        Self::load_inner(path, int8, size, false)
+    }
+
+    fn load_inner(
+        path: &Path,
+        int8: bool,
+        size: usize,
+        with_map: bool,
+    ) -> Result<Self, ModelError> {
         if !INPUT_SIZES.contains(&size) {
             return Err(ModelError::InputSize { size });
         }
@@ -291,7 +364,17 @@ impl Backbone {
             // Shapes recorded for intermediate tensors are for 224; tract re-infers them.
             g.value_info.clear();
         }
-        let (model, mut sha256) = if int8 {
+        let map = if with_map {
+            Some(
+                pre_pool_tensor(&proto, int8).map_err(|message| ModelError::Tract {
+                    path: path.to_path_buf(),
+                    message: format!("cannot expose the feature map: {message}"),
+                })?,
+            )
+        } else {
+            None
+        };
+        let (mut model, mut sha256) = if int8 {
             let (model, done) = crate::qnn::model_for_proto(proto).map_err(tract_err)?;
             log::debug!("int8 rewrite of {}: {done:?}", path.display());
             // Another computation than the same file under tract's operators: another identity
@@ -304,6 +387,19 @@ impl Backbone {
                 file_sha256,
             )
         };
+        if let Some((name, _)) = &map {
+            // Output 0 stays the embedding; output 1 is the tensor the pool reads.
+            let pooled = model.output_outlets().map_err(tract_err)?[0];
+            let m = model
+                .find_outlet_label(name)
+                .ok_or_else(|| ModelError::Tract {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {name} not found in the loaded graph"),
+                })?;
+            model
+                .select_output_outlets(&[pooled, m])
+                .map_err(tract_err)?;
+        }
         if size != INPUT_SIZE {
             // Another input size gives other embeddings: another identity.
             sha256 = crate::fsutil::sha256_hex(format!("{sha256}@{size}").as_bytes());
@@ -324,6 +420,7 @@ impl Backbone {
             })?;
         Ok(Backbone {
             plan,
+            map: map.map(|(_, layout)| layout),
             path: path.to_path_buf(),
             sha256,
             precision: None,
@@ -393,6 +490,56 @@ impl Backbone {
                 message: format!("{e:#}"),
             })?;
         Ok(view.iter().copied().collect())
+    }
+
+    /// True when the plan also returns the feature map ([`Backbone::load_sized_with_map`]).
+    pub fn has_map(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// Run the network on a preprocessed NCHW input; the embedding and the last feature map.
+    /// Fails when the backbone was not loaded with [`Backbone::load_sized_with_map`].
+    pub fn run_tensor_with_map(&self, input: &[f32]) -> Result<(Vec<f32>, FeatureMap), ModelError> {
+        let err = |message: String| ModelError::Tract {
+            path: self.path.clone(),
+            message,
+        };
+        let layout = self
+            .map
+            .ok_or_else(|| err("this backbone was loaded without its feature map".into()))?;
+        let t = Tensor::from_shape(&[1, 3, self.size, self.size], input)
+            .map_err(|e| err(format!("{e:#}")))?;
+        let out = self
+            .plan
+            .run(tvec!(t.into()))
+            .map_err(|e| err(format!("{e:#}")))?;
+        let emb: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| err(format!("{e:#}")))?
+            .iter()
+            .copied()
+            .collect();
+        let shape = out[1].shape().to_vec();
+        if shape.len() != 4 {
+            return Err(err(format!("feature map has shape {shape:?}")));
+        }
+        let map = match layout {
+            MapLayout::Nchw => {
+                let (c, h, w) = (shape[1], shape[2], shape[3]);
+                let v = out[1]
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| err(format!("{e:#}")))?;
+                let src: Vec<f32> = v.iter().copied().collect();
+                let mut data = vec![0f32; c * h * w];
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        data[p * c + ch] = src[ch * h * w + p];
+                    }
+                }
+                FeatureMap { h, w, c, data }
+            }
+        };
+        Ok((emb, map))
     }
 }
 
@@ -492,6 +639,19 @@ impl Embedder {
     /// Run the backbone on what [`Embedder::preprocess`] left in the buffer.
     pub fn run(&mut self) -> Result<Vec<f32>, ModelError> {
         self.backbone.run_tensor(&self.input)
+    }
+
+    /// Preprocess and embed one packed RGB8 frame, also returning the last feature map (the
+    /// backbone must come from [`Backbone::load_sized_with_map`]). One backbone pass: what a
+    /// per-frame class-activation map ([`crate::inspect::explain`]) needs.
+    pub fn embed_with_map(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<(Vec<f32>, FeatureMap), ModelError> {
+        self.preprocess(rgb, width, height);
+        self.backbone.run_tensor_with_map(&self.input)
     }
 
     /// Preprocess and embed one packed RGB8 frame.

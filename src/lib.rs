@@ -9,6 +9,7 @@
 //! | [`camera`], [`gpio`] | frame sources, buttons, indicators (traits + fakes), debouncer |
 //! | [`store`] | crash-safe store of captured samples and heads |
 //! | [`head`] | linear softmax head: predict, train, file format |
+//! | [`inspect`] | explain (class-activation map), feature grids, dream, attack |
 //! | [`grad`] | differentiable float backbone: forward with a tape, input gradients |
 //! | [`backbone`] | tract model: find, verify, load once, embed |
 //! | [`qnn`] | int8 kernels as tract custom ops, and the graph rewrite that uses them |
@@ -37,6 +38,7 @@ pub mod gpio;
 pub mod grad;
 pub mod head;
 pub mod imagefolder;
+pub mod inspect;
 pub mod linalg;
 pub mod metrics;
 pub mod preprocess;
