@@ -255,10 +255,19 @@ impl FeatureMap {
 enum MapLayout {
     /// Float `[1, c, h, w]` (tract's own operators).
     Nchw,
+    /// `u8` `[1, h, w, c]` with its quantisation (teachcam's int8 operators keep NHWC); the
+    /// value is `(q − zero)·scale`, as the final dequantise-and-mean computes it.
+    Nhwc {
+        /// Scale.
+        scale: f32,
+        /// Zero point.
+        zero: i32,
+    },
 }
 
 /// Name and layout of the tensor a model's global average pool reads: the graph's
-/// `GlobalAveragePool` input.
+/// `GlobalAveragePool` input, or, for the int8 rewrite, the `u8` tensor its
+/// `DequantizeLinear → GlobalAveragePool` pair (fused into one op) reads.
 fn pre_pool_tensor(
     proto: &tract_onnx::pb::ModelProto,
     int8: bool,
@@ -270,10 +279,56 @@ fn pre_pool_tensor(
         .find(|n| n.op_type == "GlobalAveragePool")
         .ok_or("the model has no GlobalAveragePool")?;
     let x = gap.input.first().ok_or("GlobalAveragePool has no input")?;
-    if int8 {
-        return Err("the int8 path has no feature map output yet".into());
+    if !int8 {
+        return Ok((x.clone(), MapLayout::Nchw));
     }
-    Ok((x.clone(), MapLayout::Nchw))
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == Some(x) && n.op_type == "DequantizeLinear")
+        .ok_or("the int8 model's pool does not read a DequantizeLinear")?;
+    if dq.input.len() != 3 {
+        return Err("the final DequantizeLinear has no zero point".into());
+    }
+    let init = |name: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("{name} is not a constant"))
+    };
+    let scale = scalar_f32(init(&dq.input[1])?)?;
+    let zero = scalar_u8(init(&dq.input[2])?)?;
+    Ok((
+        dq.input[0].clone(),
+        MapLayout::Nhwc {
+            scale,
+            zero: zero as i32,
+        },
+    ))
+}
+
+fn scalar_f32(t: &tract_onnx::pb::TensorProto) -> Result<f32, String> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    if t.data_type != DataType::Float as i32 {
+        return Err(format!("{} is not a float", t.name));
+    }
+    match (t.raw_data.get(..4), t.float_data.first()) {
+        (Some(b), _) => Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        (None, Some(&v)) => Ok(v),
+        _ => Err(format!("{} is empty", t.name)),
+    }
+}
+
+fn scalar_u8(t: &tract_onnx::pb::TensorProto) -> Result<u8, String> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    if t.data_type != DataType::Uint8 as i32 {
+        return Err(format!("{} is not u8", t.name));
+    }
+    match (t.raw_data.first(), t.int32_data.first()) {
+        (Some(&b), _) => Ok(b),
+        (None, Some(&v)) => u8::try_from(v).map_err(|_| format!("{} is out of range", t.name)),
+        _ => Err(format!("{} is empty", t.name)),
+    }
 }
 
 /// A loaded, optimised, immutable backbone. Cheap to clone (shared plan).
@@ -536,6 +591,17 @@ impl Backbone {
                         data[p * c + ch] = src[ch * h * w + p];
                     }
                 }
+                FeatureMap { h, w, c, data }
+            }
+            MapLayout::Nhwc { scale, zero } => {
+                let (h, w, c) = (shape[1], shape[2], shape[3]);
+                let v = out[1]
+                    .to_plain_array_view::<u8>()
+                    .map_err(|e| err(format!("{e:#}")))?;
+                let data = v
+                    .iter()
+                    .map(|&q| (q as i32 - zero) as f32 * scale)
+                    .collect();
                 FeatureMap { h, w, c, data }
             }
         };
