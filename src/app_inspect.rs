@@ -330,7 +330,7 @@ pub(super) fn attack(g: &Global, a: &AttackArgs) -> Result<()> {
             r.steps
         );
         out!(
-            "change:   L-inf {}/255, L2 {:.4} (in units of 1/255 over all channels: {:.1}) -> {}",
+            "change:   L-inf {}/255, L2 {:.3} on the 0-1 scale ({:.1} levels) over all channels -> {}",
             r.linf,
             r.l2,
             r.l2 * 255.0,

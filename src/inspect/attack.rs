@@ -38,7 +38,7 @@ pub struct Attack {
     pub after: Vec<f32>,
     /// Largest change of any channel of any pixel, in levels.
     pub linf: u8,
-    /// Euclidean norm of the change over all channels, in units of 1/255.
+    /// Euclidean norm of the change over all channels, on the 0–1 pixel scale (levels/255).
     pub l2: f32,
 }
 
