@@ -83,7 +83,7 @@ def main() -> int:
 
     if "tv" not in skip:
         tv = []
-        for w in [0, 1, 4, 16, 64]:
+        for w in [0, 300, 1000, 3000, 10000]:
             out = work / f"dream_cats_tv{w}.png"
             v = json.loads(run([*tc, "dream", "--head", str(cvd_f32), "--class", "cats", "--out", str(out),
                                 "--tv-weight", str(w), "--json"]))

@@ -319,7 +319,7 @@ pub struct DreamArgs {
     #[arg(long, default_value_t = 3.0)]
     pub lr: f32,
     /// Weight of the total-variation penalty (0 = none; higher = smoother).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 3000.0)]
     pub tv_weight: f32,
     /// Seed of the starting noise.
     #[arg(long, default_value_t = 0)]

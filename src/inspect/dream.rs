@@ -1,5 +1,7 @@
 //! "What does it think a <class> looks like": gradient ascent on an image until the head is
 //! sure of a class, with a total-variation penalty so the result is smooth instead of noise.
+//! The ascended score is the class's log-odds against the others ([`log_odds`]), which keeps
+//! pulling after `p` is near 1, minus `tv_weight` times the total variation.
 //!
 //! The image is optimised in pixel space through the real preprocessing (a canvas whose
 //! centre crop is exactly the model input: 256 px for 224), so the PNG written is what
@@ -11,7 +13,7 @@ use crate::head::Head;
 use crate::preprocess::Plan;
 use crate::rng::Rng;
 
-use super::objective::{log_prob, total_variation};
+use super::objective::{log_odds, total_variation};
 
 /// Settings of one dream.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +34,7 @@ impl Default for DreamConfig {
         DreamConfig {
             steps: 40,
             lr: 3.0,
-            tv_weight: 4.0,
+            tv_weight: 3000.0,
             seed: 0,
         }
     }
@@ -96,7 +98,7 @@ pub fn dream(net: &Network, head: &Head, class: usize, cfg: &DreamConfig) -> Dre
     let eval = |img: &[f32], tape: &mut Tape, x: &mut [f32], d_emb: &mut [f32]| {
         plan.run_f32(img, x);
         let e = net.forward(tape, x).to_vec();
-        log_prob(head, &e, class, d_emb).1[class]
+        log_odds(head, &e, class, d_emb).1[class]
     };
     // One step size for the whole run, fixed at the first step so that the average pixel
     // moves `lr` along the class gradient; the class term then fades as p → 1 while the
