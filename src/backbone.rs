@@ -298,6 +298,106 @@ impl fmt::Display for BackboneId {
             write!(f, ", {px} px")?;
         }
         f.write_str(")")
+/// The last feature map of the network, before its global average pool: `h × w` positions of
+/// `c` channels, stored `[h][w][c]` (the pooled embedding is its mean over positions).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMap {
+    /// Rows (7 at 224).
+    pub h: usize,
+    /// Columns.
+    pub w: usize,
+    /// Channels (the embedding length).
+    pub c: usize,
+    /// Values, `[h][w][c]`.
+    pub data: Vec<f32>,
+}
+
+impl FeatureMap {
+    /// The channel vector at one position.
+    pub fn at(&self, row: usize, col: usize) -> &[f32] {
+        let i = (row * self.w + col) * self.c;
+        &self.data[i..i + self.c]
+    }
+}
+
+/// How the pre-pool tensor comes out of the plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MapLayout {
+    /// Float `[1, c, h, w]` (tract's own operators).
+    Nchw,
+    /// `u8` `[1, h, w, c]` with its quantisation (teachcam's int8 operators keep NHWC); the
+    /// value is `(q − zero)·scale`, as the final dequantise-and-mean computes it.
+    Nhwc {
+        /// Scale.
+        scale: f32,
+        /// Zero point.
+        zero: i32,
+    },
+}
+
+/// Name and layout of the tensor a model's global average pool reads: the graph's
+/// `GlobalAveragePool` input, or, for the int8 rewrite, the `u8` tensor its
+/// `DequantizeLinear → GlobalAveragePool` pair (fused into one op) reads.
+fn pre_pool_tensor(
+    proto: &tract_onnx::pb::ModelProto,
+    int8: bool,
+) -> Result<(String, MapLayout), String> {
+    let g = proto.graph.as_ref().ok_or("the model has no graph")?;
+    let gap = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "GlobalAveragePool")
+        .ok_or("the model has no GlobalAveragePool")?;
+    let x = gap.input.first().ok_or("GlobalAveragePool has no input")?;
+    if !int8 {
+        return Ok((x.clone(), MapLayout::Nchw));
+    }
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == Some(x) && n.op_type == "DequantizeLinear")
+        .ok_or("the int8 model's pool does not read a DequantizeLinear")?;
+    if dq.input.len() != 3 {
+        return Err("the final DequantizeLinear has no zero point".into());
+    }
+    let init = |name: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("{name} is not a constant"))
+    };
+    let scale = scalar_f32(init(&dq.input[1])?)?;
+    let zero = scalar_u8(init(&dq.input[2])?)?;
+    Ok((
+        dq.input[0].clone(),
+        MapLayout::Nhwc {
+            scale,
+            zero: zero as i32,
+        },
+    ))
+}
+
+fn scalar_f32(t: &tract_onnx::pb::TensorProto) -> Result<f32, String> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    if t.data_type != DataType::Float as i32 {
+        return Err(format!("{} is not a float", t.name));
+    }
+    match (t.raw_data.get(..4), t.float_data.first()) {
+        (Some(b), _) => Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        (None, Some(&v)) => Ok(v),
+        _ => Err(format!("{} is empty", t.name)),
+    }
+}
+
+fn scalar_u8(t: &tract_onnx::pb::TensorProto) -> Result<u8, String> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    if t.data_type != DataType::Uint8 as i32 {
+        return Err(format!("{} is not u8", t.name));
+    }
+    match (t.raw_data.first(), t.int32_data.first()) {
+        (Some(&b), _) => Ok(b),
+        (None, Some(&v)) => u8::try_from(v).map_err(|_| format!("{} is out of range", t.name)),
+        _ => Err(format!("{} is empty", t.name)),
     }
 }
 
@@ -305,6 +405,7 @@ impl fmt::Display for BackboneId {
 #[derive(Clone)]
 pub struct Backbone {
     plan: Arc<TypedRunnableModel>,
+    map: Option<MapLayout>,
     path: PathBuf,
     id: BackboneId,
     precision: Option<Precision>,
@@ -343,6 +444,21 @@ impl Backbone {
         Ok(b)
     }
 
+    /// [`Backbone::load_sized`] whose plan also returns the last feature map, for
+    /// [`Embedder::embed_with_map`] (class-activation maps: `teachcam explain`). The
+    /// embedding is unchanged; the map costs one more output of a tensor the pass computes
+    /// anyway.
+    pub fn load_sized_with_map(
+        models_dir: &Path,
+        precision: Precision,
+        size: usize,
+    ) -> Result<Self, ModelError> {
+        let path = models_dir.join(precision.file_name());
+        let mut b = Self::load_inner(&path, precision == Precision::Int8, size, true)?;
+        b.precision = Some(precision);
+        Ok(b)
+    }
+
     /// Load any model file listed in the `SHA256SUMS` beside it, with tract's own operators.
     pub fn load_file(path: &Path) -> Result<Self, ModelError> {
         Self::load_with(path, false, INPUT_SIZE)
@@ -351,6 +467,15 @@ impl Backbone {
     /// Load a model file for a `size`×`size` input; with `int8`, its quantised section runs on
     /// teachcam's int8 operators (the file must be a QOperator model the rewrite handles).
     pub fn load_with(path: &Path, int8: bool, size: usize) -> Result<Self, ModelError> {
+        Self::load_inner(path, int8, size, false)
+    }
+
+    fn load_inner(
+        path: &Path,
+        int8: bool,
+        size: usize,
+        with_map: bool,
+    ) -> Result<Self, ModelError> {
         if !INPUT_SIZES.contains(&size) {
             return Err(ModelError::InputSize { size });
         }
@@ -367,8 +492,18 @@ impl Backbone {
             // Shapes recorded for intermediate tensors are for 224; tract re-infers them.
             g.value_info.clear();
         }
+        let map = if with_map {
+            Some(
+                pre_pool_tensor(&proto, int8).map_err(|message| ModelError::Tract {
+                    path: path.to_path_buf(),
+                    message: format!("cannot expose the feature map: {message}"),
+                })?,
+            )
+        } else {
+            None
+        };
         let mut kernels = None;
-        let (model, mut digest) = if int8 {
+        let (mut model, mut digest) = if int8 {
             let plan = crate::qnn::KernelPlan::detect().map_err(|message| ModelError::Tract {
                 path: path.to_path_buf(),
                 message,
@@ -389,6 +524,19 @@ impl Backbone {
                 file_sha256,
             )
         };
+        if let Some((name, _)) = &map {
+            // Output 0 stays the embedding; output 1 is the tensor the pool reads.
+            let pooled = model.output_outlets().map_err(tract_err)?[0];
+            let m = model
+                .find_outlet_label(name)
+                .ok_or_else(|| ModelError::Tract {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {name} not found in the loaded graph"),
+                })?;
+            model
+                .select_output_outlets(&[pooled, m])
+                .map_err(tract_err)?;
+        }
         if size != INPUT_SIZE {
             // Another input size gives other embeddings: another identity.
             digest = crate::fsutil::sha256_hex(format!("{digest}@{size}").as_bytes());
@@ -409,6 +557,7 @@ impl Backbone {
             })?;
         Ok(Backbone {
             plan,
+            map: map.map(|(_, layout)| layout),
             path: path.to_path_buf(),
             id: BackboneId {
                 digest,
@@ -496,6 +645,67 @@ impl Backbone {
                 message: format!("{e:#}"),
             })?;
         Ok(view.iter().copied().collect())
+    }
+
+    /// True when the plan also returns the feature map ([`Backbone::load_sized_with_map`]).
+    pub fn has_map(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// Run the network on a preprocessed NCHW input; the embedding and the last feature map.
+    /// Fails when the backbone was not loaded with [`Backbone::load_sized_with_map`].
+    pub fn run_tensor_with_map(&self, input: &[f32]) -> Result<(Vec<f32>, FeatureMap), ModelError> {
+        let err = |message: String| ModelError::Tract {
+            path: self.path.clone(),
+            message,
+        };
+        let layout = self
+            .map
+            .ok_or_else(|| err("this backbone was loaded without its feature map".into()))?;
+        let t = Tensor::from_shape(&[1, 3, self.size, self.size], input)
+            .map_err(|e| err(format!("{e:#}")))?;
+        let out = self
+            .plan
+            .run(tvec!(t.into()))
+            .map_err(|e| err(format!("{e:#}")))?;
+        let emb: Vec<f32> = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| err(format!("{e:#}")))?
+            .iter()
+            .copied()
+            .collect();
+        let shape = out[1].shape().to_vec();
+        if shape.len() != 4 {
+            return Err(err(format!("feature map has shape {shape:?}")));
+        }
+        let map = match layout {
+            MapLayout::Nchw => {
+                let (c, h, w) = (shape[1], shape[2], shape[3]);
+                let v = out[1]
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| err(format!("{e:#}")))?;
+                let src: Vec<f32> = v.iter().copied().collect();
+                let mut data = vec![0f32; c * h * w];
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        data[p * c + ch] = src[ch * h * w + p];
+                    }
+                }
+                FeatureMap { h, w, c, data }
+            }
+            MapLayout::Nhwc { scale, zero } => {
+                let (h, w, c) = (shape[1], shape[2], shape[3]);
+                let v = out[1]
+                    .to_plain_array_view::<u8>()
+                    .map_err(|e| err(format!("{e:#}")))?;
+                let data = v
+                    .iter()
+                    .map(|&q| (q as i32 - zero) as f32 * scale)
+                    .collect();
+                FeatureMap { h, w, c, data }
+            }
+        };
+        Ok((emb, map))
     }
 }
 
@@ -621,6 +831,19 @@ impl Embedder {
             .to_plain_array_view::<f32>()
             .map_err(|e| self.backbone.tract_err(e))?;
         Ok(view.iter().copied().collect())
+    }
+
+    /// Preprocess and embed one packed RGB8 frame, also returning the last feature map (the
+    /// backbone must come from [`Backbone::load_sized_with_map`]). One backbone pass: what a
+    /// per-frame class-activation map ([`crate::inspect::explain`]) needs.
+    pub fn embed_with_map(
+        &mut self,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<(Vec<f32>, FeatureMap), ModelError> {
+        self.preprocess(rgb, width, height);
+        self.backbone.run_tensor_with_map(&self.input)
     }
 
     /// Preprocess and embed one packed RGB8 frame.

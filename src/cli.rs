@@ -290,6 +290,115 @@ pub enum Command {
         #[command(subcommand)]
         action: DatasetAction,
     },
+    /// Class-activation map: where in the picture the head's score for a class comes from.
+    Explain(ExplainArgs),
+    /// A grid of the first channels of one layer's output (float model); without --layer,
+    /// list the layers.
+    Features(FeaturesArgs),
+    /// Dream an image the head is sure shows a class: gradient ascent on the pixels through
+    /// the float model, smoothed by a total-variation penalty.
+    Dream(DreamArgs),
+    /// Adversarial example: change a photo by at most EPS levels per pixel until the head
+    /// names the target class (iterative sign-gradient on the float model).
+    Attack(AttackArgs),
     /// Write a synthetic image-folder dataset (balls, blocks, rings) for demos and tests.
     Synth(SynthArgs),
+}
+
+/// `explain` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// Image to explain.
+    pub image: PathBuf,
+    /// Head file (trained for the --precision backbone).
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Class to explain, by name or index (default: the predicted class).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Heat map over the picture the model saw (PNG).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the map, logit, bias and probabilities as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// `features` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct FeaturesArgs {
+    /// Image to look at.
+    pub image: PathBuf,
+    /// Layer number (as listed without --layer) or tensor name.
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// Grid image to write (PNG).
+    #[arg(long, required_unless_present = "list")]
+    pub out: Option<PathBuf>,
+    /// How many channels (the first ones).
+    #[arg(long, default_value_t = 16)]
+    pub channels: usize,
+    /// List the layers and exit.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// `dream` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct DreamArgs {
+    /// Head file (trained on the f32 backbone: `train --precision f32`).
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Class to dream, by name or index.
+    #[arg(long)]
+    pub class: String,
+    /// Image to write (PNG).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Gradient steps.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Step length in pixel levels for the average pixel.
+    #[arg(long, default_value_t = 3.0)]
+    pub lr: f32,
+    /// Weight of the total-variation penalty (0 = none; higher = smoother).
+    #[arg(long, default_value_t = 3000.0)]
+    pub tv_weight: f32,
+    /// Seed of the starting noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also ask the int8 backbone, with this head trained for it, about the written image.
+    #[arg(long, value_name = "INT8_HEAD")]
+    pub check_int8: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `attack` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct AttackArgs {
+    /// Photo to change.
+    pub image: PathBuf,
+    /// Head file (trained on the f32 backbone: `train --precision f32`).
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Class to reach, by name or index.
+    #[arg(long)]
+    pub target: String,
+    /// L∞ budget in pixel levels (1 = 1/255).
+    #[arg(long, default_value_t = 4)]
+    pub eps: u8,
+    /// Most gradient steps.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Changed image to write (PNG: lossless, so the change survives).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also ask the int8 backbone, with this head trained for it, about the written image.
+    #[arg(long, value_name = "INT8_HEAD")]
+    pub check_int8: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }

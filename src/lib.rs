@@ -11,6 +11,8 @@
 //! | [`camera`], [`gpio`] | frame sources, buttons, indicators (traits + fakes), debouncer |
 //! | [`store`] | crash-safe store of captured samples, classes and heads |
 //! | [`head`] | linear softmax head: predict, train, file format |
+//! | [`inspect`] | explain (class-activation map), feature grids, dream, attack |
+//! | [`grad`] | differentiable float backbone: forward with a tape, input gradients |
 //! | [`backbone`] | tract model: find, verify, load once, embed |
 //! | [`qnn`] | int8 kernels as tract custom ops, and the graph rewrite that uses them |
 //! | [`preprocess`] | frame → model input, one pass |
@@ -40,8 +42,10 @@ pub mod frame;
 pub mod framed;
 pub mod fsutil;
 pub mod gpio;
+pub mod grad;
 pub mod head;
 pub mod imagefolder;
+pub mod inspect;
 pub mod linalg;
 pub mod metrics;
 pub mod preprocess;

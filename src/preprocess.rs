@@ -101,6 +101,16 @@ impl Plan {
     /// Resample packed RGB8 `rgb` (`src_w·src_h·3` bytes) into `out` (`3·size·size`, NCHW,
     /// scaled to [-1, 1]).
     pub fn run(&self, rgb: &[u8], out: &mut [f32]) {
+        self.run_pixels(rgb, out);
+    }
+
+    /// [`Plan::run`] for float pixels (0–255, packed RGB): images being optimised
+    /// (`teachcam dream`/`attack`) are float between steps.
+    pub fn run_f32(&self, rgb: &[f32], out: &mut [f32]) {
+        self.run_pixels(rgb, out);
+    }
+
+    fn run_pixels<P: Copy + Into<f32>>(&self, rgb: &[P], out: &mut [f32]) {
         let (w, s) = (self.src_w, self.size);
         assert_eq!(
             rgb.len(),
@@ -122,7 +132,7 @@ impl Plan {
                 let row =
                     &rgb[((y0 + dy) * w + self.col_lo) * 3..((y0 + dy) * w + self.col_hi) * 3];
                 for (a, &p) in acc.iter_mut().zip(row) {
-                    *a += wy * p as f32;
+                    *a += wy * p.into();
                 }
             }
             for j in 0..s {
@@ -138,6 +148,49 @@ impl Plan {
                 out[o] = r / 127.5 - 1.0;
                 out[plane + o] = g / 127.5 - 1.0;
                 out[2 * plane + o] = b / 127.5 - 1.0;
+            }
+        }
+    }
+
+    /// The transpose of the linear part of [`Plan::run`]: add to `d_rgb` (packed RGB, source
+    /// size) the gradient with respect to the pixels of a function whose gradient with
+    /// respect to the model input is `d_out` (NCHW). Used to optimise real images in pixel
+    /// space, so what is written is what `classify` reads.
+    pub fn adjoint(&self, d_out: &[f32], d_rgb: &mut [f32]) {
+        let (w, s) = (self.src_w, self.size);
+        assert_eq!(
+            d_rgb.len(),
+            w * self.src_h * 3,
+            "frame size does not match the plan"
+        );
+        assert_eq!(
+            d_out.len(),
+            3 * s * s,
+            "gradient size does not match the plan"
+        );
+        let span = self.col_hi - self.col_lo;
+        let mut acc = vec![0f32; span * 3];
+        let plane = s * s;
+        for i in 0..s {
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            for j in 0..s {
+                let o = i * s + j;
+                let g = [d_out[o], d_out[plane + o], d_out[2 * plane + o]].map(|v| v / 127.5);
+                let x0 = self.cols.starts[j] - self.col_lo;
+                for (dx, &wx) in self.cols.weights[j].iter().enumerate() {
+                    let p = &mut acc[(x0 + dx) * 3..(x0 + dx) * 3 + 3];
+                    p[0] += wx * g[0];
+                    p[1] += wx * g[1];
+                    p[2] += wx * g[2];
+                }
+            }
+            let y0 = self.rows.starts[i];
+            for (dy, &wy) in self.rows.weights[i].iter().enumerate() {
+                let row = &mut d_rgb
+                    [((y0 + dy) * w + self.col_lo) * 3..((y0 + dy) * w + self.col_hi) * 3];
+                for (d, &a) in row.iter_mut().zip(&acc) {
+                    *d += wy * a;
+                }
             }
         }
     }
@@ -175,6 +228,40 @@ mod tests {
                 .iter()
                 .all(|v| (v - (127.0 / 127.5 - 1.0)).abs() < 1e-5)
         );
+    }
+
+    #[test]
+    fn adjoint_is_the_transpose_of_the_resampling() {
+        // <P(x) + 1, v> = <x, Pᵀ(v)>: the law that makes pixel-space gradients right, for a
+        // downscale, an upscale and an exact crop (256 → 224).
+        let mut r = crate::rng::Rng::new(4);
+        for (w, h, size) in [(97, 61, 32), (20, 30, 32), (256, 256, 224)] {
+            let plan = Plan::new(w, h, size);
+            let x: Vec<f32> = (0..w * h * 3).map(|_| r.f32() * 255.0).collect();
+            let v: Vec<f32> = (0..3 * size * size).map(|_| r.normal()).collect();
+            let mut y = vec![0f32; v.len()];
+            plan.run_f32(&x, &mut y);
+            let lhs: f64 = y.iter().zip(&v).map(|(a, b)| ((a + 1.0) * b) as f64).sum();
+            let mut d = vec![0f32; x.len()];
+            plan.adjoint(&v, &mut d);
+            let rhs: f64 = x.iter().zip(&d).map(|(a, b)| (a * b) as f64).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * (1.0 + lhs.abs()),
+                "{w}x{h}: {lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn float_and_byte_pixels_give_the_same_tensor() {
+        let (w, h) = (50, 40);
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let f: Vec<f32> = rgb.iter().map(|&v| v as f32).collect();
+        let plan = Plan::new(w, h, 16);
+        let (mut a, mut b) = (vec![0f32; 3 * 256], vec![0f32; 3 * 256]);
+        plan.run(&rgb, &mut a);
+        plan.run_f32(&f, &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -786,4 +786,135 @@ fn bad_flag_values_are_one_line_errors_naming_the_rule() {
         let e = fails(args);
         assert!(e.contains(want), "{args:?}: {e}");
     }
+fn explain_features_dream_and_attack_write_what_they_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dataset(dir.path(), 4, 1);
+    let head = dir.path().join("f32.head");
+    ok(&[
+        "--precision",
+        "f32",
+        "train",
+        s(&d),
+        "--out",
+        s(&head),
+        "--val-split",
+        "0",
+    ]);
+    let ball = d.join("val/ball/000.jpg");
+
+    // explain: a PNG over the model's view and a JSON map that sums to logit − bias.
+    let (map, js) = (dir.path().join("map.png"), dir.path().join("map.json"));
+    let line = ok(&[
+        "--precision",
+        "f32",
+        "explain",
+        s(&ball),
+        "--head",
+        s(&head),
+        "--class",
+        "ring",
+        "--out",
+        s(&map),
+        "--json",
+        s(&js),
+    ]);
+    assert!(line.contains("map of ring"), "{line}");
+    assert_eq!(image::open(&map).unwrap().width(), 224);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&js).unwrap()).unwrap();
+    let values = v["map"]["values"].as_array().unwrap();
+    assert_eq!(values.len(), 49);
+    let sum: f64 = values.iter().map(|x| x.as_f64().unwrap()).sum();
+    let (logit, bias) = (
+        v["map"]["logit"].as_f64().unwrap(),
+        v["map"]["bias"].as_f64().unwrap(),
+    );
+    assert!(
+        (sum - (logit - bias)).abs() < 1e-4 * (1.0 + logit.abs()),
+        "{sum} vs {logit} − {bias}"
+    );
+
+    // features: a grid; a bad layer is a one-line error naming the way out.
+    let grid = dir.path().join("grid.png");
+    ok(&[
+        "features",
+        s(&ball),
+        "--layer",
+        "3",
+        "--channels",
+        "4",
+        "--out",
+        s(&grid),
+    ]);
+    assert!(image::open(&grid).is_ok());
+    assert!(fails(&["features", s(&ball), "--layer", "999", "--out", s(&grid)]).contains("--list"));
+
+    // dream: seeded, so two runs write the same bytes; JPEG output is refused.
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    for out in [&a, &b] {
+        ok(&[
+            "dream",
+            "--head",
+            s(&head),
+            "--class",
+            "block",
+            "--steps",
+            "2",
+            "--out",
+            s(out),
+        ]);
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(
+        fails(&[
+            "dream",
+            "--head",
+            s(&head),
+            "--class",
+            "block",
+            "--out",
+            "x.jpg"
+        ])
+        .contains(".png")
+    );
+
+    // attack: the written PNG stays within the budget of the original's pixels.
+    let adv = dir.path().join("adv.png");
+    let out = ok(&[
+        "attack",
+        s(&ball),
+        "--head",
+        s(&head),
+        "--target",
+        "ring",
+        "--eps",
+        "3",
+        "--steps",
+        "5",
+        "--out",
+        s(&adv),
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let orig = image::open(&ball).unwrap().to_rgb8();
+    let new = image::open(&adv).unwrap().to_rgb8();
+    assert_eq!(orig.dimensions(), new.dimensions());
+    let linf = orig
+        .as_raw()
+        .iter()
+        .zip(new.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(
+        linf <= 3 && u64::from(linf) == r["linf"].as_u64().unwrap(),
+        "{linf} {r}"
+    );
+    // A head trained on int8 is refused for gradients, with the fix.
+    let h8 = dir.path().join("int8.head");
+    ok(&["train", s(&d), "--out", s(&h8), "--val-split", "0"]);
+    assert!(
+        fails(&["dream", "--head", s(&h8), "--class", "ball", "--out", s(&a)])
+            .contains("--precision f32")
+    );
 }

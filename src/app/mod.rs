@@ -42,6 +42,8 @@ macro_rules! out_part {
 }
 
 mod bench;
+// `explain`, `features`, `dream`, `attack`: their glue.
+mod inspect_cmds;
 
 /// Version of tract this build is pinned to (Cargo.toml pins `=0.23.9`).
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -59,6 +61,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => cmd_run(g, a),
         Command::Doctor(a) => cmd_doctor(g, a),
         Command::Dataset { action } => cmd_dataset(g, action),
+        Command::Explain(a) => inspect_cmds::explain(g, a),
+        Command::Features(a) => inspect_cmds::features(g, a),
+        Command::Dream(a) => inspect_cmds::dream(g, a),
+        Command::Attack(a) => inspect_cmds::attack(g, a),
         Command::Synth(a) => cmd_synth(a),
     }
 }
