@@ -298,6 +298,9 @@ impl fmt::Display for BackboneId {
             write!(f, ", {px} px")?;
         }
         f.write_str(")")
+    }
+}
+
 /// The last feature map of the network, before its global average pool: `h × w` positions of
 /// `c` channels, stored `[h][w][c]` (the pooled embedding is its mean over positions).
 #[derive(Debug, Clone, PartialEq)]
@@ -843,7 +846,15 @@ impl Embedder {
         height: usize,
     ) -> Result<(Vec<f32>, FeatureMap), ModelError> {
         self.preprocess(rgb, width, height);
-        self.backbone.run_tensor_with_map(&self.input)
+        let view = self
+            .input
+            .to_plain_array_view::<f32>()
+            .map_err(|e| self.backbone.tract_err(e))?;
+        let x = view.as_slice().ok_or_else(|| ModelError::Tract {
+            path: self.backbone.path.clone(),
+            message: "input buffer is not contiguous".into(),
+        })?;
+        self.backbone.run_tensor_with_map(x)
     }
 
     /// Preprocess and embed one packed RGB8 frame.

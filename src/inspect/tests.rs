@@ -26,8 +26,7 @@ fn random_head(classes: usize, seed: u64) -> Head {
         weights: (0..dim * classes).map(|_| r.normal() * 0.05).collect(),
         bias: vec![0.0; classes],
         threshold: 0.5,
-        backbone_sha256: String::new(),
-        precision: "f32".into(),
+        backbone: Default::default(),
         info: Default::default(),
     }
 }

@@ -206,9 +206,6 @@ pub enum Kernel {
     /// depthwise: `smlal` on widened activations; stem: `fmla`).
     #[serde(rename = "neon")]
     Neon,
-    /// teachcam's aarch64 1×1 kernel on `sdot`.
-    #[serde(rename = "neon-dot")]
-    NeonDot,
     /// A tract-linalg int8 matrix-multiply micro-kernel (1×1 only), by its tract name.
     #[serde(rename = "tract")]
     Tract(&'static str),
@@ -225,7 +222,6 @@ impl Kernel {
             Kernel::Avx2 => "avx2".into(),
             Kernel::Vnni => "vnni".into(),
             Kernel::Neon => "neon".into(),
-            Kernel::NeonDot => "neon-dot".into(),
             Kernel::Tract(n) => format!("tract:{n}"),
             Kernel::TractOps => "tract-ops".into(),
         }
@@ -243,7 +239,6 @@ impl Kernel {
             (Kernel::Vnni, Layer::Pointwise) => x86 && cpu.vnni(),
             (Kernel::Neon, Layer::Depthwise) => a64 || a32,
             (Kernel::Neon, _) => a64,
-            (Kernel::NeonDot, Layer::Pointwise) => a64 && cpu.dotprod,
             (Kernel::Tract(name), Layer::Pointwise) => TRACT_KERNELS
                 .iter()
                 .any(|t| t.name == name && t.runs_on(cpu)),
@@ -492,7 +487,6 @@ pub fn parse_kernel(name: &str) -> Result<Kernel, String> {
         "avx2" => Kernel::Avx2,
         "vnni" => Kernel::Vnni,
         "neon" => Kernel::Neon,
-        "neon-dot" => Kernel::NeonDot,
         "tract-ops" => Kernel::TractOps,
         other => match other.strip_prefix("tract:") {
             Some(t) => Kernel::Tract(
@@ -514,7 +508,6 @@ pub fn runnable_kernels(layer: Layer, cpu: &Cpu) -> Vec<Kernel> {
         Kernel::Avx2,
         Kernel::Vnni,
         Kernel::Neon,
-        Kernel::NeonDot,
         Kernel::TractOps,
     ];
     all.extend(TRACT_KERNELS.iter().map(|t| Kernel::Tract(t.name)));
@@ -622,7 +615,6 @@ mod tests {
             Kernel::Avx2,
             Kernel::Vnni,
             Kernel::Neon,
-            Kernel::NeonDot,
             Kernel::TractOps,
             Kernel::Tract("arm64simd_mmm_i32_8x8"),
         ] {

@@ -167,11 +167,10 @@ pub struct NeonPointwise {
 }
 
 impl NeonPointwise {
-    /// Pack `w` (`[n][k]`); `bias` is folded for raw `u8` activations. `None` for the
-    /// dot-product kernel (not built: tract-linalg's is used there) or when a weight is -128
-    /// (two products could then overflow an `i16` lane).
+    /// Pack `w` (`[n][k]`); `bias` is folded for raw `u8` activations. `None` when a weight
+    /// is -128 (two products could then overflow an `i16` lane). Cores with the dot product
+    /// use tract-linalg's SDOT kernel instead (README, "Kernel choice").
     pub fn new(
-        dot: bool,
         n: usize,
         k: usize,
         w: &[i8],
@@ -179,7 +178,7 @@ impl NeonPointwise {
         scale: &[f32],
         y_zero: i32,
     ) -> Option<Self> {
-        if dot || n == 0 || k == 0 || w.contains(&i8::MIN) {
+        if n == 0 || k == 0 || w.contains(&i8::MIN) {
             return None;
         }
         assert!(w.len() == n * k && bias.len() == n && scale.len() == n);

@@ -119,17 +119,9 @@ impl Pointwise {
                     .ok_or_else(unavailable)?,
             ),
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon | Kernel::NeonDot => Imp::Neon(
-                super::neon::NeonPointwise::new(
-                    kernel == Kernel::NeonDot,
-                    p.n,
-                    p.k,
-                    p.w,
-                    &bias,
-                    p.scale,
-                    p.y_zero,
-                )
-                .ok_or_else(unavailable)?,
+            Kernel::Neon => Imp::Neon(
+                super::neon::NeonPointwise::new(p.n, p.k, p.w, &bias, p.scale, p.y_zero)
+                    .ok_or_else(unavailable)?,
             ),
             Kernel::Tract(name) => {
                 let mk = MicroKernel::find(name).ok_or_else(unavailable)?;
