@@ -234,33 +234,20 @@ impl A32Depthwise {
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
         let g = &self.geom;
         let c = g.c;
-        let (oh, ow) = g.out_size(h, w).expect("input smaller than the kernel");
         let taps = g.taps();
-        assert!(x.len() == h * w * c && out.len() == oh * ow * c);
-        assert!(
-            c.is_multiple_of(8)
-                && self.w.len() == taps * c
-                && self.bias.len() == c
-                && self.scale.len() == c
-                && self.pad.len() == c
+        assert!(c.is_multiple_of(8));
+        let (oh, ow) = g.checked_run(
+            x,
+            (h, w),
+            out,
+            (self.w.len(), taps * c),
+            &[self.bias.len(), self.scale.len(), self.pad.len()],
         );
-        let (kh, kw) = g.kernel;
         let mut rows: Vec<*const u8> = vec![self.pad.as_ptr(); taps];
         let k = consts(self.y_zero);
         for oy in 0..oh {
             for ox in 0..ow {
-                for ky in 0..kh {
-                    let iy = (oy * g.stride.0 + ky) as isize - g.pads[0] as isize;
-                    for kx in 0..kw {
-                        let ix = (ox * g.stride.1 + kx) as isize - g.pads[1] as isize;
-                        let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
-                        rows[ky * kw + kx] = if inside {
-                            x[(iy as usize * w + ix as usize) * c..][..c].as_ptr()
-                        } else {
-                            self.pad.as_ptr()
-                        };
-                    }
-                }
+                g.tap_rows(x, (h, w), (oy, ox), &self.pad, |t, r| rows[t] = r.as_ptr());
                 let dst = &mut out[(oy * ow + ox) * c..][..c];
                 let args = DwArgs {
                     rows: rows.as_ptr(),

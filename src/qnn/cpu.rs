@@ -595,8 +595,15 @@ mod tests {
     #[test]
     fn forcing_a_kernel_names_the_layer_and_checks_it_can_run() {
         let cpu = x86(true, false);
-        let f = forced("depthwise=portable, pointwise=avx2", Layer::Pointwise, &cpu).unwrap();
-        assert_eq!(f.unwrap().kernel, Kernel::Avx2);
+        let f = forced("depthwise=avx2, pointwise=portable", Layer::Pointwise, &cpu).unwrap();
+        assert_eq!(f.unwrap().kernel, Kernel::Portable);
+        // A faked x86 CPU's SIMD kernels exist only in an x86-64 build.
+        let avx2 = forced("pointwise=avx2", Layer::Pointwise, &cpu);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(avx2.unwrap().unwrap().kernel, Kernel::Avx2);
+        } else {
+            assert!(avx2.is_err());
+        }
         assert_eq!(
             forced("depthwise=portable", Layer::Pointwise, &cpu),
             Ok(None)

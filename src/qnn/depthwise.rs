@@ -44,6 +44,54 @@ impl DwGeom {
         self.kernel.0 * self.kernel.1
     }
 
+    /// Output size of a run on `x` (`[h][w][c]`) into `out`, after checking every length a
+    /// kernel's unsafe code relies on: `x` and `out` hold whole images, the weights `weights`
+    /// values, and each per-channel array (`bias`, `scale`, pad row, …) `c` values.
+    /// Panics otherwise (a caller's bug, never input: shapes are checked at load).
+    pub fn checked_run(
+        &self,
+        x: &[u8],
+        (h, w): (usize, usize),
+        out: &[u8],
+        (weights, expected_weights): (usize, usize),
+        per_channel: &[usize],
+    ) -> (usize, usize) {
+        let c = self.c;
+        let (oh, ow) = self.out_size(h, w).expect("input smaller than the kernel");
+        assert!(x.len() == h * w * c && out.len() == oh * ow * c);
+        assert!(weights == expected_weights && per_channel.iter().all(|&n| n == c));
+        (oh, ow)
+    }
+
+    /// The input row (`c` values) each tap of output pixel `(oy, ox)` reads, tap by tap in
+    /// `[ky][kx]` order: a slice of `x` (`[h][w][c]`), or `pad` where the tap falls in the
+    /// padding. The SIMD kernels keep these as row pointers.
+    pub fn tap_rows<'a>(
+        &self,
+        x: &'a [u8],
+        (h, w): (usize, usize),
+        (oy, ox): (usize, usize),
+        pad: &'a [u8],
+        mut put: impl FnMut(usize, &'a [u8]),
+    ) {
+        let (c, (kh, kw)) = (self.c, self.kernel);
+        for ky in 0..kh {
+            let iy = (oy * self.stride.0 + ky) as isize - self.pads[0] as isize;
+            for kx in 0..kw {
+                let ix = (ox * self.stride.1 + kx) as isize - self.pads[1] as isize;
+                let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
+                put(
+                    ky * kw + kx,
+                    if inside {
+                        &x[(iy as usize * w + ix as usize) * c..][..c]
+                    } else {
+                        pad
+                    },
+                );
+            }
+        }
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.c == 0 || self.taps() == 0 || self.stride.0 == 0 || self.stride.1 == 0 {
             return Err(format!("depthwise layer with an empty shape: {self:?}"));

@@ -86,34 +86,21 @@ impl NeonDepthwise {
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
         let g = &self.geom;
         let c = g.c;
-        let (oh, ow) = g.out_size(h, w).expect("input smaller than the kernel");
         let taps = g.taps();
-        assert!(x.len() == h * w * c && out.len() == oh * ow * c);
-        assert!(
-            self.w.len() == taps * c
-                && self.bias.len() == c
-                && self.scale.len() == c
-                && self.pad.len() == c
+        let (oh, ow) = g.checked_run(
+            x,
+            (h, w),
+            out,
+            (self.w.len(), taps * c),
+            &[self.bias.len(), self.scale.len(), self.pad.len()],
         );
-        let (kh, kw) = g.kernel;
         let mut rows: Vec<&[u8]> = vec![&self.pad; taps];
         let lo = -self.y_zero;
         let hi = 255 - self.y_zero;
         let blocks = c / 8;
         for oy in 0..oh {
             for ox in 0..ow {
-                for ky in 0..kh {
-                    let iy = (oy * g.stride.0 + ky) as isize - g.pads[0] as isize;
-                    for kx in 0..kw {
-                        let ix = (ox * g.stride.1 + kx) as isize - g.pads[1] as isize;
-                        let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
-                        rows[ky * kw + kx] = if inside {
-                            &x[(iy as usize * w + ix as usize) * c..][..c]
-                        } else {
-                            &self.pad
-                        };
-                    }
-                }
+                g.tap_rows(x, (h, w), (oy, ox), &self.pad, |t, r| rows[t] = r);
                 let dst = &mut out[(oy * ow + ox) * c..][..c];
                 // SAFETY: every row in `rows` and `dst` has c bytes, `w` has taps * c values,
                 // `bias` and `scale` c values (asserted above), and b * 8 + 8 <= c.

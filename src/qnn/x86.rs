@@ -457,15 +457,14 @@ impl Avx2Depthwise {
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
         let g = &self.geom;
         let c = g.c;
-        let (oh, ow) = g.out_size(h, w).expect("input smaller than the kernel");
         let pairs = g.taps().div_ceil(2);
-        assert!(x.len() == h * w * c && out.len() == oh * ow * c);
-        assert!(
-            c.is_multiple_of(16)
-                && self.w.len() == pairs * (c / 16) * 32
-                && self.bias.len() == c
-                && self.scale.len() == c
-                && self.pad.len() == c
+        assert!(c.is_multiple_of(16));
+        let (oh, ow) = g.checked_run(
+            x,
+            (h, w),
+            out,
+            (self.w.len(), pairs * (c / 16) * 32),
+            &[self.bias.len(), self.scale.len(), self.pad.len()],
         );
         // SAFETY: AVX2 was detected at construction; every length the kernel relies on is
         // asserted above.
@@ -488,8 +487,7 @@ unsafe fn dw_avx2(
 ) {
     let g = &p.geom;
     let c = g.c;
-    let (kh, kw) = g.kernel;
-    let taps = kh * kw;
+    let taps = g.taps();
     let pairs = taps.div_ceil(2);
     let blocks = c / 16;
     let lo = _mm256_set1_ps(-p.y_zero as f32);
@@ -500,18 +498,7 @@ unsafe fn dw_avx2(
     let mut ptrs = vec![p.pad.as_ptr(); pairs * 2];
     for oy in 0..oh {
         for ox in 0..ow {
-            for ky in 0..kh {
-                let iy = (oy * g.stride.0 + ky) as isize - g.pads[0] as isize;
-                for kx in 0..kw {
-                    let ix = (ox * g.stride.1 + kx) as isize - g.pads[1] as isize;
-                    let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
-                    ptrs[ky * kw + kx] = if inside {
-                        x[(iy as usize * w + ix as usize) * c..][..c].as_ptr()
-                    } else {
-                        p.pad.as_ptr()
-                    };
-                }
-            }
+            g.tap_rows(x, (h, w), (oy, ox), &p.pad, |t, r| ptrs[t] = r.as_ptr());
             let dst = out[(oy * ow + ox) * c..][..c].as_mut_ptr();
             for b in 0..blocks {
                 // SAFETY: every pointer in `ptrs` starts a row of c readable bytes and
