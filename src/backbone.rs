@@ -60,10 +60,11 @@ impl Precision {
         Precision::Int8,
     ];
 
-    /// The default precision for a CPU with `cpu`'s features, and why: `int8` wherever
-    /// teachcam has SIMD kernels for every int8 layer type (measured faster than tract's float
-    /// path there: README, "Kernel choice"), else `f32` (tract's float kernels, which have
-    /// SIMD for every target, while int8 would run portable loops).
+    /// The default precision for a CPU with `cpu`'s features, and why: `int8` where its kernels
+    /// measured faster than tract's float path (x86-64 with AVX2, aarch64 with the dot
+    /// product, armv7 with NEON: README, "Kernel choice per CPU"), else `f32` (aarch64 without
+    /// the dot product, where int8 measured no faster, and CPUs where int8 would run portable
+    /// loops).
     pub fn for_cpu(cpu: &crate::qnn::cpu::Cpu) -> (Precision, &'static str) {
         use crate::qnn::cpu::Arch;
         match cpu.arch {
@@ -71,9 +72,13 @@ impl Precision {
                 Precision::Int8,
                 "x86-64 with AVX2: teachcam's int8 kernels (VNNI or vpmaddwd) beat tract's float path",
             ),
-            Arch::Aarch64 => (
+            Arch::Aarch64 if cpu.dotprod => (
                 Precision::Int8,
-                "aarch64: teachcam's NEON and tract-linalg's int8 kernels beat tract's float path",
+                "aarch64 with the dot product: tract-linalg's sdot kernel and teachcam's NEON depthwise beat tract's float path",
+            ),
+            Arch::Aarch64 => (
+                Precision::F32,
+                "aarch64 without the dot product (Cortex-A72/A57): the best int8 kernels measured no faster than tract's float path",
             ),
             Arch::Arm if cpu.neon => (
                 Precision::Int8,
@@ -910,8 +915,8 @@ mod tests {
         );
         assert_eq!(
             with(Arch::Aarch64, &|_| {}),
-            Precision::Int8,
-            "Pi 4 / Jetson Nano"
+            Precision::F32,
+            "Pi 4 / Jetson Nano: no dot product"
         );
         assert_eq!(
             with(Arch::Aarch64, &|c| c.dotprod = true),
