@@ -699,6 +699,9 @@ mod tests {
             "[model]",
             "dir",
             "precision",
+            "[http]",
+            "enabled",
+            "listen",
         ] {
             assert!(
                 text.contains(key),

@@ -191,6 +191,27 @@ fn web_every_route_refuses_without_auth_and_login_sets_a_strict_cookie() {
         );
     }
 
+    // `teachcam doctor` prints the same login URL.
+    let out = Command::new(env!("CARGO_BIN_EXE_teachcam"))
+        .args([
+            "doctor",
+            "--camera",
+            "synthetic",
+            "--http",
+            "127.0.0.1:8088",
+            "--state",
+        ])
+        .arg(&d.state)
+        .env_remove("TEACHCAM_MODELS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("log in at http://127.0.0.1:8088/login?token={}", d.token);
+    assert!(
+        text.contains(&want),
+        "doctor did not print the URL:\n{text}"
+    );
+
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(d.state.join("http-token"))
@@ -274,8 +295,14 @@ fn web_api_teaches_curates_and_reports() {
     assert!(head.contains("content-type: image/jpeg"));
     assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
     assert_eq!(get(&d, "/api/samples/999999/thumb", &b).0, 404);
-    let (status, _, jpeg) = get(&d, "/api/snapshot.jpg", &b);
+    let (status, head, jpeg) = get(&d, "/api/snapshot.jpg", &b);
     assert_eq!((status, &jpeg[..2]), (200, &[0xff, 0xd8][..]));
+    assert!(
+        ["ball", "block", "ring"]
+            .iter()
+            .any(|k| head.contains(&format!("x-frame-tag: {k}\r\n"))),
+        "{head}"
+    );
     let mut s = TcpStream::connect(d.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n{b}\r\n").unwrap();

@@ -384,8 +384,15 @@ fn route(s: &Shared, req: &Request) -> Response {
         }
         "/api/health" => Response::json(200, &health(s)),
         "/metrics" => Response::new(200, "text/plain; version=0.0.4", metrics(s)),
-        "/api/snapshot.jpg" => match latest_jpeg(s) {
-            Some((_, jpeg)) => Response::new(200, "image/jpeg", jpeg.as_slice()),
+        "/api/snapshot.jpg" => match s.hub.latest_frame() {
+            Some((version, frame)) => match jpeg_of(s, version, &frame) {
+                // The frame's tag (scene kind, file name) lets tests and scripts know what
+                // the camera showed.
+                Some((_, jpeg)) => Response::new(200, "image/jpeg", jpeg.as_slice())
+                    .with("X-Frame-Tag", frame.tag.clone())
+                    .with("X-Frame-Version", version.to_string()),
+                None => Response::error(500, "cannot encode the frame"),
+            },
             None => Response::error(503, "no frame yet"),
         },
         _ => match sample_thumb_id(path) {
@@ -545,12 +552,7 @@ fn outcome(e: &Event, id: u64) -> Option<Response> {
     })
 }
 
-/// The newest frame as JPEG (encoded once per frame, on the first viewer's thread).
-fn latest_jpeg(s: &Shared) -> Option<(u64, Arc<Vec<u8>>)> {
-    let (version, frame) = s.hub.latest_frame()?;
-    jpeg_of(s, version, &frame)
-}
-
+/// The JPEG of frame `version` (encoded once per frame, on the first viewer's thread).
 fn jpeg_of(s: &Shared, version: u64, frame: &Frame) -> Option<(u64, Arc<Vec<u8>>)> {
     let mut cache = s.jpeg.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((v, j)) = cache.as_ref()
