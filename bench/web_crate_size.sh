@@ -6,6 +6,8 @@
 #   axum   axum 0.8 (http1 only) on tokio's current-thread runtime
 # Prints stripped size and RSS after one request (host only). Run under the build lock:
 #   flock /tmp/cargo-build.lock bench/web_crate_size.sh [TARGET_TRIPLE]
+# A board triple (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf) needs cargo-zigbuild
+# on PATH (make setup puts it in .venv-cross/bin).
 # Each crate gets its own target dir under target/web-crate-size.
 set -eu
 root=$(pwd)/target/web-crate-size
