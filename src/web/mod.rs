@@ -252,7 +252,11 @@ fn take_slot(counter: &AtomicUsize, max: usize) -> Option<Slot<'_>> {
 
 fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
     for conn in listener.incoming() {
-        let Ok(mut stream) = conn else { continue };
+        let Ok(mut stream) = conn else {
+            // Out of file descriptors or the like: back off instead of spinning.
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
         if shared.connections.load(Ordering::Acquire) >= shared.limits.max_connections {
             // Refused from this thread with a short write timeout: a client that does not
             // read cannot hold the acceptor for long.
