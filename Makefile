@@ -11,6 +11,8 @@
 #   make cross    board binaries in dist/ (aarch64 and armv7, glibc 2.27), checked
 #   make test-arm unit tests and the smoke test for aarch64 and armv7 under qemu-user
 #   make deploy BOARD=user@host [NO_SERVICE=1]   install on a board;  make rollback BOARD=...
+#   make bench-web  what the web console costs the loop: 3 stream viewers + 20 API req/s
+#                 (WEB_BENCH_SECONDS per phase), RSS growth, 500 idle connections
 #   make soak     10-minute memory run of the appliance loop
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency per variant with cosine and accuracy, thread
@@ -36,7 +38,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web test-browser soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean test-arm-armv7-unit
 
 all: build
@@ -64,7 +66,7 @@ run: build
 	cat $(RUN_STATE)/status.json; echo
 
 test: setup
-	$(MAKE) test-host test-deploy test-icount test-arm-aarch64 test-arm-armv7-unit
+	$(MAKE) test-host test-browser test-deploy test-icount test-arm-aarch64 test-arm-armv7-unit
 
 # armv7 unit tests under qemu (the int8 kernels' exactness fixtures among them); the full
 # armv7 build check and smoke test are `make test-arm-armv7`.
@@ -80,6 +82,10 @@ HOST_BIN := $(CARGO_OUT)/debug/teachcam
 
 host-debug: setup-host
 	$(CARGO) build --locked
+
+# The web console in headless chromium over WebDriver; screenshots in target/ (about 40 s).
+test-browser: host-debug
+	python3 tests/browser.py $(HOST_BIN) target
 
 test-deploy: host-debug
 	tests/deploy.sh $(HOST_BIN)
@@ -166,6 +172,11 @@ bench-daemon: build
 # README's "Looking inside" figures (dream, attack table, explain on real photos; ../shared/data).
 inspect-figures: build
 	python3 bench/inspect_figures.py --teachcam $(BIN) --data $(DATA)
+
+WEB_BENCH_SECONDS ?= 60
+bench-web: build
+	python3 bench/web_bench.py --teachcam $(BIN) --seconds $(WEB_BENCH_SECONDS) \
+		--json-out target/bench-web.json
 
 soak: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \

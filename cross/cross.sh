@@ -90,6 +90,7 @@ apt_install() {
 case "${1:-}" in
 setup-host)
     apt_install libclang-dev
+    apt_install chromium chromium-driver # the web console's browser test (tests/browser.py)
     ;;
 setup)
     apt_install libclang-dev clang qemu-user gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \

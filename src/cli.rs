@@ -78,6 +78,9 @@ pub struct RunArgs {
     /// Confidence below which the answer is "unknown" [default: 0.5].
     #[arg(long)]
     pub threshold: Option<Threshold>,
+    /// Serve the web console on ADDRESS:PORT (overrides `[http]`; port 0 picks a free one).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// `dataset` subcommands.

@@ -98,6 +98,24 @@ pub struct ModelSection {
     pub input_size: Option<usize>,
 }
 
+/// `[http]`: the web console (issue 13).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Serve the console (default: true when the section is present).
+    pub enabled: Option<bool>,
+    /// Address and port to listen on (default [`DEFAULT_HTTP_LISTEN`]; `127.0.0.1:PORT` for
+    /// an ssh tunnel only).
+    pub listen: Option<String>,
+}
+
+/// Where the console listens by default: every interface, port 8088 (8080 is mjpg-streamer's,
+/// 8000 picamera2's example, 4912 Edge Impulse's: a board may run one of those as its camera).
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8088";
+
+/// The console's access token, in the state directory (mode 0600).
+pub const HTTP_TOKEN_FILE: &str = "http-token";
+
 /// The file as written (every key optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,6 +142,8 @@ pub struct ConfigFile {
     /// `[model]`.
     #[serde(default)]
     pub model: ModelSection,
+    /// `[http]` (absent: no web console unless `--http` is given).
+    pub http: Option<HttpSection>,
 }
 
 impl ConfigFile {
@@ -402,6 +422,8 @@ pub struct RunConfig {
     pub precision: Precision,
     /// Model input side in pixels.
     pub input_size: InputSize,
+    /// Where the web console listens (`None`: no console).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Flags given on the command line (each overrides the file); already checked by their types.
@@ -427,6 +449,8 @@ pub struct Overrides {
     pub precision: Option<Precision>,
     /// `--input-size`.
     pub input_size: Option<InputSize>,
+    /// `--http`.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Default state directory.
@@ -533,6 +557,17 @@ impl RunConfig {
             models: cli.models.or(f.model.dir),
             precision,
             input_size,
+            http: match (cli.http, &f.http) {
+                (Some(a), _) => Some(a),
+                (None, Some(h)) if h.enabled != Some(false) => Some(
+                    h.listen
+                        .as_deref()
+                        .unwrap_or(DEFAULT_HTTP_LISTEN)
+                        .parse()
+                        .map_err(|e| bad("http.listen", format!("is not ADDRESS:PORT ({e})")))?,
+                ),
+                _ => None,
+            },
         };
 
         // What no single value's type can check: names, and values that depend on others.
@@ -664,6 +699,9 @@ mod tests {
             "[model]",
             "dir",
             "precision",
+            "[http]",
+            "enabled",
+            "listen",
         ] {
             assert!(
                 text.contains(key),
@@ -738,6 +776,29 @@ mod tests {
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE));
         assert_eq!(c.precision, Precision::default());
         assert_eq!(c.smoothing, Smoothing::DEFAULT);
+    }
+
+    #[test]
+    fn http_console_is_off_without_a_section_and_on_with_one() {
+        let p = Path::new("c.toml");
+        let r = |text: &str| {
+            RunConfig::resolve(Some((p, ConfigFile::parse(text, p)?)), Overrides::default())
+        };
+        assert_eq!(r("").unwrap().http, None);
+        assert_eq!(
+            r("[http]\n").unwrap().http,
+            Some(DEFAULT_HTTP_LISTEN.parse().unwrap())
+        );
+        assert_eq!(r("[http]\nenabled = false\n").unwrap().http, None);
+        assert_eq!(
+            r("[http]\nlisten = \"127.0.0.1:9000\"\n").unwrap().http,
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        let e = r("[http]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http.listen"), "{e}");
+        assert!(r("[http]\nport = 1\n").is_err(), "unknown keys are errors");
     }
 
     #[test]

@@ -537,5 +537,45 @@ pub fn diagnose(config: Result<RunConfig, String>) -> Report {
     check_cameras(&mut r, &c);
     check_gpio(&mut r, &c);
     check_state(&mut r, &c, sha.as_deref());
+    check_http(&mut r, &c);
     r
+}
+
+/// The web console: where it listens and its login URL (the token is made at the first
+/// `run`; doctor only reads it).
+fn check_http(r: &mut Report, c: &RunConfig) {
+    let Some(addr) = c.http else {
+        r.push(
+            "http",
+            Status::Note,
+            "web console off (add an [http] section to the config)",
+        );
+        return;
+    };
+    let path = c.state_dir.join(crate::config::HTTP_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) => {
+            let host = if addr.ip().is_unspecified() {
+                format!("THIS-BOARD:{}", addr.port())
+            } else {
+                addr.to_string()
+            };
+            r.push(
+                "http",
+                Status::Ok,
+                format!(
+                    "web console on {addr}; log in at http://{host}/login?token={}",
+                    token.trim()
+                ),
+            );
+        }
+        Err(_) => r.push(
+            "http",
+            Status::Note,
+            format!(
+                "web console on {addr}; its token is made at the first `teachcam run` ({})",
+                path.display()
+            ),
+        ),
+    }
 }

@@ -53,3 +53,4 @@ pub mod qnn;
 pub mod rng;
 pub mod session;
 pub mod store;
+pub mod web;

@@ -659,6 +659,7 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
             models: g.models.clone(),
             precision: g.precision,
             input_size: g.input_size,
+            http: a.http,
         },
     )
 }
@@ -688,6 +689,16 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
             )
         })?;
     }
+    // The web console binds (and makes its token) before the slow model load: a taken port
+    // fails at once.
+    let console = match c.http {
+        Some(addr) => Some(crate::web::Console::bind(
+            addr,
+            &c.state_dir,
+            crate::web::Limits::default(),
+        )?),
+        None => None,
+    };
     let backbone = load_backbone_from(c.models.as_deref(), c.precision, c.input_size.get())?;
     // Samples taught with another backbone (the precision or input size changed) are
     // re-embedded from their thumbnails, so what was taught is kept across a model change.
@@ -713,13 +724,30 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         },
     };
     log::info!("camera {}", camera.describe());
-    crate::daemon::run(
+    let mut observers: Vec<crate::daemon::Observer> = Vec::new();
+    if let Some(console) = console {
+        out!("teachcam: web console at {}", console.login_url());
+        let id = backbone.id();
+        let info = crate::web::Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            camera: camera.describe(),
+            model: format!("{} {}px {}", id.precision, c.input_size.get(), id.digest),
+            state_dir: c.state_dir.clone(),
+        };
+        observers.push(Box::new(move |hub| {
+            if let Err(e) = console.start(hub, info) {
+                log::error!("{e}");
+            }
+        }));
+    }
+    crate::daemon::run_with(
         &settings,
         &backbone,
         &mut store,
         camera.as_mut(),
         pins.as_mut(),
         indicator.as_mut(),
+        observers,
     )?;
     Ok(())
 }

@@ -334,6 +334,7 @@ impl<'a> Shell<'a> {
             backbone_us: us(t2, t3),
             head_us: us(t3, Instant::now()),
         };
+        self.hub.stages.record(&stages);
         let tag = frame.tag.clone();
         let frame = Arc::new(frame);
         self.hub.frame.put(Arc::clone(&frame));
@@ -545,6 +546,31 @@ pub fn run(
     buttons: &mut dyn Buttons,
     indicator: &mut dyn Indicator,
 ) -> Result<(), DaemonError> {
+    run_with(
+        settings,
+        backbone,
+        store,
+        camera,
+        buttons,
+        indicator,
+        Vec::new(),
+    )
+}
+
+/// Starts an observer (the web console, MQTT) once the hub exists, before the loop's first
+/// poll. It starts its own threads and must return at once; they end with the process.
+pub type Observer = Box<dyn FnOnce(Arc<Hub>) + Send>;
+
+/// [`run`], with observers started on the hub.
+pub fn run_with(
+    settings: &Settings,
+    backbone: &Backbone,
+    store: &mut Store,
+    camera: &mut dyn FrameSource,
+    buttons: &mut dyn Buttons,
+    indicator: &mut dyn Indicator,
+    observers: Vec<Observer>,
+) -> Result<(), DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(DaemonError::Signals)?;
@@ -581,6 +607,9 @@ pub fn run(
     };
     let session = Session::new(cfg, clock.now_ms(), classes, samples, head);
     let (hub, actions) = Hub::new(store.dir().to_path_buf());
+    for start in observers {
+        start(Arc::clone(&hub));
+    }
     let mut trainer = ThreadTrainer::spawn(id.clone(), settings.threshold, settings.train_budget)
         .map_err(|source| DaemonError::Thread {
         what: "fine-tune",

@@ -7,6 +7,7 @@
 //!   never waits for a viewer; encode JPEGs on the viewer's thread).
 //! - [`Hub::status`], [`Hub::samples`]: cheap snapshots (an `Arc`), refreshed by the loop.
 //! - [`Hub::thumbnail`]: a sample's stored thumbnail, checked against its record's checksum.
+//! - [`Hub::stage_histograms`]: per-stage latency histograms of every embedded frame.
 //! - [`Hub::send`]: an [`Action`], the same type buttons produce; returns the request id that
 //!   the outcome events carry (`CaptureSaved`, `CaptureRefused`, `ActionRefused`, ...).
 //!
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use crate::bus::{Bus, Latest, Subscription};
 use crate::frame::Frame;
-use crate::session::{Action, Event, RequestId, Source, Status};
+use crate::session::{Action, Event, RequestId, Source, Stages, Status};
 use crate::store::{SampleInfo, StoreError};
 
 /// An action on its way to the loop.
@@ -46,12 +47,59 @@ pub struct SampleList {
     pub samples: Vec<SampleInfo>,
 }
 
+/// Upper bounds of the per-stage latency histogram buckets, microseconds (the last is +Inf).
+pub const STAGE_BUCKETS_US: [u64; 12] = [
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    1_000_000,
+    u64::MAX,
+];
+
+/// Per-stage latency histograms of every embedded frame (lock-free: the loop only adds).
+#[derive(Debug, Default)]
+pub struct StageHistograms {
+    counts: [[AtomicU64; STAGE_BUCKETS_US.len()]; 4],
+    sums_us: [AtomicU64; 4],
+}
+
+impl StageHistograms {
+    /// Count one frame's stages (decode, preprocess, backbone, head).
+    pub fn record(&self, s: &Stages) {
+        let times = [s.decode_us, s.preprocess_us, s.backbone_us, s.head_us];
+        for (k, us) in times.into_iter().enumerate() {
+            let b = STAGE_BUCKETS_US
+                .iter()
+                .position(|&hi| us <= hi)
+                .unwrap_or(11);
+            self.counts[k][b].fetch_add(1, Ordering::Relaxed);
+            self.sums_us[k].fetch_add(us, Ordering::Relaxed);
+        }
+    }
+
+    /// Per stage: the count in each bucket (not cumulative) and the sum, microseconds.
+    pub fn snapshot(&self) -> [([u64; STAGE_BUCKETS_US.len()], u64); 4] {
+        std::array::from_fn(|k| {
+            let counts = std::array::from_fn(|b| self.counts[k][b].load(Ordering::Relaxed));
+            (counts, self.sums_us[k].load(Ordering::Relaxed))
+        })
+    }
+}
+
 /// Shared between the loop and its observers (cheap to clone as `Arc<Hub>`).
 pub struct Hub {
     pub(super) bus: Bus<Event>,
     pub(super) frame: Latest<Frame>,
     pub(super) status: Latest<Status>,
     pub(super) samples: Latest<SampleList>,
+    pub(super) stages: StageHistograms,
     actions: Sender<Command>,
     next_request: AtomicU64,
     state_dir: PathBuf,
@@ -67,6 +115,7 @@ impl Hub {
             frame: Latest::new(),
             status: Latest::new(),
             samples: Latest::new(),
+            stages: StageHistograms::default(),
             actions: tx,
             next_request: AtomicU64::new(1),
             state_dir,
@@ -124,8 +173,37 @@ impl Hub {
         request
     }
 
+    /// Per-stage latency histograms of the frames embedded so far.
+    pub fn stage_histograms(&self) -> [([u64; STAGE_BUCKETS_US.len()], u64); 4] {
+        self.stages.snapshot()
+    }
+
     /// A sender for a thread that produces actions of its own (the button thread).
     pub fn sender(&self) -> Sender<Command> {
         self.actions.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_histograms_put_each_time_in_its_bucket() {
+        let h = StageHistograms::default();
+        let s = Stages {
+            decode_us: 100,
+            preprocess_us: 600,
+            backbone_us: 30_000,
+            head_us: 5_000_000,
+        };
+        h.record(&s);
+        h.record(&s);
+        let snap = h.snapshot();
+        assert_eq!(snap[0].0[0], 2);
+        assert_eq!(snap[1].0[2], 2);
+        assert_eq!(snap[2].0[7], 2);
+        assert_eq!(snap[3].0[11], 2);
+        assert_eq!(snap[2].1, 60_000);
     }
 }

@@ -1,0 +1,181 @@
+// teachcam web console. Plain script, no build step. Every change goes through the JSON API,
+// which sends the same actions as the buttons. Data is only ever put into the page as text.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const el = (tag, text) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; return e; };
+let status = null, samplesKey = "", list = { classes: [], samples: [] };
+const FEW = 5; // fewer samples than this in a class: show a hint
+
+async function api(path, body) {
+  const opts = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const r = await fetch(path, opts);
+  let j = {};
+  try { j = await r.json(); } catch (e) { /* not JSON */ }
+  if (r.status === 401) { $("conn").textContent = "logged out: open the login URL again"; }
+  if (!r.ok) throw new Error(j.error || r.statusText);
+  return j;
+}
+function say(text, bad) { const m = $("msg"); m.textContent = text; m.style.color = bad ? "#c22" : "#272"; }
+
+// Live picture: polled JPEG snapshots (default) or the MJPEG stream (#mjpeg).
+function startView() {
+  const img = $("frame");
+  if (location.hash === "#mjpeg") { img.src = "/stream.mjpg"; return; }
+  let n = 0;
+  const next = () => setTimeout(() => { img.src = "/api/snapshot.jpg?n=" + (n++); }, 150);
+  img.onload = () => { img.dataset.frames = String(n); next(); };
+  img.onerror = () => setTimeout(next, 1000);
+  next();
+}
+
+function capture(index, name) {
+  return api("/api/capture", { class: name }).then(
+    (r) => say("saved #" + r.saved.id + " as " + r.saved.label),
+    (e) => say("capture refused: " + e.message, true));
+}
+
+function teachButtons() {
+  const box = $("teach");
+  const names = status.classes;
+  if (box.dataset.key === names.join("\n")) return;
+  box.dataset.key = names.join("\n");
+  box.replaceChildren();
+  names.forEach((name, i) => {
+    const b = el("button", name);
+    b.type = "button";
+    b.dataset.class = name;
+    let timer = null, held = false;
+    const stop = () => { clearInterval(timer); timer = null; b.classList.remove("busy"); };
+    b.addEventListener("pointerdown", (ev) => {
+      ev.preventDefault();
+      held = false;
+      b.classList.add("busy");
+      // Held for 500 ms: a capture every 250 ms until released (a burst).
+      timer = setTimeout(() => { held = true; capture(i, name); timer = setInterval(() => capture(i, name), 250); }, 500);
+    });
+    b.addEventListener("pointerup", () => { const wasHeld = held; stop(); if (!wasHeld) capture(i, name); });
+    b.addEventListener("pointerleave", stop);
+    b.addEventListener("contextmenu", (ev) => ev.preventDefault());
+    box.append(b);
+  });
+}
+
+function classTable() {
+  const tb = $("classtable").tBodies[0];
+  tb.replaceChildren();
+  const few = [];
+  for (const name of status.classes) {
+    const n = status.samples_per_class[name] || 0;
+    if (n < FEW) few.push(name + " (" + n + ")");
+    const tr = el("tr");
+    tr.append(el("td", name), el("td", String(n)));
+    const td = el("td");
+    const ren = el("button", "rename"); ren.type = "button";
+    ren.onclick = () => { const to = prompt("New name for " + name, name); if (to && to !== name) api("/api/classes/rename", { from: name, to }).then(() => say("renamed"), (e) => say(e.message, true)); };
+    const rem = el("button", "remove"); rem.type = "button";
+    rem.onclick = () => { if (confirm("Remove " + name + " and its " + n + " samples?")) api("/api/classes/remove", { name }).then(() => say("removed " + name), (e) => say(e.message, true)); };
+    td.append(ren, " ", rem);
+    tr.append(td);
+    tb.append(tr);
+  }
+  $("hint").textContent = few.length ? "Too few samples to learn well (aim for " + FEW + "+ each, in different positions): " + few.join(", ") : "";
+}
+
+function learning() {
+  const box = $("learn");
+  box.replaceChildren();
+  const h = status.head;
+  const dl = el("dl");
+  const add = (k, v) => dl.append(el("dt", k), el("dd", v));
+  add("samples", String(status.samples));
+  add("head", h ? "version " + status.head_version + " (" + h.kind + ")" : "none yet: teach at least one class");
+  if (h) add("held-out accuracy", h.holdout_accuracy == null ? "not enough samples to hold some out" : (100 * h.holdout_accuracy).toFixed(1) + " %");
+  const ft = status.last_fine_tune;
+  add("last fine-tune", ft ? ft.result + " " + Math.round((status.uptime_s * 1000 - ft.at_ms) / 1000) + " s ago" : "none yet");
+  box.append(dl);
+  const t = $("confusion");
+  t.replaceChildren();
+  if (h && h.confusion) {
+    t.append(el("caption", "held-out confusion (rows: true class, columns: predicted)"));
+    const hr = el("tr"); hr.append(el("th", ""));
+    h.classes.forEach((c) => hr.append(el("th", c)));
+    t.append(hr);
+    h.confusion.forEach((row, i) => {
+      const tr = el("tr"); tr.append(el("th", h.classes[i]));
+      row.forEach((n, j) => { const td = el("td", String(n)); if (n && i !== j) td.style.color = "#c22"; tr.append(td); });
+      t.append(tr);
+    });
+  }
+}
+
+function fillSelect(sel, names) {
+  const keep = sel.value;
+  sel.replaceChildren(...names.map((n) => { const o = el("option", n); o.value = n; return o; }));
+  if (names.includes(keep)) sel.value = keep;
+}
+
+async function refreshSamples() {
+  list = await api("/api/samples");
+  fillSelect($("galclass"), list.classes);
+  fillSelect($("relabelto"), list.classes);
+  gallery();
+}
+
+function gallery() {
+  const box = $("thumbs");
+  const cls = $("galclass").value;
+  box.replaceChildren();
+  for (const s of list.samples.filter((s) => s.label === cls).reverse()) {
+    const l = el("label");
+    const cb = el("input"); cb.type = "checkbox"; cb.value = String(s.id);
+    const img = el("img"); img.loading = "lazy"; img.src = "/api/samples/" + s.id + "/thumb"; img.alt = "sample " + s.id; img.dataset.id = String(s.id);
+    l.append(cb, img);
+    box.append(l);
+  }
+}
+const selected = () => [...$("thumbs").querySelectorAll("input:checked")].map((c) => Number(c.value));
+
+async function health() {
+  const h = await api("/api/health");
+  const dl = $("healthlist");
+  dl.replaceChildren();
+  const add = (k, v) => dl.append(el("dt", k), el("dd", v == null ? "–" : String(v)));
+  add("camera", (h.camera || "?") + " · " + h.camera_source);
+  add("model", h.model);
+  add("uptime", h.uptime_s + " s");
+  add("memory (RSS)", h.rss_bytes == null ? null : (h.rss_bytes / 1048576).toFixed(1) + " MiB");
+  add("disk free", h.disk_free_bytes == null ? null : (h.disk_free_bytes / 1073741824).toFixed(2) + " GiB");
+  add("errors", Object.entries(h.errors || {}).filter(([, n]) => n).map(([k, n]) => k + " " + n).join(", ") || "none");
+  add("last error", h.last_error);
+  add("version", h.version);
+}
+
+async function tick() {
+  try {
+    status = await api("/api/status");
+    $("conn").textContent = "";
+    const a = $("answer");
+    a.textContent = status.class;
+    a.classList.toggle("unknown", status.class === "unknown");
+    $("conf").textContent = (100 * status.confidence).toFixed(0) + " %";
+    $("meta").textContent = status.fps.toFixed(1) + " fps · head v" + status.head_version + " · camera " + status.camera;
+    teachButtons();
+    classTable();
+    learning();
+    const key = status.samples + "|" + status.classes.join(",") + "|" + status.head_version;
+    if (key !== samplesKey) { samplesKey = key; await refreshSamples(); }
+  } catch (e) {
+    $("conn").textContent = "no answer: " + e.message;
+  }
+}
+
+$("undo").onclick = () => api("/api/undo", {}).then((r) => say("removed #" + r.undone.id), (e) => say(e.message, true));
+$("addform").onsubmit = (ev) => { ev.preventDefault(); const name = $("newclass").value.trim(); api("/api/classes/add", { name }).then(() => { say("added " + name); $("newclass").value = ""; }, (e) => say(e.message, true)); };
+$("galclass").onchange = gallery;
+$("delsel").onclick = () => { const ids = selected(); if (ids.length) api("/api/samples/delete", { ids }).then((r) => { say("deleted " + r.deleted.length); samplesKey = ""; }, (e) => say(e.message, true)); };
+$("relabel").onclick = () => { const ids = selected(); if (ids.length) api("/api/samples/relabel", { ids, to: $("relabelto").value }).then(() => { say("relabelled"); samplesKey = ""; }, (e) => say(e.message, true)); };
+startView();
+tick();
+setInterval(tick, 1000);
+health();
+setInterval(health, 5000);

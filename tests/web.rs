@@ -1,0 +1,493 @@
+//! The web console against the real `teachcam run` on the synthetic camera: every route, the
+//! refusals (authentication, cross-origin, traversal, sizes, slow and too many clients), and
+//! that what the API changes is what the store holds. Plain `std::net` requests, so every
+//! byte on the wire is the test's choice.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A running `teachcam run` with the console on a free port; killed when dropped.
+struct Device {
+    child: Child,
+    addr: SocketAddr,
+    token: String,
+    _dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Device {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_teachcam"))
+        .args(["run", "--state"])
+        .arg(&state)
+        .args([
+            "--camera",
+            "synthetic:1500",
+            "--fps",
+            "5",
+            "--classes",
+            "ball,block,ring",
+            "--http",
+            "127.0.0.1:0",
+            "--duration",
+            "120",
+        ])
+        .env_remove("TEACHCAM_MODELS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run teachcam");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("teachcam printed no login URL")
+            .unwrap();
+        if let Some(u) = line.strip_prefix("teachcam: web console at ") {
+            break u.to_string();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, token) = rest.split_once("/login?token=").unwrap();
+    let dev = Device {
+        child,
+        addr: host.parse().unwrap(),
+        token: token.to_string(),
+        _dir: dir,
+        state,
+    };
+    // Ready once the loop has published a status.
+    let t0 = Instant::now();
+    while get(&dev, "/api/status", &dev.bearer()).0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no status");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dev
+}
+
+impl Device {
+    fn bearer(&self) -> String {
+        format!("Authorization: Bearer {}\r\n", self.token)
+    }
+}
+
+/// Status, head (lower-case names), body of one raw request.
+fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse(&out)
+}
+
+fn parse(out: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(out)));
+    let head = String::from_utf8_lossy(&out[..end]).to_lowercase();
+    let status = head[9..12].parse().unwrap();
+    (status, head, out[end + 4..].to_vec())
+}
+
+fn get(d: &Device, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{headers}\r\n", d.addr);
+    raw(d.addr, req.as_bytes())
+}
+
+fn post(d: &Device, path: &str, headers: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        d.addr,
+        body.len()
+    );
+    let (status, _, b) = raw(d.addr, req.as_bytes());
+    (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+fn json_get(d: &Device, path: &str) -> Value {
+    let (status, _, body) = get(d, path, &d.bearer());
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Sample records in the store (`STATE/samples/*.rec`).
+fn stored(state: &Path) -> usize {
+    std::fs::read_dir(state.join("samples"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "rec"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn web_every_route_refuses_without_auth_and_login_sets_a_strict_cookie() {
+    let d = start();
+    let routes = [
+        "/",
+        "/app.js",
+        "/api/status",
+        "/api/samples",
+        "/api/samples/1/thumb",
+        "/api/health",
+        "/api/snapshot.jpg",
+        "/stream.mjpg",
+        "/metrics",
+    ];
+    let wrong = format!("Authorization: Bearer {}\r\n", "0".repeat(64));
+    for path in routes {
+        assert_eq!(get(&d, path, "").0, 401, "{path} without auth");
+        assert_eq!(get(&d, path, &wrong).0, 401, "{path} with a wrong token");
+        let bad_cookie = "Cookie: teachcam_session=00ff\r\n";
+        assert_eq!(get(&d, path, bad_cookie).0, 401, "{path} with a bad cookie");
+    }
+    let (status, _) = post(&d, "/api/capture", "", &json!({"class": "ball"}));
+    assert_eq!(status, 401);
+    assert_eq!(get(&d, "/login?token=nope", "").0, 401);
+
+    let (status, head, _) = get(&d, &format!("/login?token={}", d.token), "");
+    assert_eq!(status, 303);
+    let cookie_line = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .expect("a session cookie");
+    assert!(cookie_line.contains("httponly"), "{cookie_line}");
+    assert!(cookie_line.contains("samesite=strict"), "{cookie_line}");
+    let value = cookie_line
+        .trim_start_matches("set-cookie:")
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // The cookie's value is case-sensitive hex: take it from the raw head again.
+    let cookie = format!("Cookie: {value}\r\n");
+    for path in routes.iter().filter(|p| **p != "/stream.mjpg") {
+        let (status, _, _) = get(&d, path, &cookie);
+        assert!(
+            status == 200 || (status == 404 && path.contains("thumb")),
+            "{path} with the session cookie: {status}"
+        );
+    }
+
+    // `teachcam doctor` prints the same login URL.
+    let out = Command::new(env!("CARGO_BIN_EXE_teachcam"))
+        .args([
+            "doctor",
+            "--camera",
+            "synthetic",
+            "--http",
+            "127.0.0.1:8088",
+            "--state",
+        ])
+        .arg(&d.state)
+        .env_remove("TEACHCAM_MODELS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("log in at http://127.0.0.1:8088/login?token={}", d.token);
+    assert!(
+        text.contains(&want),
+        "doctor did not print the URL:\n{text}"
+    );
+
+    // The token file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.state.join("http-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A state-changing request from another origin is refused, even with a valid cookie.
+    let before = stored(&d.state);
+    for evil in [
+        format!("{cookie}Origin: http://evil.example\r\n"),
+        format!("{cookie}Sec-Fetch-Site: cross-site\r\n"),
+    ] {
+        let (status, body) = post(&d, "/api/capture", &evil, &json!({"class": "ball"}));
+        assert_eq!(status, 403, "{body}");
+    }
+    let same = format!(
+        "{cookie}Origin: http://{}\r\nSec-Fetch-Site: same-origin\r\n",
+        d.addr
+    );
+    let (status, body) = post(&d, "/api/capture", &same, &json!({"class": "ball"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        stored(&d.state),
+        before + 1,
+        "only the same-origin capture stored"
+    );
+}
+
+#[test]
+fn web_api_teaches_curates_and_reports() {
+    let d = start();
+    let b = d.bearer();
+    // Page and assets.
+    let (status, head, page) = get(&d, "/", &b);
+    assert_eq!(status, 200);
+    assert!(head.contains("content-security-policy"));
+    assert!(String::from_utf8_lossy(&page).contains("/app.js"));
+    assert_eq!(get(&d, "/style.css", &b).0, 200);
+
+    // Capture: one, refused, a burst.
+    let (status, v) = post(&d, "/api/capture", &b, &json!({"class": "ball"}));
+    assert_eq!(status, 200, "{v}");
+    let first = v["saved"]["id"].as_u64().unwrap();
+    assert_eq!(v["saved"]["label"], "ball");
+    let (status, v) = post(&d, "/api/capture", &b, &json!({"class": "nope"}));
+    assert_eq!(status, 409, "{v}");
+    let (status, v) = post(
+        &d,
+        "/api/capture",
+        &b,
+        &json!({"class": "block", "count": 3, "every_ms": 250}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let (status, _) = post(
+        &d,
+        "/api/capture",
+        &b,
+        &json!({"class": "block", "count": 0}),
+    );
+    assert_eq!(status, 400);
+    let t0 = Instant::now();
+    while json_get(&d, "/api/samples")["samples"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 4
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "burst did not store 3"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(stored(&d.state), 4);
+
+    // Thumbnail, snapshot, stream.
+    let (status, head, jpeg) = get(&d, &format!("/api/samples/{first}/thumb"), &b);
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: image/jpeg"));
+    assert_eq!(&jpeg[..2], &[0xff, 0xd8]);
+    assert_eq!(get(&d, "/api/samples/999999/thumb", &b).0, 404);
+    let (status, head, jpeg) = get(&d, "/api/snapshot.jpg", &b);
+    assert_eq!((status, &jpeg[..2]), (200, &[0xff, 0xd8][..]));
+    assert!(
+        ["ball", "block", "ring"]
+            .iter()
+            .any(|k| head.contains(&format!("x-frame-tag: {k}\r\n"))),
+        "{head}"
+    );
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n{b}\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while got.windows(7).filter(|w| w == b"--frame").count() < 2 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got[..200]).to_lowercase();
+    assert!(
+        head.contains("multipart/x-mixed-replace; boundary=frame"),
+        "{head}"
+    );
+    drop(s);
+
+    // Undo removes the newest.
+    let (status, v) = post(&d, "/api/undo", &b, &json!({}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(stored(&d.state), 3);
+
+    // Classes: add, rename (samples follow), remove; bad names refused.
+    let (status, v) = post(&d, "/api/classes/add", &b, &json!({"name": "cup"}));
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = post(&d, "/api/classes/add", &b, &json!({"name": "cup"}));
+    assert_eq!(status, 409, "duplicate");
+    let (status, _) = post(&d, "/api/classes/add", &b, &json!({"name": "../x"}));
+    assert_eq!(status, 409, "not a class name");
+    let (status, v) = post(
+        &d,
+        "/api/classes/rename",
+        &b,
+        &json!({"from": "ball", "to": "sphere"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let list = json_get(&d, "/api/samples");
+    assert_eq!(list["classes"], json!(["sphere", "block", "ring", "cup"]));
+    assert!(
+        list["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["label"] == "sphere")
+    );
+    let (status, v) = post(&d, "/api/classes/remove", &b, &json!({"name": "cup"}));
+    assert_eq!(status, 200, "{v}");
+
+    // Relabel and delete samples; the store follows.
+    let (status, v) = post(
+        &d,
+        "/api/samples/relabel",
+        &b,
+        &json!({"ids": [first], "to": "ring"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let list = json_get(&d, "/api/samples");
+    let s0 = list["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == first)
+        .unwrap()
+        .clone();
+    assert_eq!(s0["label"], "ring");
+    let (status, v) = post(&d, "/api/samples/delete", &b, &json!({"ids": [first]}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(stored(&d.state), 2);
+    assert_eq!(get(&d, &format!("/api/samples/{first}/thumb"), &b).0, 404);
+    let (status, _) = post(&d, "/api/samples/delete", &b, &json!({"ids": [first]}));
+    assert_eq!(status, 409, "deleting twice is refused");
+    let (status, _) = post(&d, "/api/samples/delete", &b, &json!({"ids": "all"}));
+    assert_eq!(status, 400);
+    let (status, _) = post(&d, "/api/nothing", &b, &json!({}));
+    assert_eq!(status, 404);
+
+    // Status, health, metrics.
+    let st = json_get(&d, "/api/status");
+    assert!(st["frames"].as_u64().unwrap() > 0);
+    assert_eq!(st["camera"], "live");
+    let h = json_get(&d, "/api/health");
+    assert!(h["rss_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(h["disk_free_bytes"].as_u64().is_some());
+    assert!(h["model"].as_str().unwrap().starts_with("int8"));
+    let (status, head, m) = get(&d, "/metrics", &b);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain; version=0.0.4"));
+    let m = String::from_utf8(m).unwrap();
+    for name in [
+        "teachcam_frames_total ",
+        "teachcam_fps ",
+        "teachcam_captures_total{result=\"accepted\"} 4",
+        "teachcam_captures_total{result=\"refused\"} 1",
+        "teachcam_stage_seconds_bucket{stage=\"backbone\",le=\"+Inf\"}",
+        "teachcam_head_swaps_total ",
+        "teachcam_fine_tunes_total{result=\"swapped\"}",
+        "teachcam_camera_restarts_total 0",
+        "teachcam_errors_total{kind=\"camera\"} 0",
+        "teachcam_resident_memory_bytes ",
+    ] {
+        assert!(m.contains(name), "metrics lack {name:?}:\n{m}");
+    }
+}
+
+#[test]
+fn web_hostile_requests_are_refused_without_touching_files() {
+    let d = start();
+    let b = d.bearer();
+    // Traversal: nothing outside the compiled-in page and the store's ids is reachable.
+    for path in [
+        "/../http-token",
+        "/%2e%2e/http-token",
+        "/api/samples/../../http-token/thumb",
+        "/api/samples/..%2f..%2fhttp-token/thumb",
+        "/api/samples/1%00/thumb",
+        "//etc/passwd",
+        "/index.html",
+    ] {
+        let (status, _, body) = get(&d, path, &b);
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains(&d.token),
+            "{path} leaked the token"
+        );
+    }
+    assert_eq!(raw(d.addr, b"GET ../http-token HTTP/1.1\r\n\r\n").0, 400);
+
+    // Sizes: a header over 8 KiB (431), a body over 64 KiB (413, refused before it is read).
+    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    assert_eq!(raw(d.addr, big.as_bytes()).0, 431);
+    let req =
+        format!("POST /api/capture HTTP/1.1\r\nHost: x\r\n{b}Content-Length: 10000000\r\n\r\n");
+    assert_eq!(raw(d.addr, req.as_bytes()).0, 413);
+    let chunked = format!("POST /api/undo HTTP/1.1\r\n{b}Transfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(raw(d.addr, chunked.as_bytes()).0, 501);
+    let (status, v) = {
+        let req = format!("POST /api/undo HTTP/1.1\r\n{b}Content-Length: 5\r\n\r\n{{{{{{{{{{");
+        let (s, _, body) = raw(d.addr, req.as_bytes());
+        (s, String::from_utf8_lossy(&body).to_string())
+    };
+    assert_eq!(status, 400, "{v}");
+
+    // A slow client (half a header, then nothing) is answered 408 and cut off.
+    let t0 = Instant::now();
+    let mut slow = TcpStream::connect(d.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    slow.read_to_end(&mut out).unwrap();
+    assert_eq!(parse(&out).0, 408);
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(20), "cut off after {waited:?}");
+
+    // Too many connections: 32 idle ones fill the cap, the next is refused with 503; once
+    // the idle ones time out, the console answers again.
+    let idle: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(d.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(&d, "/api/status", &b).0, 503);
+    let t0 = Instant::now();
+    while get(&d, "/api/status", &b).0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "idle connections never timed out"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
+
+    // Too many live views: the fourth stream is refused.
+    let streams: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(d.addr).unwrap();
+            write!(s, "GET /stream.mjpg HTTP/1.1\r\n{b}\r\n").unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    assert_eq!(get(&d, "/stream.mjpg", &b).0, 503);
+    drop(streams);
+    // The store was never touched by any of this.
+    assert_eq!(stored(&d.state), 0);
+}
