@@ -83,6 +83,8 @@ apt_install() {
 case "${1:-}" in
 setup-host)
     apt_install libclang-dev
+    # tests/mqtt.rs and make bench-fleet: a real broker, its clients, a CA made at test time.
+    apt_install mosquitto mosquitto-clients openssl
     ;;
 setup)
     apt_install libclang-dev clang qemu-user gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \

@@ -124,6 +124,8 @@ pub struct ConfigFile {
     /// `[model]`.
     #[serde(default)]
     pub model: ModelSection,
+    /// `[mqtt]` (absent: no MQTT).
+    pub mqtt: Option<crate::mqtt::MqttSection>,
 }
 
 impl ConfigFile {
@@ -402,6 +404,8 @@ pub struct RunConfig {
     pub precision: Precision,
     /// Model input side in pixels.
     pub input_size: InputSize,
+    /// MQTT and Home Assistant (`None`: off).
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 /// Flags given on the command line (each overrides the file); already checked by their types.
@@ -533,6 +537,10 @@ impl RunConfig {
             models: cli.models.or(f.model.dir),
             precision,
             input_size,
+            mqtt: match f.mqtt {
+                Some(m) => Some(m.check().map_err(|(key, why)| bad(key, why))?),
+                None => None,
+            },
         };
 
         // What no single value's type can check: names, and values that depend on others.

@@ -682,6 +682,15 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         },
     };
     log::info!("camera {}", camera.describe());
+    let mut observers: Vec<crate::daemon::Observer<'_>> = Vec::new();
+    if let Some(m) = &c.mqtt {
+        // Files and the device id are read now (a bad one is a start-up error naming the
+        // key); the broker is reached later, on the link's own thread.
+        let link = crate::mqtt::link::prepare(m, &c.state_dir)?;
+        observers.push(Box::new(move |hub, stop| {
+            crate::mqtt::link::run(link, hub, stop)
+        }));
+    }
     crate::daemon::run(
         &settings,
         &backbone,
@@ -689,6 +698,7 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         camera.as_mut(),
         pins.as_mut(),
         indicator.as_mut(),
+        observers,
     )?;
     Ok(())
 }

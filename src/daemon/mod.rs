@@ -536,7 +536,12 @@ fn read_buttons(
     }
 }
 
-/// Run the appliance until the duration passes or SIGTERM/SIGINT arrives.
+/// An observer thread's body (MQTT, ...): it gets the hub and the stop flag, and should
+/// return once the hub's bus is finished (the loop ended) or the flag is set.
+pub type Observer<'a> = Box<dyn FnOnce(&Hub, &AtomicBool) + Send + 'a>;
+
+/// Run the appliance until the duration passes or SIGTERM/SIGINT arrives; each of
+/// `observers` runs on a thread of its own for the loop's lifetime.
 pub fn run(
     settings: &Settings,
     backbone: &Backbone,
@@ -544,6 +549,7 @@ pub fn run(
     camera: &mut dyn FrameSource,
     buttons: &mut dyn Buttons,
     indicator: &mut dyn Indicator,
+    observers: Vec<Observer<'_>>,
 ) -> Result<(), DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -593,8 +599,12 @@ pub fn run(
         scope.spawn(|| read_buttons(buttons, settings, &clock, &tx, &stop));
         if let Some(path) = settings.status.as_deref() {
             let sub = hub.subscribe(8);
-            let stop = &stop;
-            scope.spawn(move || status::write_status(&sub, path, stop));
+            let (stop, hub) = (&stop, &hub);
+            scope.spawn(move || status::write_status(&sub, path, stop, Some(hub.as_ref())));
+        }
+        for observer in observers {
+            let (stop, hub) = (&stop, &hub);
+            scope.spawn(move || observer(hub.as_ref(), stop));
         }
         let parts = Parts {
             camera,
