@@ -102,7 +102,10 @@ build)
     target_env "$2"
     t=$(triple "$2")
     start=$(date +%s)
-    cargo_for zigbuild --release --locked --target "$t.$GLIBC"
+    # CROSS_FEATURES=hw: the same build without the default `mqtt` feature (to measure it).
+    # shellcheck disable=SC2086
+    cargo_for zigbuild --release --locked --target "$t.$GLIBC" \
+        ${CROSS_FEATURES:+--no-default-features --features "$CROSS_FEATURES"}
     mkdir -p dist
     cp "$(bin_path "$2")" "dist/teachcam-$2"
     echo "build $2: $(( $(date +%s) - start )) s (whole cargo process)"

@@ -5,6 +5,9 @@
 //!
 //! The tests take turns (one lock): frame counts are compared between runs, so two runs must
 //! not share the CPU. Nothing here times the appliance; rates are frames counted by the loop.
+//! Built only with the `mqtt` feature (the default).
+
+#![cfg(feature = "mqtt")]
 
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};

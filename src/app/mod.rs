@@ -682,15 +682,7 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         },
     };
     log::info!("camera {}", camera.describe());
-    let mut observers: Vec<crate::daemon::Observer<'_>> = Vec::new();
-    if let Some(m) = &c.mqtt {
-        // Files and the device id are read now (a bad one is a start-up error naming the
-        // key); the broker is reached later, on the link's own thread.
-        let link = crate::mqtt::link::prepare(m, &c.state_dir)?;
-        observers.push(Box::new(move |hub, stop| {
-            crate::mqtt::link::run(link, hub, stop)
-        }));
-    }
+    let observers = mqtt_observer(&c)?.into_iter().collect();
     crate::daemon::run(
         &settings,
         &backbone,
@@ -701,6 +693,27 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         observers,
     )?;
     Ok(())
+}
+
+/// The MQTT link as an observer of the loop, when `[mqtt]` is configured. Its files and the
+/// device id are read now (a bad one is a start-up error naming the key); the broker is
+/// reached later, on the link's own threads.
+#[cfg(feature = "mqtt")]
+fn mqtt_observer(c: &RunConfig) -> Result<Option<crate::daemon::Observer<'static>>> {
+    let Some(m) = &c.mqtt else { return Ok(None) };
+    let link = crate::mqtt::link::prepare(m, &c.state_dir)?;
+    Ok(Some(Box::new(move |hub, stop| {
+        crate::mqtt::link::run(link, hub, stop)
+    })))
+}
+
+/// Without the `mqtt` feature a `[mqtt]` section is a start-up error saying so.
+#[cfg(not(feature = "mqtt"))]
+fn mqtt_observer(c: &RunConfig) -> Result<Option<crate::daemon::Observer<'static>>> {
+    match c.mqtt {
+        Some(_) => anyhow::bail!(crate::mqtt::NOT_IN_THIS_BUILD),
+        None => Ok(None),
+    }
 }
 
 fn cmd_doctor(g: &Global, a: &DoctorArgs) -> Result<()> {

@@ -14,7 +14,12 @@
 //! wins); the outbound queue holds at most one message per retained topic plus
 //! [`EVENT_QUEUE`] events; unique ids depend only on the device id and the class name.
 
+#[cfg(feature = "mqtt")]
 pub mod link;
+
+/// Why `[mqtt]` cannot be used by this build (built without the `mqtt` feature).
+#[cfg(not(feature = "mqtt"))]
+pub const NOT_IN_THIS_BUILD: &str = "this teachcam was built without MQTT (cargo feature `mqtt`): remove [mqtt] from the config or use a build with it";
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
