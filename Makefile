@@ -11,6 +11,7 @@
 #   make test-arm unit tests and the smoke test for aarch64 and armv7 under qemu-user
 #   make deploy BOARD=user@host [NO_SERVICE=1]   install on a board;  make rollback BOARD=...
 #   make soak     10-minute memory run of the appliance loop
+#   make bench-fleet  N appliances against one MQTT broker (FLEET="--devices 6 --seconds 40")
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency per variant with cosine and accuracy, thread
 #                 scaling, per-operator profiles, head timings, peak memory
@@ -135,6 +136,14 @@ bench-daemon: build
 soak: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \
 		--json-out target/soak.json
+
+# Many appliances against one mosquitto (issue 14; outside CI): every state change arrives,
+# broker message rate, fps against one device alone. The defaults are the issue's (20 devices,
+# 5 minutes, 5 fps); on a small machine e.g. FLEET="--devices 6 --seconds 40 --fps 2".
+.PHONY: bench-fleet
+FLEET ?=
+bench-fleet: build
+	python3 bench/fleet_bench.py --teachcam $(BIN) $(FLEET) --json-out target/bench-fleet.json
 
 profile: build
 	$(BIN) bench --profile --runs 30
