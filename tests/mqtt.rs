@@ -424,6 +424,18 @@ fn over_tls_discovery_state_per_class_change_commands_and_stable_ids() {
         json(r)["origin"]["source"] == "mqtt"
     });
     assert_eq!(json(&e)["type"], "capture_saved", "{}", json(&e));
+    // Renaming a class through MQTT: its teach button goes, the new name's comes.
+    let button = |class: &str| {
+        let object = teachcam::mqtt::class_object(class);
+        format!("homeassistant/button/{id}/{object}/config")
+    };
+    let (ring, hoop) = (button("ring"), button("hoop"));
+    w.publish(
+        &format!("teachcam/{id}/cmd/rename_class"),
+        r#"{"from": "ring", "to": "hoop"}"#,
+    );
+    w.wait_for(10, &hoop, |r| json(r)["payload_press"] == "hoop");
+    w.wait_for(10, &ring, |r| r.payload.is_empty());
     let (out, err) = finish(run);
     assert!(out.contains("4 samples stored"), "{out}");
     assert!(err.contains("mqtt: command capture"), "{err}");
@@ -463,6 +475,7 @@ fn over_tls_discovery_state_per_class_change_commands_and_stable_ids() {
     let first = ids(&configs);
     // class, confidence, fps, samples, snapshot, undo, three teach buttons.
     assert_eq!(first.len(), 9, "{first:?}");
+    assert!(first.contains_key(&hoop) && !configs.contains_key(&ring));
     let snap = retained(b.port, &format!("teachcam/{id}/snapshot"));
     let jpeg = &snap.values().next().expect("a retained snapshot").payload;
     assert_eq!(&jpeg[..2], &[0xff, 0xd8], "a JPEG");

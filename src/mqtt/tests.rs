@@ -322,3 +322,45 @@ fn a_refusing_sink_keeps_order_and_the_flush_resumes_where_it_stopped() {
     });
     assert_eq!(got, ["2", "3", "4"]);
 }
+
+#[test]
+fn the_shipped_config_documents_every_mqtt_key() {
+    let text = include_str!("../../cross/teachcam.toml");
+    // Every key of the section (a typo in the list would fail the parse below).
+    let keys = [
+        "url",
+        "client_id",
+        "username",
+        "password_file",
+        "ca_file",
+        "client_cert",
+        "client_key",
+        "topic_prefix",
+        "qos",
+        "commands",
+        "discovery",
+        "discovery_prefix",
+        "snapshot",
+        "snapshot_every_s",
+        "stats_every_s",
+        "keep_alive_s",
+    ];
+    assert!(text.contains("# [mqtt]"));
+    for k in keys {
+        assert!(
+            text.contains(&format!("# {k} = ")),
+            "cross/teachcam.toml lacks {k}"
+        );
+    }
+    // The commented example, uncommented, is a valid section.
+    let section: String = text
+        .lines()
+        .skip_while(|l| *l != "# [mqtt]")
+        .skip(1)
+        .map(|l| l.trim_start_matches("# "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let s: MqttSection = toml::from_str(&section).unwrap();
+    let c = s.check().unwrap();
+    assert_eq!((c.port, c.tls, c.qos), (8883, true, 1));
+}
