@@ -14,6 +14,7 @@
 #   make bench-web  what the web console costs the loop: 3 stream viewers + 20 API req/s
 #                 (WEB_BENCH_SECONDS per phase), RSS growth, 500 idle connections
 #   make soak     10-minute memory run of the appliance loop
+#   make bench-fleet  N appliances against one MQTT broker (FLEET="--devices 6 --seconds 40")
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
 #   make bench    tract vs onnxruntime latency per variant with cosine and accuracy, thread
 #                 scaling, per-operator profiles, head timings, peak memory
@@ -184,6 +185,13 @@ soak: build
 
 bench-kernels: build
 	python3 bench/kernel_bench.py --teachcam $(BIN) --json-out target/bench-kernels.json
+# Many appliances against one mosquitto (issue 14; outside CI): every state change arrives,
+# broker message rate, fps against one device alone. The defaults are the issue's (20 devices,
+# 5 minutes, 5 fps); on a small machine e.g. FLEET="--devices 6 --seconds 40 --fps 2".
+.PHONY: bench-fleet
+FLEET ?=
+bench-fleet: build
+	python3 bench/fleet_bench.py --teachcam $(BIN) $(FLEET) --json-out target/bench-fleet.json
 
 profile: build
 	$(BIN) bench --profile --runs 30

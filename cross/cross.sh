@@ -91,6 +91,8 @@ case "${1:-}" in
 setup-host)
     apt_install libclang-dev
     apt_install chromium chromium-driver # the web console's browser test (tests/browser.py)
+    # tests/mqtt.rs and make bench-fleet: a real broker, its clients, a CA made at test time.
+    apt_install mosquitto mosquitto-clients openssl
     ;;
 setup)
     apt_install libclang-dev clang qemu-user gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
@@ -108,7 +110,10 @@ build)
     target_env "$2"
     t=$(triple "$2")
     start=$(date +%s)
-    cargo_for zigbuild --release --locked --target "$t.$GLIBC"
+    # CROSS_FEATURES=hw: the same build without the default `mqtt` feature (to measure it).
+    # shellcheck disable=SC2086
+    cargo_for zigbuild --release --locked --target "$t.$GLIBC" \
+        ${CROSS_FEATURES:+--no-default-features --features "$CROSS_FEATURES"}
     mkdir -p dist
     cp "$(bin_path "$2")" "dist/teachcam-$2"
     echo "build $2: $(( $(date +%s) - start )) s (whole cargo process)"

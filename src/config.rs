@@ -144,6 +144,8 @@ pub struct ConfigFile {
     pub model: ModelSection,
     /// `[http]` (absent: no web console unless `--http` is given).
     pub http: Option<HttpSection>,
+    /// `[mqtt]` (absent: no MQTT).
+    pub mqtt: Option<crate::mqtt::MqttSection>,
 }
 
 impl ConfigFile {
@@ -424,6 +426,8 @@ pub struct RunConfig {
     pub input_size: InputSize,
     /// Where the web console listens (`None`: no console).
     pub http: Option<std::net::SocketAddr>,
+    /// MQTT and Home Assistant (`None`: off).
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 /// Flags given on the command line (each overrides the file); already checked by their types.
@@ -567,6 +571,10 @@ impl RunConfig {
                         .map_err(|e| bad("http.listen", format!("is not ADDRESS:PORT ({e})")))?,
                 ),
                 _ => None,
+            },
+            mqtt: match f.mqtt {
+                Some(m) => Some(m.check().map_err(|(key, why)| bad(key, why))?),
+                None => None,
             },
         };
 

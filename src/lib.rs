@@ -21,6 +21,7 @@
 //! | [`metrics`] | accuracy, confusion, latency summaries |
 //! | [`demo`] | synthetic scenes for demos and tests |
 //! | [`linalg`] | dot/axpy kernels with CPU-feature dispatch |
+//! | [`mqtt`] | MQTT and Home Assistant: config, topics, payloads, the link threads |
 //! | [`bus`] | bounded per-subscriber event queues, newest-only slots |
 //! | [`frame`] | frames, JPEG, thumbnails, class-name rules |
 //! | [`framed`], [`fsutil`], [`rng`] | file container, atomic writes, seeded randomness |
@@ -48,6 +49,7 @@ pub mod imagefolder;
 pub mod inspect;
 pub mod linalg;
 pub mod metrics;
+pub mod mqtt;
 pub mod preprocess;
 pub mod qnn;
 pub mod rng;

@@ -724,7 +724,7 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         },
     };
     log::info!("camera {}", camera.describe());
-    let mut observers: Vec<crate::daemon::Observer> = Vec::new();
+    let mut observers: Vec<crate::daemon::Observer> = mqtt_observer(&c)?.into_iter().collect();
     if let Some(console) = console {
         out!("teachcam: web console at {}", console.login_url());
         let id = backbone.id();
@@ -734,13 +734,14 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
             model: format!("{} {}px {}", id.precision, c.input_size.get(), id.digest),
             state_dir: c.state_dir.clone(),
         };
-        observers.push(Box::new(move |hub| {
-            if let Err(e) = console.start(hub, info) {
+        // The console starts its own threads on the hub and returns.
+        observers.push(Box::new(move |hub, _stop| {
+            if let Err(e) = console.start(std::sync::Arc::clone(hub), info) {
                 log::error!("{e}");
             }
         }));
     }
-    crate::daemon::run_with(
+    crate::daemon::run(
         &settings,
         &backbone,
         &mut store,
@@ -750,6 +751,27 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         observers,
     )?;
     Ok(())
+}
+
+/// The MQTT link as an observer of the loop, when `[mqtt]` is configured. Its files and the
+/// device id are read now (a bad one is a start-up error naming the key); the broker is
+/// reached later, on the link's own threads.
+#[cfg(feature = "mqtt")]
+fn mqtt_observer(c: &RunConfig) -> Result<Option<crate::daemon::Observer<'static>>> {
+    let Some(m) = &c.mqtt else { return Ok(None) };
+    let link = crate::mqtt::link::prepare(m, &c.state_dir)?;
+    Ok(Some(Box::new(move |hub, stop| {
+        crate::mqtt::link::run(link, hub, stop)
+    })))
+}
+
+/// Without the `mqtt` feature a `[mqtt]` section is a start-up error saying so.
+#[cfg(not(feature = "mqtt"))]
+fn mqtt_observer(c: &RunConfig) -> Result<Option<crate::daemon::Observer<'static>>> {
+    match c.mqtt {
+        Some(_) => anyhow::bail!(crate::mqtt::NOT_IN_THIS_BUILD),
+        None => Ok(None),
+    }
 }
 
 fn cmd_doctor(g: &Global, a: &DoctorArgs) -> Result<()> {

@@ -537,7 +537,13 @@ fn read_buttons(
     }
 }
 
-/// Run the appliance until the duration passes or SIGTERM/SIGINT arrives.
+/// An observer's body (the web console, MQTT): it runs on a thread of its own for the loop's
+/// lifetime, gets the hub and the stop flag, and returns once the hub's bus is finished (the
+/// loop ended) or the flag is set, or at once if it starts threads of its own.
+pub type Observer<'a> = Box<dyn FnOnce(&Arc<Hub>, &AtomicBool) + Send + 'a>;
+
+/// Run the appliance until the duration passes or SIGTERM/SIGINT arrives; each of
+/// `observers` runs on a thread of its own for the loop's lifetime.
 pub fn run(
     settings: &Settings,
     backbone: &Backbone,
@@ -545,31 +551,7 @@ pub fn run(
     camera: &mut dyn FrameSource,
     buttons: &mut dyn Buttons,
     indicator: &mut dyn Indicator,
-) -> Result<(), DaemonError> {
-    run_with(
-        settings,
-        backbone,
-        store,
-        camera,
-        buttons,
-        indicator,
-        Vec::new(),
-    )
-}
-
-/// Starts an observer (the web console, MQTT) once the hub exists, before the loop's first
-/// poll. It starts its own threads and must return at once; they end with the process.
-pub type Observer = Box<dyn FnOnce(Arc<Hub>) + Send>;
-
-/// [`run`], with observers started on the hub.
-pub fn run_with(
-    settings: &Settings,
-    backbone: &Backbone,
-    store: &mut Store,
-    camera: &mut dyn FrameSource,
-    buttons: &mut dyn Buttons,
-    indicator: &mut dyn Indicator,
-    observers: Vec<Observer>,
+    observers: Vec<Observer<'_>>,
 ) -> Result<(), DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -607,9 +589,6 @@ pub fn run_with(
     };
     let session = Session::new(cfg, clock.now_ms(), classes, samples, head);
     let (hub, actions) = Hub::new(store.dir().to_path_buf());
-    for start in observers {
-        start(Arc::clone(&hub));
-    }
     let mut trainer = ThreadTrainer::spawn(id.clone(), settings.threshold, settings.train_budget)
         .map_err(|source| DaemonError::Thread {
         what: "fine-tune",
@@ -622,8 +601,12 @@ pub fn run_with(
         scope.spawn(|| read_buttons(buttons, settings, &clock, &tx, &stop));
         if let Some(path) = settings.status.as_deref() {
             let sub = hub.subscribe(8);
-            let stop = &stop;
-            scope.spawn(move || status::write_status(&sub, path, stop));
+            let (stop, hub) = (&stop, &hub);
+            scope.spawn(move || status::write_status(&sub, path, stop, Some(hub.as_ref())));
+        }
+        for observer in observers {
+            let (stop, hub) = (&stop, &hub);
+            scope.spawn(move || observer(hub, stop));
         }
         let parts = Parts {
             camera,

@@ -10,13 +10,16 @@
 //! - [`Hub::stage_histograms`]: per-stage latency histograms of every embedded frame.
 //! - [`Hub::send`]: an [`Action`], the same type buttons produce; returns the request id that
 //!   the outcome events carry (`CaptureSaved`, `CaptureRefused`, `ActionRefused`, ...).
+//! - [`Hub::set_link`] / [`Hub::links`]: an observer's own health (MQTT: connected, why
+//!   not), shown in the status file under `links`.
 //!
 //! Must not: block the loop. Invariant: every lock here is held for one push or pop.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::bus::{Bus, Latest, Subscription};
@@ -103,6 +106,7 @@ pub struct Hub {
     actions: Sender<Command>,
     next_request: AtomicU64,
     state_dir: PathBuf,
+    links: Mutex<BTreeMap<&'static str, serde_json::Value>>,
 }
 
 impl Hub {
@@ -119,6 +123,7 @@ impl Hub {
             actions: tx,
             next_request: AtomicU64::new(1),
             state_dir,
+            links: Mutex::new(BTreeMap::new()),
         };
         (Arc::new(hub), rx)
     }
@@ -176,6 +181,18 @@ impl Hub {
     /// Per-stage latency histograms of the frames embedded so far.
     pub fn stage_histograms(&self) -> [([u64; STAGE_BUCKETS_US.len()], u64); 4] {
         self.stages.snapshot()
+    }
+
+    /// Record the health of the observer `name` (e.g. `"mqtt"`); replaces the previous one.
+    pub fn set_link(&self, name: &'static str, health: serde_json::Value) {
+        // A poisoned lock only means a writer panicked mid-insert of a plain map: still usable.
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links.insert(name, health);
+    }
+
+    /// Every observer's recorded health, by name.
+    pub fn links(&self) -> BTreeMap<&'static str, serde_json::Value> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A sender for a thread that produces actions of its own (the button thread).

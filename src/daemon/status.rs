@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::observe::Hub;
 use crate::bus::{Note, Subscription};
 use crate::session::{Event, Status};
 
@@ -17,15 +18,26 @@ pub fn json(status: &Status) -> Vec<u8> {
     serde_json::to_vec(status).unwrap_or_default()
 }
 
+/// The JSON written for `status`, with the observers' health under `links` (when any).
+fn json_with_links(status: &Status, hub: Option<&Hub>) -> Vec<u8> {
+    let links = hub.map(Hub::links).unwrap_or_default();
+    if links.is_empty() {
+        return json(status);
+    }
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    v["links"] = serde_json::json!(links);
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
 /// Write every status snapshot from `sub` to `path` until the bus is closed (or `stop` is set
-/// and nothing is queued). A failed write is logged once per distinct message and retried
-/// with the next snapshot.
-pub fn write_status(sub: &Subscription<Event>, path: &Path, stop: &AtomicBool) {
+/// and nothing is queued), with `hub`'s links. A failed write is logged once per distinct
+/// message and retried with the next snapshot.
+pub fn write_status(sub: &Subscription<Event>, path: &Path, stop: &AtomicBool, hub: Option<&Hub>) {
     let mut last_error: Option<String> = None;
     loop {
         match sub.next_timeout(Duration::from_millis(200)) {
             Some(Note::Event(Event::Status(st))) => {
-                match crate::fsutil::atomic_write(path, &json(&st)) {
+                match crate::fsutil::atomic_write(path, &json_with_links(&st, hub)) {
                     Ok(()) => last_error = None,
                     Err(e) => {
                         let msg = e.to_string();
@@ -68,7 +80,7 @@ mod tests {
         bus.publish(Event::Status(Arc::new(s.status(7000))));
         bus.close();
         let stop = AtomicBool::new(false);
-        write_status(&sub, &path, &stop);
+        write_status(&sub, &path, &stop, None);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(v["uptime_s"], 7);
         assert_eq!(v["class"], "unknown");
