@@ -13,6 +13,9 @@
 //! | [`qnn`] | int8 kernels as tract custom ops, and the graph rewrite that uses them |
 //! | [`preprocess`] | frame → model input, one pass |
 //! | [`imagefolder`], [`embcache`] | datasets on disk, embedding caches |
+//! | [`decode`] | bounded image decoding (pixel limit, truncation) |
+//! | [`embedding`] | what a usable embedding is (finite, right length, plausible norm) |
+//! | [`tarball`] | the bounded, validating tar reader behind `dataset import` |
 //! | [`metrics`] | accuracy, confusion, latency summaries |
 //! | [`demo`] | synthetic scenes for demos and tests |
 //! | [`linalg`] | dot/axpy kernels with CPU-feature dispatch |
@@ -27,9 +30,11 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataset;
+pub mod decode;
 pub mod demo;
 pub mod doctor;
 pub mod embcache;
+pub mod embedding;
 pub mod framed;
 pub mod fsutil;
 pub mod gpio;
@@ -41,3 +46,4 @@ pub mod preprocess;
 pub mod qnn;
 pub mod rng;
 pub mod store;
+pub mod tarball;

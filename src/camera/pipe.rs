@@ -190,9 +190,9 @@ impl FrameSource for PipeSource {
             return Ok(None);
         };
         self.next_ms = now_ms + self.period_ms;
-        match image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg) {
+        // Bounded like every decode: a frame over the pixel limit or cut short is skipped.
+        match crate::decode::decode_jpeg(&jpeg) {
             Ok(img) => {
-                let img = img.into_rgb8();
                 let (w, h) = img.dimensions();
                 Ok(Some(Frame {
                     width: w as usize,
