@@ -298,6 +298,9 @@ impl fmt::Display for BackboneId {
             write!(f, ", {px} px")?;
         }
         f.write_str(")")
+    }
+}
+
 /// The last feature map of the network, before its global average pool: `h × w` positions of
 /// `c` channels, stored `[h][w][c]` (the pooled embedding is its mean over positions).
 #[derive(Debug, Clone, PartialEq)]
@@ -843,7 +846,16 @@ impl Embedder {
         height: usize,
     ) -> Result<(Vec<f32>, FeatureMap), ModelError> {
         self.preprocess(rgb, width, height);
-        self.backbone.run_tensor_with_map(&self.input)
+        // A copy of the NCHW input (one frame, ~600 kB): this path runs the plan without
+        // the embedder's reusable state.
+        let input: Vec<f32> = self
+            .input
+            .to_plain_array_view::<f32>()
+            .map_err(|e| self.backbone.tract_err(e))?
+            .iter()
+            .copied()
+            .collect();
+        self.backbone.run_tensor_with_map(&input)
     }
 
     /// Preprocess and embed one packed RGB8 frame.

@@ -240,11 +240,17 @@ pub struct Store {
     unfinished: Option<Edit>,
 }
 
-/// Whether `name` is the temp file of an atomic write of `own` (`.NAME.tmpPID`).
+/// Whether `name` is the temp file of an atomic write of `own`: `.NAME.teachcam-tmp.PID.N`
+/// ([`crate::fsutil::is_temp_name`]) or the older `.NAME.tmpPID`.
 fn is_temp_of(name: &str, own: &str) -> bool {
-    name.strip_prefix('.')
-        .and_then(|r| r.strip_prefix(own))
-        .is_some_and(|r| r.starts_with(".tmp"))
+    let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_prefix(own)) else {
+        return false;
+    };
+    if crate::fsutil::is_temp_name(name) && rest.starts_with(".teachcam-tmp.") {
+        return true;
+    }
+    rest.strip_prefix(".tmp")
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn remove_if_present(p: &Path) -> Result<(), StoreError> {
@@ -276,6 +282,7 @@ impl Store {
             );
             report.edit_completed = true;
         }
+        remove_abandoned_batches(dir, &mut report)?;
         let mut names: Vec<PathBuf> = std::fs::read_dir(&sdir)
             .map_err(io(&sdir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -284,8 +291,9 @@ impl Store {
         let mut samples = Vec::new();
         for p in names {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') && name.contains(".tmp") {
-                // An interrupted atomic write: never acknowledged, safe to drop.
+            if is_leftover_temp(name) {
+                // An interrupted atomic write: never acknowledged, safe to drop. Only names
+                // this program makes are matched: a user's `.my.tmpnotes` stays.
                 std::fs::remove_file(&p).map_err(io(&p))?;
                 report.temp_removed += 1;
                 continue;
@@ -311,7 +319,7 @@ impl Store {
         samples.sort_by_key(|s| s.id);
         let ids: Vec<u64> = samples.iter().map(|s| s.id).collect();
         let index_path = dir.join("index");
-        let index_ok = match framed::read(&index_path, INDEX_KIND, 1, |_| Ok(0)) {
+        let index_ok = match framed::read(&index_path, MAX_INDEX_FILE, INDEX_KIND, 1, |_| Ok(0)) {
             Ok((meta, _)) => serde_json::from_value::<IndexMeta>(meta).is_ok_and(|m| m.ids == ids),
             Err(_) => false,
         };
@@ -626,13 +634,241 @@ fn complete(dir: &Path, edit: &Edit) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Prefix of a batch's staging folder in the state directory (`.batch-PID`).
+const BATCH_PREFIX: &str = ".batch-";
+
+/// Leftover temp files: [`crate::fsutil::is_temp_name`], and the names earlier versions gave
+/// their temp files (`.00000042.rec.tmp1234`), matched exactly.
+fn is_leftover_temp(name: &str) -> bool {
+    if crate::fsutil::is_temp_name(name) {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let (stem, pid) = match rest.split_once(".tmp") {
+        Some(x) => x,
+        None => return false,
+    };
+    let id_ext = stem
+        .strip_suffix(".rec")
+        .or_else(|| stem.strip_suffix(".jpg"));
+    id_ext.is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_digit()))
+        && !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Remove staging folders of batches whose process is gone (it was killed before its
+/// commit: nothing in them was acknowledged).
+fn remove_abandoned_batches(dir: &Path, report: &mut OpenReport) -> Result<(), StoreError> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(BATCH_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid > 0 && pid_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        report.temp_removed += 1;
+    }
+    Ok(())
+}
+
+/// True if a process with this id exists (it may belong to another user).
+fn pid_alive(pid: i32) -> bool {
+    if pid as u32 == std::process::id() {
+        return true;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Samples written beside the live set and added to it in one step by
+/// [`Store::commit_batch`] (used by import: everything is checked and staged first, so a
+/// bad sample half-way adds nothing). Dropped uncommitted, its staging folder is removed.
+#[derive(Debug)]
+pub struct Batch {
+    dir: PathBuf,
+    first_id: u64,
+    staged: Vec<Sample>,
+    backbone: String,
+    dim: Option<usize>,
+    committed: bool,
+}
+
+impl Batch {
+    /// Write one sample into the staging folder (not yet durable, not yet in the store).
+    pub fn stage(
+        &mut self,
+        label: &str,
+        embedding: &[f32],
+        thumb_jpeg: &[u8],
+        time_ms: u64,
+    ) -> Result<u64, StoreError> {
+        check_label(label)?;
+        if let Some(want) = self.dim
+            && want != embedding.len()
+        {
+            return Err(StoreError::Dim {
+                want,
+                got: embedding.len(),
+            });
+        }
+        self.dim = Some(embedding.len());
+        let id = self.first_id + self.staged.len() as u64;
+        let thumb_sha256 = crate::fsutil::sha256_hex(thumb_jpeg);
+        let meta = RecMeta {
+            id,
+            label: label.to_string(),
+            time_ms,
+            dim: embedding.len(),
+            thumb_sha256: thumb_sha256.clone(),
+            backbone: self.backbone.clone(),
+        };
+        let meta = serde_json::to_value(meta).unwrap_or_default();
+        for (ext, bytes) in [
+            ("jpg", thumb_jpeg.to_vec()),
+            ("rec", framed::encode(REC_KIND, 1, &meta, embedding)),
+        ] {
+            let p = self.dir.join(format!("{id:08}.{ext}"));
+            std::fs::write(&p, bytes).map_err(io(&p))?;
+        }
+        self.staged.push(Sample {
+            id,
+            label: label.to_string(),
+            time_ms,
+            embedding: embedding.to_vec(),
+            backbone: self.backbone.clone(),
+            thumb_sha256,
+        });
+        Ok(id)
+    }
+
+    /// Samples staged so far.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// True when nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// `syncfs` on the filesystem holding `dir`: every file staged there is durable at once
+/// (one call instead of one `fsync` per file).
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Start a batch of samples (see [`Batch`]). Its ids follow the store's; no other
+    /// sample may be added before it is committed.
+    pub fn begin_batch(&self) -> Result<Batch, StoreError> {
+        let dir = self
+            .dir
+            .join(format!("{BATCH_PREFIX}{}", std::process::id()));
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&dir)(e)),
+        }
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        let dim = self
+            .samples
+            .iter()
+            .find(|s| s.backbone == self.backbone)
+            .map(|s| s.embedding.len());
+        Ok(Batch {
+            dir,
+            first_id: self.next_id,
+            staged: Vec::new(),
+            backbone: self.backbone.clone(),
+            dim,
+            committed: false,
+        })
+    }
+
+    /// Add every staged sample: one filesystem sync, renames into `samples/` (thumbnail,
+    /// then record, the commit point of each), one directory sync and one index write.
+    /// Returns how many were added. A crash during the renames leaves a prefix of the batch
+    /// added, each sample whole; importing again adds the rest.
+    pub fn commit_batch(&mut self, mut batch: Batch) -> Result<usize, StoreError> {
+        if batch.first_id != self.next_id {
+            return Err(StoreError::Io {
+                path: batch.dir.clone(),
+                source: std::io::Error::other("samples were added while the batch was staged"),
+            });
+        }
+        if batch.staged.is_empty() {
+            return Ok(0);
+        }
+        sync_filesystem(&batch.dir).map_err(io(&batch.dir))?;
+        let sdir = self.dir.join("samples");
+        let staged = std::mem::take(&mut batch.staged);
+        let mut added = 0;
+        let mut result = Ok(());
+        for s in staged {
+            let moved = ["jpg", "rec"].iter().try_for_each(|ext| {
+                let from = batch.dir.join(format!("{:08}.{ext}", s.id));
+                let to = sdir.join(format!("{:08}.{ext}", s.id));
+                std::fs::rename(&from, &to).map_err(io(&from))
+            });
+            if let Err(e) = moved {
+                result = Err(e);
+                break;
+            }
+            self.next_id = s.id + 1;
+            self.samples.push(s);
+            added += 1;
+        }
+        sync_dir(&sdir).map_err(io(&sdir))?;
+        self.write_index()?;
+        result?;
+        batch.committed = true;
+        let _ = std::fs::remove_dir_all(&batch.dir);
+        Ok(added)
+    }
+}
+
+/// Largest record file read (a header and 4 bytes per embedding dimension).
+pub const MAX_RECORD_FILE: u64 = 1 << 20;
+/// Largest index file read.
+const MAX_INDEX_FILE: u64 = 64 << 20;
+/// Largest thumbnail read.
+const MAX_THUMB_FILE: u64 = 16 << 20;
+
 fn read_journal(p: &Path) -> Result<Edit, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt {
         path: p.to_path_buf(),
         why,
     };
-    let (meta, _) =
-        framed::read(p, JOURNAL_KIND, 1, |_| Ok(0)).map_err(|e| corrupt(e.to_string()))?;
+    let (meta, _) = framed::read(p, MAX_INDEX_FILE, JOURNAL_KIND, 1, |_| Ok(0))
+        .map_err(|e| corrupt(e.to_string()))?;
     serde_json::from_value(meta).map_err(|e| corrupt(e.to_string()))
 }
 
@@ -644,8 +880,8 @@ fn read_classes(p: &Path) -> Result<Option<Vec<String>>, StoreError> {
         path: p.to_path_buf(),
         why,
     };
-    let (meta, _) =
-        framed::read(p, CLASSES_KIND, 1, |_| Ok(0)).map_err(|e| corrupt(e.to_string()))?;
+    let (meta, _) = framed::read(p, MAX_INDEX_FILE, CLASSES_KIND, 1, |_| Ok(0))
+        .map_err(|e| corrupt(e.to_string()))?;
     let m: ClassesMeta = serde_json::from_value(meta).map_err(|e| corrupt(e.to_string()))?;
     for c in &m.classes {
         crate::frame::check_class_name(c).map_err(|why| corrupt(format!("class {c:?} {why}")))?;
@@ -658,7 +894,7 @@ fn read_classes(p: &Path) -> Result<Option<Vec<String>>, StoreError> {
 /// writes, and a thumbnail replaced or deleted meanwhile is reported, not returned.
 pub fn read_thumbnail(dir: &Path, id: u64, sha256: &str) -> Result<Vec<u8>, StoreError> {
     let p = dir.join("samples").join(format!("{id:08}.jpg"));
-    let bytes = std::fs::read(&p).map_err(io(&p))?;
+    let bytes = crate::fsutil::read_bounded(&p, MAX_THUMB_FILE).map_err(io(&p))?;
     if crate::fsutil::sha256_hex(&bytes) != sha256 {
         return Err(StoreError::Corrupt {
             path: p,
@@ -669,7 +905,7 @@ pub fn read_thumbnail(dir: &Path, id: u64, sha256: &str) -> Result<Vec<u8>, Stor
 }
 
 fn read_record(p: &Path) -> Result<Sample, StoreError> {
-    let bytes = std::fs::read(p).map_err(io(p))?;
+    let bytes = crate::fsutil::read_bounded(p, MAX_RECORD_FILE).map_err(io(p))?;
     decode_record(p, &bytes)
 }
 
@@ -771,6 +1007,84 @@ mod tests {
         let (mut s, rep) = Store::open(d.path()).unwrap();
         assert!(!rep.index_rebuilt);
         assert_eq!(s.add("a", &[0.0; 4], b"t", 9).unwrap(), 6);
+    }
+
+    #[test]
+    fn only_temp_files_this_program_names_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.add("a", &[1.0], b"t", 1).unwrap();
+        drop(s);
+        let sdir = d.path().join("samples");
+        for user in [".my.tmpnotes", ".notes.tmp", ".00000001.txt.tmp5", "x.tmp1"] {
+            std::fs::write(sdir.join(user), b"mine").unwrap();
+        }
+        let ours = [".00000002.rec.teachcam-tmp.77.0", ".00000002.jpg.tmp42"];
+        for t in ours {
+            std::fs::write(sdir.join(t), b"partial").unwrap();
+        }
+        let (_, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(rep.temp_removed, 2);
+        for user in [".my.tmpnotes", ".notes.tmp", ".00000001.txt.tmp5", "x.tmp1"] {
+            assert!(sdir.join(user).exists(), "{user} was deleted");
+        }
+        for t in ours {
+            assert!(!sdir.join(t).exists(), "{t} left behind");
+        }
+    }
+
+    #[test]
+    fn a_batch_adds_all_or_nothing_with_one_index_write() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.add("a", &[1.0, 0.0], b"first", 1).unwrap();
+        // Dropped before commit: nothing added, nothing left.
+        let mut b = s.begin_batch().unwrap();
+        b.stage("b", &[0.0, 1.0], b"x", 2).unwrap();
+        assert!(matches!(
+            b.stage("b", &[0.0, 1.0, 2.0], b"y", 2),
+            Err(StoreError::Dim { want: 2, got: 3 })
+        ));
+        drop(b);
+        let leftovers: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(BATCH_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(s.samples().len(), 1);
+        // Committed: every sample arrives, ids continue, the reopened store agrees.
+        let mut b = s.begin_batch().unwrap();
+        for i in 0..5 {
+            b.stage("b", &[i as f32, 1.0], format!("t{i}").as_bytes(), 10 + i)
+                .unwrap();
+        }
+        assert_eq!(b.len(), 5);
+        assert_eq!(s.commit_batch(b).unwrap(), 5);
+        assert_eq!(s.add("c", &[1.0, 1.0], b"after", 3).unwrap(), 7);
+        drop(s);
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert!(!rep.index_rebuilt, "the batch wrote the index");
+        assert_eq!(
+            s.ids().into_iter().collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
+        assert_eq!(s.samples()[3].time_ms, 12);
+        assert_eq!(s.thumbnail(4).unwrap(), b"t2");
+    }
+
+    #[test]
+    fn a_batch_abandoned_by_a_dead_process_is_removed_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        drop(s);
+        // A process id that cannot be alive (above the kernel's pid_max).
+        let dead = d.path().join(format!("{BATCH_PREFIX}{}", i32::MAX));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("00000001.rec"), b"staged").unwrap();
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert!(!dead.exists());
+        assert_eq!((rep.temp_removed, s.samples().len()), (1, 0));
     }
 
     #[test]

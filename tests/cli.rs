@@ -786,6 +786,9 @@ fn bad_flag_values_are_one_line_errors_naming_the_rule() {
         let e = fails(args);
         assert!(e.contains(want), "{args:?}: {e}");
     }
+}
+
+#[test]
 fn explain_features_dream_and_attack_write_what_they_report() {
     let dir = tempfile::tempdir().unwrap();
     let d = dataset(dir.path(), 4, 1);

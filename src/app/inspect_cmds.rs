@@ -11,6 +11,7 @@ use serde_json::json;
 use super::{check_writable_parent, load_backbone_from, load_head_for};
 use crate::backbone::{self, Backbone, Precision};
 use crate::cli::{AttackArgs, DreamArgs, ExplainArgs, FeaturesArgs, Global};
+use crate::frame::Frame;
 use crate::grad::Network;
 use crate::head::Head;
 use crate::imagefolder;
@@ -54,14 +55,14 @@ fn require_png(path: &Path) -> Result<()> {
     check_writable_parent(path)
 }
 
-fn load_rgb(path: &Path) -> Result<imagefolder::Rgb> {
+fn load_rgb(path: &Path) -> Result<Frame> {
     imagefolder::load_rgb(path).with_context(|| format!("cannot read image {}", path.display()))
 }
 
 /// The float backbone (tract) and the differentiable copy of it, with a head trained on it.
 fn float_models(g: &Global, head_path: &Path) -> Result<(Backbone, Network, Head)> {
     let b = load_backbone_from(g.models.as_deref(), Precision::F32, g.input_size())?;
-    let head = load_head_for(head_path, b.sha256(), "f32", b.dim()).with_context(|| {
+    let head = load_head_for(head_path, b.id(), b.dim()).with_context(|| {
         format!(
             "{} must be trained on the f32 backbone for gradients (teachcam train ... --precision f32)",
             head_path.display()
@@ -85,7 +86,7 @@ fn int8_verdict(
     h: usize,
 ) -> Result<(usize, Vec<f32>)> {
     let b = load_backbone_from(g.models.as_deref(), Precision::Int8, g.input_size())?;
-    let head = load_head_for(head_path, b.sha256(), "int8", b.dim())?;
+    let head = load_head_for(head_path, b.id(), b.dim())?;
     let e = b.embedder().embed(rgb, w, h)?;
     let p = head.predict(&e);
     Ok((p.best, p.probs))
@@ -97,11 +98,11 @@ pub(super) fn explain(g: &Global, a: &ExplainArgs) -> Result<()> {
     let img = load_rgb(&a.image)?;
     let dir = backbone::find_models_dir(g.models.as_deref())?;
     let b = Backbone::load_sized_with_map(&dir, g.precision(), g.input_size())?;
-    head.check_backbone(&a.head, b.sha256(), g.precision().name(), b.dim())?;
+    head.check_backbone(&a.head, b.id(), b.dim())?;
     let explainer = Explainer::new(&head);
     let mut emb = b.embedder();
     let t = Instant::now();
-    let (e, map) = emb.embed_with_map(&img.data, img.width, img.height)?;
+    let (e, map) = emb.embed_with_map(&img.rgb, img.width, img.height)?;
     let pred = head.predict(&e);
     let class = match &a.class {
         Some(c) => class_index(&head, c)?,
@@ -179,7 +180,7 @@ pub(super) fn features(g: &Global, a: &FeaturesArgs) -> Result<()> {
     let side = g.input_size();
     let plan = crate::preprocess::Plan::new(img.width, img.height, side);
     let mut x = vec![0f32; 3 * side * side];
-    plan.run(&img.data, &mut x);
+    plan.run(&img.rgb, &mut x);
     let mut tape = net.tape();
     net.forward(&mut tape, &x);
     let l = &layers[k];
@@ -282,7 +283,7 @@ pub(super) fn attack(g: &Global, a: &AttackArgs) -> Result<()> {
         max_steps: a.steps.min(100_000),
     };
     let t = Instant::now();
-    let r = attack::attack(&net, &head, &img.data, img.width, img.height, &cfg);
+    let r = attack::attack(&net, &head, &img.rgb, img.width, img.height, &cfg);
     let secs = t.elapsed().as_secs_f64();
     let out = image::RgbImage::from_raw(img.width as u32, img.height as u32, r.pixels.clone())
         .context("image size")?;
@@ -297,7 +298,7 @@ pub(super) fn attack(g: &Global, a: &AttackArgs) -> Result<()> {
     let (k0, k1) = (top(&r.before), top(&r.after));
     let int8 = match &a.check_int8 {
         Some(h8) => Some((
-            int8_verdict(g, h8, &img.data, img.width, img.height)?,
+            int8_verdict(g, h8, &img.rgb, img.width, img.height)?,
             int8_verdict(g, h8, &r.pixels, img.width, img.height)?,
         )),
         None => None,

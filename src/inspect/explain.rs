@@ -129,8 +129,10 @@ mod tests {
             weights: (0..dim * classes).map(|_| r.normal()).collect(),
             bias: (0..classes).map(|_| r.normal()).collect(),
             threshold: 0.5,
-            backbone_sha256: String::new(),
-            precision: "f32".into(),
+            backbone: crate::backbone::BackboneId {
+                precision: "f32".into(),
+                ..Default::default()
+            },
             info: Default::default(),
         };
         let data: Vec<f32> = (0..h * w * dim)

@@ -26,8 +26,10 @@ fn random_head(classes: usize, seed: u64) -> Head {
         weights: (0..dim * classes).map(|_| r.normal() * 0.05).collect(),
         bias: vec![0.0; classes],
         threshold: 0.5,
-        backbone_sha256: String::new(),
-        precision: "f32".into(),
+        backbone: crate::backbone::BackboneId {
+            precision: "f32".into(),
+            ..Default::default()
+        },
         info: Default::default(),
     }
 }

@@ -125,7 +125,7 @@ impl Stem {
                 "stem depthwise kernel of {t2} taps (at most {MAX_TAPS})"
             ));
         }
-        if !(p.q.scale.is_finite() && p.q.scale > 0.0) || !(0..=255).contains(&p.q.zero) {
+        if !(p.q.scale.is_finite() && p.q.scale > 0.0 && (0..=255).contains(&p.q.zero)) {
             return Err("stem quantisation: scale must be positive, zero point u8".into());
         }
         let ok = match kernel {

@@ -360,10 +360,10 @@ unsafe fn avx2_pointwise(
                 for kk in 0..k2 {
                     let w0 = _mm256_loadu_si256(wp.add(kk * 32) as *const __m256i);
                     let w1 = _mm256_loadu_si256(wp.add(kk * 32 + 16) as *const __m256i);
-                    for r in 0..MR {
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
                         let a = _mm256_set1_epi32(wp0.add(r * k2 + kk).read_unaligned());
-                        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a, w0));
-                        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a, w1));
+                        acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(a, w0));
+                        acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(a, w1));
                     }
                 }
                 let b0 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR) as *const __m256i);
