@@ -539,6 +539,8 @@ pub fn import(
     let digest = emb.backbone().id().digest.clone();
     let dim = emb.backbone().dim();
     store.set_backbone(&digest);
+    // A stored record of this backbone with another length would refuse the whole batch.
+    store.quarantine_mismatched(dim)?;
     // Identical thumbnail bytes with the same label are the same sample.
     let mut have: HashSet<(String, String)> = store
         .samples()
@@ -606,10 +608,14 @@ pub struct ReembedReport {
 
 /// Re-embed, from their thumbnails, the samples that another backbone embedded (the
 /// precision or input size was changed), so what was taught is kept across a model change.
+/// Samples that claim this backbone but have another embedding length are quarantined.
 /// A sample whose thumbnail is damaged is kept as it was (and reported).
 pub fn reembed_stale(store: &mut Store, emb: &mut Embedder) -> Result<ReembedReport, StoreError> {
     let digest = emb.backbone().id().digest.clone();
     store.set_backbone(&digest);
+    // Records claiming this backbone with another length cannot be used (or re-embedded:
+    // they claim to be current); they are quarantined with a message.
+    store.quarantine_mismatched(emb.backbone().dim())?;
     let stale: Vec<u64> = store
         .samples()
         .iter()

@@ -10,8 +10,15 @@
 //! STATE/classes                the class list (framed JSON), once the appliance has run
 //! STATE/journal                an [`Edit`] being applied (framed JSON); see below
 //! STATE/head.current           the live head;  STATE/head.previous  the one before it
-//! STATE/quarantine/            records that failed their checksum (kept, never deleted)
+//! STATE/quarantine/            records that failed their checksum or hold an unusable
+//!                              embedding (kept, never deleted, never overwritten)
+//! STATE/lock                   the writer's lock: `flock`ed for as long as a [`Store`] is
+//!                              open, and holding the writer's process id
 //! ```
+//! One writer at a time: [`Store::open`] takes an exclusive advisory lock on `STATE/lock`
+//! (released when the process ends, however it ends) and refuses, naming the holder's
+//! process id, when another process has the store open (`teachcam run` while `teachcam
+//! dataset import` is attempted, or the reverse).
 //! Every file is replaced atomically (temp, fsync, rename, directory fsync), so a power cut
 //! leaves either the old or the new version. The index is verified against the records on
 //! open and rebuilt from them when torn, stale or missing.
@@ -80,6 +87,16 @@ pub enum StoreError {
     /// An edit names a sample the store does not have.
     #[error("no sample {0}")]
     NoSample(u64),
+    /// Another process has the state directory open (one writer at a time).
+    #[error(
+        "state directory {dir} is in use by {holder}; one program at a time may write it: stop that one first (e.g. `systemctl stop teachcam`), then retry"
+    )]
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+        /// Who holds it ("process 1234", or "another process" when its id is unknown).
+        holder: String,
+    },
     /// An edit would store a label that cannot be a class name.
     #[error("label {label:?} {why}")]
     BadLabel {
@@ -205,6 +222,10 @@ struct RecMeta {
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct IndexMeta {
     ids: Vec<u64>,
+    /// The next id to give: ids are never reused, even when the newest sample was deleted
+    /// or quarantined (0 in indexes written before it was recorded).
+    #[serde(default)]
+    next_id: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -238,6 +259,73 @@ pub struct Store {
     /// A committed edit whose files are not all written yet (the disk filled up half way);
     /// finished before the next edit, and by the next open at the latest.
     unfinished: Option<Edit>,
+    /// `STATE/lock`, `flock`ed exclusively: held (and released by the kernel) with the
+    /// store. `None` only on a read-only directory without a lock file.
+    _lock: Option<std::fs::File>,
+}
+
+/// Take the state directory's writer lock (see the module docs), or say who holds it.
+fn lock_state(dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let p = dir.join("lock");
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p);
+    let mut f = match opened {
+        Ok(f) => f,
+        // A read-only state directory (or lock file) still gets the lock when the file
+        // exists: flock works on a descriptor opened for reading. When it does not exist
+        // on a read-only directory, nobody can write here, so there is nothing to guard.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            match std::fs::File::open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    log::warn!(
+                        "{} is read-only: opened without a writer lock",
+                        dir.display()
+                    );
+                    return Ok(None);
+                }
+                Err(e) => return Err(io(&p)(e)),
+            }
+        }
+        Err(e) => return Err(io(&p)(e)),
+    };
+    // SAFETY: `f` is an open descriptor for the duration of the call; flock only reads it.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(&p)(e));
+        }
+        let mut text = String::new();
+        let _ = Read::by_ref(&mut f).take(32).read_to_string(&mut text);
+        let holder = match text.trim().parse::<u32>() {
+            Ok(pid) => format!("process {pid}"),
+            Err(_) => "another process".to_string(),
+        };
+        return Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+            holder,
+        });
+    }
+    // Ours now: say who we are, for the next one who tries.
+    let said = f
+        .set_len(0)
+        .and_then(|()| f.rewind())
+        .and_then(|()| writeln!(f, "{}", std::process::id()));
+    if let Err(e) = said {
+        log::debug!("cannot write the process id into {}: {e}", p.display());
+    }
+    Ok(Some(f))
 }
 
 /// Whether `name` is the temp file of an atomic write of `own`: `.NAME.teachcam-tmp.PID.N`
@@ -268,6 +356,8 @@ impl Store {
     pub fn open(dir: &Path) -> Result<(Self, OpenReport), StoreError> {
         let sdir = dir.join("samples");
         std::fs::create_dir_all(&sdir).map_err(io(&sdir))?;
+        // Before anything is read or repaired: another writer's files are not ours to fix.
+        let lock = lock_state(dir)?;
         let mut report = OpenReport::default();
         report.temp_removed += remove_own_temps(dir)?;
         let journal = dir.join("journal");
@@ -301,29 +391,43 @@ impl Store {
             if !name.ends_with(".rec") {
                 continue;
             }
-            match read_record(&p) {
-                Ok(s) => samples.push(s),
+            let why = match read_record(&p) {
+                // A checksum-valid record can still hold an unusable embedding (NaN, empty,
+                // absurd norm): it must never reach a head or the trainer.
+                Ok(s) => match crate::embedding::check(&s.embedding, None) {
+                    Ok(()) => {
+                        samples.push(s);
+                        continue;
+                    }
+                    Err(e) => format!("{}: {e}", p.display()),
+                },
                 // A record that cannot be read (permissions, I/O) is not corrupt: it is kept
                 // where it is and the start fails naming it.
                 Err(e @ StoreError::Io { .. }) => return Err(e),
-                Err(why) => {
-                    let q = dir.join("quarantine");
-                    std::fs::create_dir_all(&q).map_err(io(&q))?;
-                    let target = q.join(name);
-                    std::fs::rename(&p, &target).map_err(io(&p))?;
-                    log::error!("{why}; moved to {}", target.display());
-                    report.quarantined.push(target);
-                }
-            }
+                Err(why) => why.to_string(),
+            };
+            let target = quarantine(dir, &p)?;
+            log::error!("{why}; moved to {}", target.display());
+            report.quarantined.push(target);
         }
         samples.sort_by_key(|s| s.id);
         let ids: Vec<u64> = samples.iter().map(|s| s.id).collect();
         let index_path = dir.join("index");
-        let index_ok = match framed::read(&index_path, MAX_INDEX_FILE, INDEX_KIND, 1, |_| Ok(0)) {
-            Ok((meta, _)) => serde_json::from_value::<IndexMeta>(meta).is_ok_and(|m| m.ids == ids),
-            Err(_) => false,
-        };
-        let next_id = ids.last().map_or(1, |l| l + 1);
+        let index = framed::read(&index_path, MAX_INDEX_FILE, INDEX_KIND, 1, |_| Ok(0))
+            .ok()
+            .and_then(|(meta, _)| serde_json::from_value::<IndexMeta>(meta).ok());
+        let index_ok = index.as_ref().is_some_and(|m| m.ids == ids);
+        // Never reuse an id: past the live records, the index's counter (even from a stale
+        // index), and every id still named by a file here or in quarantine/.
+        let next_id = [
+            ids.last().map_or(1, |l| l + 1),
+            index.map_or(0, |m| m.next_id),
+            highest_named_id(&sdir).map_or(0, |i| i + 1),
+            highest_named_id(&dir.join("quarantine")).map_or(0, |i| i + 1),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
         let store = Store {
             dir: dir.to_path_buf(),
             samples,
@@ -331,6 +435,7 @@ impl Store {
             next_id,
             backbone: String::new(),
             unfinished: None,
+            _lock: lock,
         };
         if !index_ok {
             if index_path.exists() {
@@ -350,6 +455,7 @@ impl Store {
     fn write_index(&self) -> Result<(), StoreError> {
         let meta = IndexMeta {
             ids: self.samples.iter().map(|s| s.id).collect(),
+            next_id: self.next_id,
         };
         let meta = serde_json::to_value(meta).unwrap_or_default();
         let p = self.dir.join("index");
@@ -367,6 +473,37 @@ impl Store {
     /// Tag new samples as embedded by the backbone with this digest.
     pub fn set_backbone(&mut self, digest: &str) {
         self.backbone = digest.to_string();
+    }
+
+    /// Quarantine the samples that claim the current backbone (see [`Store::set_backbone`])
+    /// but whose embedding is not `dim` long: such a record (imported, or made by hand) would
+    /// make every later capture fail the store's dimension check. Returns where they went.
+    pub fn quarantine_mismatched(&mut self, dim: usize) -> Result<Vec<PathBuf>, StoreError> {
+        let bad: Vec<u64> = self
+            .samples
+            .iter()
+            .filter(|s| s.backbone == self.backbone && s.embedding.len() != dim)
+            .map(|s| s.id)
+            .collect();
+        let mut moved = Vec::new();
+        for id in bad {
+            let got = self
+                .samples
+                .iter()
+                .find(|s| s.id == id)
+                .map_or(0, |s| s.embedding.len());
+            let target = quarantine(&self.dir, &self.record_path(id))?;
+            log::error!(
+                "sample {id} has a {got}-d embedding, the backbone gives {dim}; moved to {}",
+                target.display()
+            );
+            self.samples.retain(|s| s.id != id);
+            moved.push(target);
+        }
+        if !moved.is_empty() {
+            self.refresh_index();
+        }
+        Ok(moved)
     }
 
     /// The class list the appliance saved, if it ever did.
@@ -862,6 +999,66 @@ const MAX_INDEX_FILE: u64 = 64 << 20;
 /// Largest thumbnail read.
 const MAX_THUMB_FILE: u64 = 16 << 20;
 
+/// The highest sample id named by a file in `dir` (`NNNNNNNN.rec`, `.jpg`, and quarantined
+/// copies `NNNNNNNN.rec.2`); `None` when there is none or `dir` is absent.
+fn highest_named_id(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            let digits = name.get(..8)?;
+            let rest = &name[8..];
+            (digits.bytes().all(|b| b.is_ascii_digit())
+                && (rest.starts_with(".rec") || rest.starts_with(".jpg")))
+            .then(|| digits.parse().ok())
+            .flatten()
+        })
+        .max()
+}
+
+/// Move the record `rec` (and its thumbnail, when present) into `STATE/quarantine/`, under a
+/// name no earlier quarantine holds (`NAME`, else `NAME.2`, `NAME.3`, …): quarantined data is
+/// kept, never overwritten. Returns where the record went.
+fn quarantine(dir: &Path, rec: &Path) -> Result<PathBuf, StoreError> {
+    let q = dir.join("quarantine");
+    std::fs::create_dir_all(&q).map_err(io(&q))?;
+    let name = rec
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let thumb = rec.with_extension("jpg");
+    let thumb_name = thumb
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // One suffix for both files, free for both (one writer: the state lock is held).
+    let suffix = (1u64..)
+        .map(|k| {
+            if k == 1 {
+                String::new()
+            } else {
+                format!(".{k}")
+            }
+        })
+        .find(|sfx| {
+            !q.join(format!("{name}{sfx}")).exists()
+                && !q.join(format!("{thumb_name}{sfx}")).exists()
+        })
+        .unwrap_or_default();
+    let target = q.join(format!("{name}{suffix}"));
+    std::fs::rename(rec, &target).map_err(io(rec))?;
+    if thumb.exists() {
+        let t = q.join(format!("{thumb_name}{suffix}"));
+        if let Err(e) = std::fs::rename(&thumb, &t) {
+            log::warn!("thumbnail {} left in place: {e}", thumb.display());
+        }
+    }
+    sync_dir(&q).map_err(io(&q))?;
+    Ok(target)
+}
+
 fn read_journal(p: &Path) -> Result<Edit, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt {
         path: p.to_path_buf(),
@@ -965,10 +1162,106 @@ mod tests {
         drop(s);
         let (s, _) = Store::open(d.path()).unwrap();
         assert_eq!(s.ids().into_iter().collect::<Vec<_>>(), vec![a]);
+        drop(s);
         assert!(matches!(
             Store::open(d.path()).unwrap().0.add("x", &[1.0], b"", 0),
             Err(StoreError::Dim { .. })
         ));
+    }
+
+    /// Issue 12 defect 1: one writer per state directory, and the refusal names the holder.
+    #[test]
+    fn a_second_writer_is_refused_naming_the_holder_until_the_first_closes() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let e = Store::open(d.path()).unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("process {}", std::process::id())) && msg.contains("in use"),
+            "{msg}"
+        );
+        drop(s);
+        let (s, _) = Store::open(d.path()).unwrap();
+        drop(s);
+    }
+
+    /// Issue 12 defects 2 and 12: a checksum-valid record with an unusable embedding is
+    /// quarantined at open (never loaded); quarantine never overwrites an earlier one, moves
+    /// the thumbnail along, and the quarantined ids are never given again.
+    #[test]
+    fn unusable_embeddings_are_quarantined_without_overwriting_and_ids_are_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        for i in 0..3 {
+            s.add("a", &[1.0 + i as f32; 4], format!("t{i}").as_bytes(), i)
+                .unwrap();
+        }
+        let poison = |s: &Store, id: u64, e: Vec<f32>| {
+            let mut bad = s.samples().iter().find(|x| x.id == id).unwrap().clone();
+            bad.embedding = e;
+            write_record(d.path(), &bad).unwrap();
+        };
+        // The newest record gets a NaN: it is quarantined with its thumbnail.
+        poison(&s, 3, vec![f32::NAN; 4]);
+        drop(s);
+        let (mut s, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(
+            rep.quarantined,
+            vec![d.path().join("quarantine/00000003.rec")]
+        );
+        assert!(d.path().join("quarantine/00000003.jpg").exists());
+        assert!(
+            s.samples()
+                .iter()
+                .all(|x| x.embedding.iter().all(|v| v.is_finite()))
+        );
+        // Its id is not reused: the next capture is 4, and 3's files stay as they were.
+        assert_eq!(s.add("a", &[5.0; 4], b"new", 9).unwrap(), 4);
+        // A second record of the same name in quarantine does not replace the first.
+        let first = std::fs::read(d.path().join("quarantine/00000003.rec")).unwrap();
+        std::fs::copy(
+            d.path().join("quarantine/00000003.rec"),
+            d.path().join("samples/00000003.rec"),
+        )
+        .unwrap();
+        drop(s);
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(
+            rep.quarantined,
+            vec![d.path().join("quarantine/00000003.rec.2")]
+        );
+        assert_eq!(
+            std::fs::read(d.path().join("quarantine/00000003.rec")).unwrap(),
+            first
+        );
+        // An infinite value and an empty embedding are refused too.
+        poison(&s, 4, vec![f32::INFINITY; 4]);
+        poison(&s, 2, Vec::new());
+        drop(s);
+        let (mut s, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(rep.quarantined.len(), 2);
+        assert_eq!(s.ids().into_iter().collect::<Vec<_>>(), vec![1]);
+        // Even with the index gone, no id still named in quarantine/ is given again.
+        drop(s);
+        std::fs::remove_file(d.path().join("index")).unwrap();
+        let (mut t, _) = Store::open(d.path()).unwrap();
+        assert_eq!(t.add("a", &[1.0; 4], b"later", 10).unwrap(), 5);
+        s = t;
+        // A record claiming the current backbone with another length is quarantined once
+        // the backbone's dimension is known (before it could break every capture).
+        s.set_backbone("bb");
+        s.add("a", &[1.0; 4], b"four", 11).unwrap();
+        let mut wrong = s.samples().last().unwrap().clone();
+        wrong.id = 7;
+        wrong.embedding = vec![1.0; 3];
+        write_record(d.path(), &wrong).unwrap();
+        drop(s);
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.set_backbone("bb");
+        let moved = s.quarantine_mismatched(4).unwrap();
+        assert_eq!(moved, vec![d.path().join("quarantine/00000007.rec")]);
+        assert!(s.samples().iter().all(|x| x.embedding.len() == 4));
     }
 
     #[test]
@@ -976,7 +1269,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut s, _) = Store::open(d.path()).unwrap();
         for i in 0..5 {
-            s.add("a", &[i as f32; 4], b"t", i).unwrap();
+            s.add("a", &[1.0 + i as f32; 4], b"t", i).unwrap();
         }
         drop(s);
         // Tear the index and flip a byte in one record; leave stray temp files (ours, and
@@ -1148,7 +1441,7 @@ mod tests {
         let (mut s, _) = Store::open(d.path()).unwrap();
         assert_eq!(s.classes(), None);
         for (i, l) in ["a", "b", "a", "c"].iter().enumerate() {
-            s.add(l, &[i as f32], b"t", i as u64).unwrap();
+            s.add(l, &[1.0 + i as f32], b"t", i as u64).unwrap();
         }
         let edit = Edit {
             relabel: vec![(1, "z".into()), (3, "z".into())],
@@ -1184,7 +1477,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut s, _) = Store::open(d.path()).unwrap();
         for i in 0..4 {
-            s.add("old", &[i as f32], b"t", i).unwrap();
+            s.add("old", &[1.0 + i as f32], b"t", i).unwrap();
         }
         drop(s);
         let edit = Edit {
@@ -1213,8 +1506,11 @@ mod tests {
         assert_eq!(s.classes().unwrap(), ["new"]);
         // Completing again (a second crash during completion) changes nothing more.
         complete(d.path(), &edit).unwrap();
+        let before = labels(&s);
+        drop(s);
         let (s2, _) = Store::open(d.path()).unwrap();
-        assert_eq!(labels(&s2), labels(&s));
+        assert_eq!(labels(&s2), before);
+        drop(s2);
         // A journal that fails its checksum is not guessed at: the open names it.
         std::fs::write(d.path().join("journal"), b"teachcam-journal 1\n{}\nxx").unwrap();
         let e = Store::open(d.path()).unwrap_err().to_string();

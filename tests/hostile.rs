@@ -730,10 +730,9 @@ fn hostile_numbers_in_flags_never_panic() {
     assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
 }
 
-/// #9, the cases whose validation lives in the command-line layer being reshaped (issue 11):
-/// kept apart so they are fixed in one place (phase 2 of issue 12).
+/// #9, the cases whose validation lives in the command-line layer (core's checked value
+/// types; `synth` counts are bounded so a huge one is refused instead of writing forever).
 #[test]
-#[ignore = "phase 2 of issue 12: flag validation in cli.rs/app.rs"]
 fn hostile_numbers_handled_in_the_cli_layer() {
     for args in [
         &[
@@ -925,4 +924,53 @@ fn sigkill_during_captures_imports_and_a_full_disk_loses_nothing() {
         },
         acked.len()
     );
+}
+
+/// #1: one writer per state directory. While `run` has the state open, `dataset import` into
+/// it is refused, naming the running process's id, and changes nothing; after the appliance
+/// stops, the same import succeeds.
+#[test]
+fn import_into_a_running_appliances_state_is_refused_naming_its_pid() {
+    use std::io::{BufRead, BufReader};
+    let t = tempfile::tempdir().unwrap();
+    let data = synth(t.path(), 2, 0, 5);
+    let state = t.path().join("state");
+    let mut child = bin()
+        .args(["run", "--state", s(&state), "--camera", "synthetic:300"])
+        .args(["--classes", "a,b", "--duration", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("teachcam: running") {
+        line.clear();
+    }
+    assert!(
+        line.contains("teachcam: running"),
+        "the appliance did not start"
+    );
+    let e = fails(&[
+        "dataset",
+        "import",
+        "--state",
+        s(&state),
+        s(&data.join("train")),
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        e.contains(&format!("in use by process {}", child.id())),
+        "{e}"
+    );
+    assert!(ids(&state).is_empty(), "nothing imported while refused");
+    let o = ok(&[
+        "dataset",
+        "import",
+        "--state",
+        s(&state),
+        s(&data.join("train")),
+    ]);
+    assert!(o.contains("imported 6 samples"), "{o}");
 }

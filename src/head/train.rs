@@ -17,6 +17,8 @@
 //!
 //! Must not: read files, clocks (beyond the optional deadline the caller passes) or devices.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::{Head, TrainInfo, dot, l2_normalise, softmax};
@@ -45,6 +47,20 @@ pub struct TrainConfig {
     pub threshold: f32,
     /// Stop early (keeping the best so far) when this instant passes.
     pub deadline: Option<Instant>,
+    /// Stop early (keeping the best so far) once this flag is set: how a shutting-down
+    /// appliance ends a long fine-tune within an epoch, whatever the budget.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl TrainConfig {
+    /// True once the deadline has passed or the stop flag is set.
+    pub fn should_stop(&self) -> bool {
+        self.deadline.is_some_and(|t| Instant::now() >= t)
+            || self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for TrainConfig {
@@ -59,6 +75,7 @@ impl Default for TrainConfig {
             lr: 1e-2,
             threshold: 0.5,
             deadline: None,
+            stop: None,
         }
     }
 }
@@ -378,7 +395,7 @@ fn fit(prob: &Problem, init: Params, l2: f32, epochs: usize, seed: u64) -> Fitte
         loss,
     };
     for epoch in 1..=epochs {
-        if cfg.deadline.is_some_and(|t| Instant::now() >= t) {
+        if cfg.should_stop() {
             break;
         }
         run_epoch(&mut p, &mut opt, prob, &groups, l2, &mut rng);
