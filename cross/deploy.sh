@@ -14,8 +14,16 @@
 # target kept as PREFIX/previous. The unit is installed when it differs, the config only when
 # there is none (your edits stay), the state directory is never touched. Then the service is
 # enabled and restarted; if it does not restart, current is switched back and the old version
-# restarted. Finishes with `teachcam doctor` on the board. Running it twice changes nothing the
-# second time.
+# restarted. Finishes with `teachcam doctor` on the board, run as the service user (so it sees
+# what the service will: its groups, its access to the state directory and devices). Running it
+# twice changes nothing the second time.
+#
+# Privileges: log in as a user with passwordless sudo (e.g. pi@board); only the steps that
+# write system paths (release, unit, config, service user, systemctl) run through `sudo -n`.
+# A root login works too and then uses no sudo. Installed files are owned by root with fixed
+# modes (directories and the binary 0755, other files 0644), whatever the modes and owners of
+# the files on this machine: the service user must be able to read and run them, and nobody
+# but root may change them.
 #
 # Options (defaults in brackets):
 #   --port N            ssh port [22]
@@ -24,15 +32,20 @@
 #   --state-dir DIR     only for creating the service user's home [/var/lib/teachcam]
 #   --binary FILE       ship this binary instead of picking one (its ELF machine must match)
 #   --no-service        install only: no unit, no systemctl (boards without systemd)
-#   --systemctl CMD     [systemctl]   --useradd CMD [useradd]   --systemd-dir DIR [/run/systemd/system]
+#   --systemctl CMD     [systemctl]   --useradd CMD [useradd]   --usermod CMD [usermod]
+#   --systemd-dir DIR   [/run/systemd/system]
 #                       (replaceable so the end-to-end test can record what would be run)
+#   --sudo CMD          how to become root on the board [none when logged in as root, else sudo -n]
+#   --service-user NAME the user the service runs as [teachcam]; the unit says User=teachcam,
+#                       so only the end-to-end test, which cannot create users, changes this
 # Environment: SSH_OPTS, extra options for ssh (e.g. "-i key -o UserKnownHostsFile=...").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT=22 PREFIX=/opt/teachcam CONFIG_DIR=/etc/teachcam UNIT_DIR=/etc/systemd/system
 STATE_DIR=/var/lib/teachcam BINARY="" NO_SERVICE=0 ROLLBACK=0
-SYSTEMCTL=systemctl USERADD=useradd SYSTEMD_DIR=/run/systemd/system
+SYSTEMCTL=systemctl USERADD=useradd USERMOD=usermod SYSTEMD_DIR=/run/systemd/system
+SUDO=auto SERVICE_USER=teachcam
 BOARD=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -46,8 +59,11 @@ while [ $# -gt 0 ]; do
         --rollback) ROLLBACK=1 ;;
         --systemctl) SYSTEMCTL=$2; shift ;;
         --useradd) USERADD=$2; shift ;;
+        --usermod) USERMOD=$2; shift ;;
+        --sudo) SUDO=$2; shift ;;
+        --service-user) SERVICE_USER=$2; shift ;;
         --systemd-dir) SYSTEMD_DIR=$2; shift ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "deploy: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) BOARD=$1 ;;
     esac
@@ -60,15 +76,11 @@ q() { printf '%q' "$1"; }
 # shellcheck disable=SC2086
 board() { ssh -o BatchMode=yes -o ConnectTimeout=10 -o LogLevel=ERROR -p "$PORT" ${SSH_OPTS:-} "$BOARD" "$@"; }
 
-# Variables every remote step sees.
-REMOTE_ENV="PREFIX=$(q "$PREFIX") CONFIG_DIR=$(q "$CONFIG_DIR") UNIT_DIR=$(q "$UNIT_DIR") \
-STATE_DIR=$(q "$STATE_DIR") SYSTEMCTL=$(q "$SYSTEMCTL") USERADD=$(q "$USERADD") NO_SERVICE=$NO_SERVICE"
-
 # 1. Ask the board what it is.
 errf=$(mktemp)
 set +e
 probe=$(board "uname -m; if [ -d $(q "$SYSTEMD_DIR") ]; then echo systemd; else echo none; fi; \
-readlink $(q "$PREFIX/current") || echo -" 2>"$errf")
+readlink $(q "$PREFIX/current") || echo -; id -u" 2>"$errf")
 rc=$?
 set -e
 why=$(tail -1 "$errf"); rm -f "$errf"
@@ -76,22 +88,39 @@ why=$(tail -1 "$errf"); rm -f "$errf"
 machine=$(echo "$probe" | sed -n 1p)
 init=$(echo "$probe" | sed -n 2p)
 current=$(echo "$probe" | sed -n 3p)
+uid=$(echo "$probe" | sed -n 4p)
 if [ "$NO_SERVICE" = 0 ] && [ "$init" != systemd ]; then
     die "$BOARD does not run systemd ($SYSTEMD_DIR is missing); install without a service with --no-service (make deploy NO_SERVICE=1) and start teachcam run yourself"
 fi
+if [ "$SUDO" = auto ]; then
+    if [ "$uid" = 0 ]; then SUDO=""; else SUDO="sudo -n"; fi
+fi
+if [ -n "$SUDO" ] && ! board "$SUDO true" 2>/dev/null; then
+    die "$BOARD: '$SUDO' does not work for this login; log in as a user with passwordless sudo (or as root)"
+fi
+
+# Variables every remote step sees; ROOT_SH runs a script (stdin) as root.
+REMOTE_ENV="PREFIX=$(q "$PREFIX") CONFIG_DIR=$(q "$CONFIG_DIR") UNIT_DIR=$(q "$UNIT_DIR") \
+STATE_DIR=$(q "$STATE_DIR") SYSTEMCTL=$(q "$SYSTEMCTL") USERADD=$(q "$USERADD") \
+USERMOD=$(q "$USERMOD") SERVICE_USER=$(q "$SERVICE_USER") NO_SERVICE=$NO_SERVICE"
+ROOT_SH="$SUDO env $REMOTE_ENV sh -s"
 
 remote_doctor() {
-    # teachcam doctor on the board: prints its findings and verdict, never fails the deploy.
-    board "$REMOTE_ENV sh -s" <<'EOF'
-echo "doctor on the board:"
-"$PREFIX/current/teachcam" doctor --config "$CONFIG_DIR/teachcam.toml" 2>&1 | sed 's/^/  /'
+    # teachcam doctor on the board, as the service user when there is a service (so it sees
+    # that user's groups and access), else as the login user: prints its findings and
+    # verdict, never fails the deploy.
+    local pre="" runas=""
+    if [ "$NO_SERVICE" = 0 ]; then pre=$SUDO runas="runuser -u $SERVICE_USER --"; fi
+    board "$pre env RUNAS=$(q "$runas") $REMOTE_ENV sh -s" <<'EOF'
+if [ -n "$RUNAS" ]; then echo "doctor on the board (as $SERVICE_USER):"; else echo "doctor on the board:"; fi
+$RUNAS "$PREFIX/current/teachcam" doctor --config "$CONFIG_DIR/teachcam.toml" 2>&1 | sed 's/^/  /'
 exit 0
 EOF
 }
 
 remote_finish() {
     # Restart (unless --no-service), then doctor.
-    board "$REMOTE_ENV sh -s" <<'EOF' || return 3
+    board "$ROOT_SH" <<'EOF' || return 3
 if [ "$NO_SERVICE" = 0 ]; then
     $SYSTEMCTL restart teachcam.service || exit 3
 fi
@@ -100,7 +129,7 @@ EOF
 }
 
 if [ "$ROLLBACK" = 1 ]; then
-    board "$REMOTE_ENV sh -s" <<'EOF' || die "rollback failed; the board is unchanged"
+    board "$ROOT_SH" <<'EOF' || die "rollback failed; the board is unchanged"
 set -eu
 cd "$PREFIX"
 prev=$(readlink previous 2>/dev/null) || { echo "nothing to roll back to (no $PREFIX/previous)" >&2; exit 1; }
@@ -136,9 +165,13 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/models"
 cp "$BINARY" "$stage/teachcam"
-chmod 755 "$stage/teachcam"
 cp models/*.onnx models/SHA256SUMS "$stage/models/"
 cp cross/teachcam.service cross/teachcam.toml "$stage/"
+# Modes are set here and again on the board: mktemp -d makes the stage 0700, and the bundle's
+# ./ entry would carry that mode to the release directory.
+find "$stage" -type d -exec chmod 755 {} +
+find "$stage" -type f -exec chmod 644 {} +
+chmod 755 "$stage/teachcam"
 (cd "$stage" && find . -type f ! -name MANIFEST | LC_ALL=C sort | xargs sha256sum > MANIFEST)
 pkg=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 version="$pkg-$(sha256sum "$stage/MANIFEST" | cut -c1-12)"
@@ -146,6 +179,9 @@ version="$pkg-$(sha256sum "$stage/MANIFEST" | cut -c1-12)"
 if [ "$current" = "releases/$version" ]; then
     # Same bundle: only make sure the unit and config are in place; change nothing else.
     echo "deploy: $BOARD already runs teachcam $version; nothing to change"
+    # Releases made by earlier versions of this script could be 0700 (unusable by the
+    # service user): repair the modes, which changes nothing else.
+    board "$SUDO chmod 755 $(q "$PREFIX") $(q "$PREFIX/releases") $(q "$PREFIX/$current")"
     remote_doctor
     exit 0
 fi
@@ -154,17 +190,24 @@ fi
 was=${current#releases/}; [ "$current" = - ] && was="nothing installed"
 echo "deploy: $BOARD ($machine) $was -> $version"
 incoming="$PREFIX/releases/.incoming-$version"
-if ! tar -C "$stage" -cf - . | board "set -e; rm -rf $(q "$incoming"); mkdir -p $(q "$incoming"); \
-    tar -xf - -C $(q "$incoming"); cd $(q "$incoming"); sha256sum -c --quiet MANIFEST; \
-    ./teachcam --version >/dev/null || { echo 'the new binary does not run on this board' >&2; exit 1; }"; then
-    board "rm -rf $(q "$incoming")" || true
+# Unpacked as root with root's ownership and the modes above, whoever made the files here.
+unpack="set -e; umask 022; rm -rf $(q "$incoming"); mkdir -p $(q "$incoming"); \
+tar -xf - -C $(q "$incoming") --no-same-owner --no-same-permissions; \
+chmod 755 $(q "$incoming") $(q "$incoming/models") $(q "$incoming/teachcam"); \
+find $(q "$incoming") -type f ! -path $(q "$incoming/teachcam") -exec chmod 644 {} +; \
+cd $(q "$incoming"); sha256sum -c --quiet MANIFEST; \
+./teachcam --version >/dev/null || { echo 'the new binary does not run on this board' >&2; exit 1; }"
+if ! tar -C "$stage" --owner=0 --group=0 --numeric-owner -cf - . | board "$SUDO sh -c $(q "$unpack")"; then
+    board "$SUDO rm -rf $(q "$incoming")" || true
     die "upload or verification failed; nothing was switched, the board still runs ${current#releases/}"
 fi
 
 # 5. Activate: unit and config, service user, atomic switch.
 set +e
-board "$REMOTE_ENV VERSION=$(q "$version") sh -s" <<'EOF'
+board "$SUDO env VERSION=$(q "$version") $REMOTE_ENV sh -s" <<'EOF'
 set -eu
+umask 022
+chmod 755 "$PREFIX" "$PREFIX/releases"
 cd "$PREFIX/releases"
 if [ -d "$VERSION" ]; then rm -rf ".incoming-$VERSION"; else mv ".incoming-$VERSION" "$VERSION"; fi
 sync
@@ -175,10 +218,16 @@ if [ ! -f "$CONFIG_DIR/teachcam.toml" ]; then
     echo "installed default config $CONFIG_DIR/teachcam.toml (edit it; deploys keep it)"
 fi
 if [ "$NO_SERVICE" = 0 ]; then
-    if ! id -u teachcam >/dev/null 2>&1; then
-        groups=$(for g in video gpio; do getent group "$g" >/dev/null && printf '%s,' "$g"; done; true)
+    # The device groups the board has; the unit lists none (a missing group would stop the
+    # service from starting), the user's membership gives the access.
+    groups=$(for g in video gpio; do getent group "$g" >/dev/null && printf '%s,' "$g"; done; true)
+    if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
         $USERADD --system --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin \
-            ${groups:+--groups "${groups%,}"} teachcam
+            ${groups:+--groups "${groups%,}"} "$SERVICE_USER"
+    else
+        for g in $(echo "$groups" | tr , ' '); do
+            id -nG "$SERVICE_USER" | tr ' ' '\n' | grep -qx "$g" || $USERMOD -a -G "$g" "$SERVICE_USER"
+        done
     fi
     if ! cmp -s "$VERSION/teachcam.service" "$UNIT_DIR/teachcam.service"; then
         mkdir -p "$UNIT_DIR"
@@ -209,7 +258,7 @@ set -e
 if ! remote_finish; then
     echo "deploy: the service did not restart on $version; switching back to ${current#releases/}" >&2
     if [ "$current" != - ]; then
-        board "$REMOTE_ENV sh -s" <<'EOF' || true
+        board "$ROOT_SH" <<'EOF' || true
 cd "$PREFIX" && prev=$(readlink previous) && ln -sfn "$prev" .current.tmp && mv -T .current.tmp current
 [ "$NO_SERVICE" = 0 ] && $SYSTEMCTL restart teachcam.service
 EOF

@@ -247,12 +247,13 @@ pub struct DoctorArgs {
 pub struct SynthArgs {
     /// Output folder (gets train/ and val/).
     pub out: PathBuf,
-    /// Training images per class.
-    #[arg(long, default_value_t = 12)]
-    pub train: usize,
-    /// Validation images per class.
-    #[arg(long, default_value_t = 6)]
-    pub val: usize,
+    /// Training images per class (at most 100 000: a count that large is a typo, and the
+    /// images would fill the disk).
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub train: u32,
+    /// Validation images per class (at most 100 000).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub val: u32,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -4,21 +4,33 @@
 //! The tarball holds `teachcam-dataset/manifest.json` (format, classes, and per sample its
 //! label, capture time and the SHA-256 of its two files) and, per sample, the store's own
 //! files: `samples/NNNNNNNN.jpg` (thumbnail) and `samples/NNNNNNNN.rec` (label and embedding,
-//! with their own checksum). Import verifies every file before adding anything (all or
-//! nothing), re-embeds thumbnails whose embedding came from another backbone, and skips
-//! samples the store already has (same label and thumbnail), so importing twice adds
-//! nothing. [`reembed_stale`] converts stored samples after a backbone change.
+//! with their own checksum).
+//!
+//! Import is all or nothing: the tarball's headers are read and bounded first
+//! ([`crate::tarball`]: regular files and directories only, entry count and sizes capped
+//! before any data is read), then every sample is read one at a time, verified (checksums,
+//! manifest against record, embedding sanity, thumbnail structure), embedded if it came
+//! from another backbone, and staged beside the store ([`crate::store::Batch`]); only when
+//! all of them passed are they added, with one index write. Samples the store already has
+//! (same label and thumbnail) are skipped, so importing twice adds nothing. Image folders
+//! (`<class>/*.jpg`, or `train/` and `val/` as `synth` writes) import the same way.
+//! [`reembed_stale`] converts stored samples after a backbone change.
+//!
+//! Export skips (and names) a sample whose thumbnail fails its checksum instead of failing
+//! the whole export; a folder export is built beside its destination and renamed into place,
+//! so a failure never leaves a partial folder.
 //! Must not: train, or read the clock (callers pass the time).
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
+use std::collections::HashSet;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::Embedder;
 use crate::frame::check_class_name;
-use crate::store::{Store, StoreError, decode_record};
+use crate::store::{Batch, Sample, Store, StoreError, decode_record};
+use crate::tarball::{self, Kind, Limits};
 
 /// Why an export or import failed; nothing was imported when an import fails.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +45,8 @@ pub enum DatasetError {
         /// Why.
         source: std::io::Error,
     },
-    /// The input is not a tarball this program made, or is damaged.
+    /// The input is not a tarball this program made, or is damaged. Never quotes more
+    /// than a few characters of the input.
     #[error("{origin}: {why}; nothing was imported")]
     Bad {
         /// The tarball (and entry).
@@ -42,7 +55,7 @@ pub enum DatasetError {
         why: String,
     },
     /// A class name cannot be a folder name (or is reserved).
-    #[error("{origin}: class {label:?} {why}")]
+    #[error("{origin}: class {label:?} {why}; nothing was imported")]
     ClassName {
         /// Where it came from.
         origin: String,
@@ -55,7 +68,7 @@ pub enum DatasetError {
     #[error("{0} is not empty; export into a new or empty folder")]
     NotEmpty(PathBuf),
     /// A sample could not be embedded (its image does not decode, or the model failed).
-    #[error("cannot embed {origin}: {why}")]
+    #[error("cannot embed {origin}: {why}; nothing was imported")]
     Embed {
         /// The image.
         origin: String,
@@ -81,18 +94,37 @@ fn io_err<'a>(
     }
 }
 
+fn bad(origin: impl Into<String>, why: impl Into<String>) -> DatasetError {
+    DatasetError::Bad {
+        origin: origin.into(),
+        why: why.into(),
+    }
+}
+
 fn check_label(origin: &str, label: &str) -> Result<(), DatasetError> {
     check_class_name(label).map_err(|why| DatasetError::ClassName {
         origin: origin.to_string(),
-        label: label.to_string(),
+        label: clip(label),
         why,
     })
 }
 
 const FORMAT: &str = "teachcam-dataset 1";
 const ROOT: &str = "teachcam-dataset";
-/// Largest file accepted inside a tarball (thumbnails and records are a few kB).
-const MAX_ENTRY: u64 = 16 << 20;
+/// Most samples one tarball may hold.
+pub const MAX_SAMPLES: usize = 100_000;
+/// Largest thumbnail or record accepted inside a tarball (thumbnails are ~5–15 kB, records
+/// a header plus 4 bytes per dimension).
+pub const MAX_SAMPLE_FILE: u64 = 1 << 20;
+/// Largest manifest (about 300 bytes per sample).
+pub const MAX_MANIFEST: u64 = 64 << 20;
+
+/// The bounds applied to a tarball's headers before any of its data is read.
+pub const TAR_LIMITS: Limits = Limits {
+    max_entries: 2 * MAX_SAMPLES + 8,
+    max_entry: MAX_MANIFEST,
+    max_total: 2 * MAX_SAMPLES as u64 * MAX_SAMPLE_FILE + MAX_MANIFEST,
+};
 
 #[derive(Serialize, Deserialize)]
 struct Manifest {
@@ -110,67 +142,108 @@ struct Entry {
     rec_sha256: String,
 }
 
-/// Classes in order of first capture.
-fn classes_of(store: &Store) -> Vec<String> {
+/// Classes in order of first appearance.
+fn classes_in_order<'a>(labels: impl Iterator<Item = &'a str>) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
-    for s in store.samples() {
-        if !v.contains(&s.label) {
-            v.push(s.label.clone());
+    for l in labels {
+        if !v.iter().any(|c| c == l) {
+            v.push(l.to_string());
         }
     }
     v
 }
 
-fn add_file(
-    tar: &mut tar::Builder<Vec<u8>>,
-    out: &Path,
-    name: &str,
-    bytes: &[u8],
-) -> Result<(), DatasetError> {
+fn add_file<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let mut h = tar::Header::new_ustar();
     h.set_size(bytes.len() as u64);
     h.set_mode(0o644);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
     tar.append_data(&mut h, format!("{ROOT}/{name}"), bytes)
-        .map_err(io_err("write", out))
 }
 
-/// Write every sample of `store` to the tarball `out` (atomically); returns the count.
-pub fn export_tar(store: &Store, out: &Path) -> Result<usize, DatasetError> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut entries = Vec::new();
-    for s in store.samples() {
-        let name = format!("samples/{:08}", s.id);
-        let jpg = store.thumbnail(s.id)?;
+/// One exportable sample: the sample, its thumbnail and its record bytes.
+type Exportable<'a> = (&'a Sample, Vec<u8>, Vec<u8>);
+
+/// The thumbnail and record bytes of every sample whose thumbnail passes its checksum;
+/// the others are logged and left out.
+fn exportable<'a>(
+    store: &'a Store,
+) -> impl Iterator<Item = Result<Exportable<'a>, DatasetError>> + 'a {
+    store.samples().iter().filter_map(move |s| {
+        let jpg = match store.thumbnail(s.id) {
+            Ok(j) => j,
+            Err(e) => {
+                log::warn!("sample {} not exported: {e}", s.id);
+                return None;
+            }
+        };
         let rec_path = store.record_path(s.id);
-        let rec = std::fs::read(&rec_path).map_err(io_err("read", &rec_path))?;
-        add_file(&mut tar, out, &format!("{name}.jpg"), &jpg)?;
-        add_file(&mut tar, out, &format!("{name}.rec"), &rec)?;
-        entries.push(Entry {
-            name,
-            label: s.label.clone(),
-            time_ms: s.time_ms,
-            jpg_sha256: crate::fsutil::sha256_hex(&jpg),
-            rec_sha256: crate::fsutil::sha256_hex(&rec),
-        });
+        Some(
+            crate::fsutil::read_bounded(&rec_path, crate::store::MAX_RECORD_FILE)
+                .map_err(io_err("read", &rec_path))
+                .map(|rec| (s, jpg, rec)),
+        )
+    })
+}
+
+fn report_not_exported(total: usize, written: usize) {
+    if written < total {
+        log::warn!(
+            "{} of {total} samples were not exported (damaged thumbnails, named above)",
+            total - written
+        );
     }
-    let n = entries.len();
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        classes: classes_of(store),
-        samples: entries,
-    };
-    // Plain strings and numbers: serialisation cannot fail.
-    let manifest = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-    add_file(&mut tar, out, "manifest.json", &manifest)?;
-    let bytes = tar.into_inner().map_err(io_err("write", out))?;
-    crate::fsutil::atomic_write(out, &bytes).map_err(io_err("write", out))?;
-    Ok(n)
+}
+
+/// Write every sample of `store` to the tarball `out` (atomically, streamed); returns the
+/// count. A sample whose thumbnail fails its checksum is named and left out.
+pub fn export_tar(store: &Store, out: &Path) -> Result<usize, DatasetError> {
+    let mut entries = Vec::new();
+    let mut failed: Option<DatasetError> = None;
+    let written = crate::fsutil::atomic_write_with(out, |f| {
+        let mut tar = tar::Builder::new(std::io::BufWriter::new(f));
+        for item in exportable(store) {
+            let (s, jpg, rec) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    let io = std::io::Error::other(e.to_string());
+                    failed = Some(e);
+                    return Err(io);
+                }
+            };
+            let name = format!("samples/{:08}", s.id);
+            add_file(&mut tar, &format!("{name}.jpg"), &jpg)?;
+            add_file(&mut tar, &format!("{name}.rec"), &rec)?;
+            entries.push(Entry {
+                name,
+                label: s.label.clone(),
+                time_ms: s.time_ms,
+                jpg_sha256: crate::fsutil::sha256_hex(&jpg),
+                rec_sha256: crate::fsutil::sha256_hex(&rec),
+            });
+        }
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            classes: classes_in_order(entries.iter().map(|e| e.label.as_str())),
+            samples: std::mem::take(&mut entries),
+        };
+        // Plain strings and numbers: serialisation cannot fail.
+        let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        entries = manifest.samples;
+        add_file(&mut tar, "manifest.json", &bytes)?;
+        tar.into_inner()?.flush()
+    });
+    if let Err(e) = written {
+        return Err(failed.take().unwrap_or_else(|| io_err("write", out)(e)));
+    }
+    report_not_exported(store.samples().len(), entries.len());
+    Ok(entries.len())
 }
 
 /// Write every sample's thumbnail to `out/<class>/<id>.jpg` (the layout `teachcam train`
-/// reads); returns the count. Refuses to write into a folder that has files already.
+/// reads); returns the count. Refuses to write into a folder that has files already. The
+/// folder is assembled beside `out` and renamed into place when complete.
 pub fn export_folder(store: &Store, out: &Path) -> Result<usize, DatasetError> {
     if out.exists()
         && std::fs::read_dir(out)
@@ -180,25 +253,60 @@ pub fn export_folder(store: &Store, out: &Path) -> Result<usize, DatasetError> {
     {
         return Err(DatasetError::NotEmpty(out.to_path_buf()));
     }
-    std::fs::create_dir_all(out).map_err(io_err("create", out))?;
-    for s in store.samples() {
-        check_label(&format!("sample {}", s.id), &s.label)?;
-        let jpg = store.thumbnail(s.id)?;
-        let dir = out.join(&s.label);
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let p = dir.join(format!("{:08}.jpg", s.id));
-        crate::fsutil::atomic_write(&p, &jpg).map_err(io_err("write", &p))?;
+    let tmp = crate::fsutil::temp_path(out).map_err(io_err("create", out))?;
+    let n = match write_folder(store, &tmp) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.is_dir() {
+        // Empty (checked above); replaced by the complete export.
+        std::fs::remove_dir(out).map_err(io_err("replace", out))?;
     }
-    Ok(store.samples().len())
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(io_err("move the export into", out)(e));
+    }
+    report_not_exported(store.samples().len(), n);
+    Ok(n)
 }
 
-/// One sample ready to add.
-struct Incoming {
-    label: String,
-    time_ms: u64,
-    thumb: Vec<u8>,
-    embedding: Option<Vec<f32>>,
-    origin: String,
+fn write_folder(store: &Store, dir: &Path) -> Result<usize, DatasetError> {
+    std::fs::create_dir(dir).map_err(io_err("create", dir))?;
+    let mut n = 0;
+    for item in exportable(store) {
+        let (s, jpg, _) = item?;
+        if let Err(why) = check_class_name(&s.label) {
+            log::warn!("sample {} not exported: class {:?} {why}", s.id, s.label);
+            continue;
+        }
+        let class_dir = dir.join(&s.label);
+        std::fs::create_dir_all(&class_dir).map_err(io_err("create", &class_dir))?;
+        let p = class_dir.join(format!("{:08}.jpg", s.id));
+        std::fs::write(&p, &jpg).map_err(io_err("write", &p))?;
+        n += 1;
+    }
+    // Durable before it appears under its name.
+    crate::fsutil::sync_dir(dir).map_err(io_err("sync", dir))?;
+    Ok(n)
+}
+
+/// One sample read from an import source, checked, not yet embedded or staged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    /// Class name (checked: a plain name without control characters).
+    pub label: String,
+    /// Capture time (0 = unknown: the import time is used).
+    pub time_ms: u64,
+    /// The thumbnail JPEG (structure checked).
+    pub thumb: Vec<u8>,
+    /// The embedding, when it came from this backbone (checked: finite, the backbone's
+    /// dimension, plausible norm); `None` = embed the thumbnail here.
+    pub embedding: Option<Vec<f32>>,
+    /// Where it came from, for messages.
+    pub origin: String,
 }
 
 /// What an import did.
@@ -212,108 +320,216 @@ pub struct ImportReport {
     pub embedded: usize,
 }
 
-fn read_tar(input: &Path, digest: &str) -> Result<Vec<Incoming>, DatasetError> {
-    let file = std::fs::File::open(input).map_err(io_err("open", input))?;
-    let bad = |origin: String, why: String| DatasetError::Bad { origin, why };
-    let whole = input.display().to_string();
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut ar = tar::Archive::new(file);
-    let entries = ar
-        .entries()
-        .map_err(|e| bad(whole.clone(), format!("not a tarball ({e})")))?;
-    for entry in entries {
-        let mut e = entry.map_err(|e| bad(whole.clone(), format!("truncated or corrupt ({e})")))?;
-        let name = e
-            .path()
-            .map_err(|e| bad(whole.clone(), format!("bad entry name ({e})")))?
-            .to_string_lossy()
-            .into_owned();
-        let origin = format!("{whole}:{name}");
-        if e.size() > MAX_ENTRY {
-            return Err(bad(origin, format!("too large ({} bytes)", e.size())));
+/// At most 40 characters of a string from the input, for messages.
+fn clip(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// Is `name` a sample name as export writes it (`samples/` and eight digits)?
+fn is_sample_name(name: &str) -> bool {
+    name.strip_prefix("samples/")
+        .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Read and verify every sample of the tarball `r` (`len` bytes, named `origin` in
+/// messages), calling `sink` with each in manifest order. `backbone_digest` and `dim` are
+/// this machine's backbone: embeddings from it are checked and kept, others are dropped (the
+/// thumbnail is embedded again). Nothing is written; a refusal says why and names the
+/// entry. This is the whole parser an attacker's tarball meets (fuzzed).
+pub fn read_tar<R: Read + Seek>(
+    r: &mut R,
+    len: u64,
+    origin: &str,
+    backbone_digest: &str,
+    dim: usize,
+    mut sink: impl FnMut(Incoming) -> Result<(), DatasetError>,
+) -> Result<(), DatasetError> {
+    let idx = tarball::index(r, len, &TAR_LIMITS).map_err(|e| bad(origin, e.to_string()))?;
+    // Only what export writes: the root, samples/, the manifest and sample files.
+    let mut files = HashSet::new();
+    for e in &idx.entries {
+        let rel = e.name.strip_prefix(&format!("{ROOT}/"));
+        let ok = match (e.kind, rel) {
+            (Kind::Dir, _) => e.name == ROOT || rel == Some("samples"),
+            (Kind::File, Some("manifest.json")) => true,
+            (Kind::File, Some(r)) => {
+                let stem = r.strip_suffix(".jpg").or_else(|| r.strip_suffix(".rec"));
+                stem.is_some_and(is_sample_name) && e.size <= MAX_SAMPLE_FILE
+            }
+            (Kind::File, None) => false,
+        };
+        if !ok {
+            return Err(bad(
+                origin,
+                format!(
+                    "unexpected entry {} ({} bytes); a tarball from `teachcam dataset export` holds only {ROOT}/manifest.json and {ROOT}/samples/NNNNNNNN.jpg/.rec",
+                    e.name, e.size
+                ),
+            ));
         }
-        let mut bytes = Vec::with_capacity(e.size() as usize);
-        e.read_to_end(&mut bytes)
-            .map_err(|e| bad(origin, format!("cannot be read ({e})")))?;
-        if let Some(rel) = name.strip_prefix(&format!("{ROOT}/")) {
-            files.insert(rel.to_string(), bytes);
+        if e.kind == Kind::File {
+            files.insert(e.name.clone());
         }
     }
-    let manifest = files.get("manifest.json").ok_or_else(|| {
+    let entry = |name: &str| idx.get(&format!("{ROOT}/{name}"));
+    let m = entry("manifest.json").ok_or_else(|| {
         bad(
-            whole.clone(),
+            origin,
             format!("no {ROOT}/manifest.json; was it made by `teachcam dataset export`?"),
         )
     })?;
-    let manifest: Manifest = serde_json::from_slice(manifest)
-        .map_err(|e| bad(whole.clone(), format!("manifest.json is not valid ({e})")))?;
+    let bytes = tarball::read_entry(r, m).map_err(|e| bad(origin, e.to_string()))?;
+    // serde_json's message names a line and column, never the content.
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(origin, format!("manifest.json is not valid ({e})")))?;
+    drop(bytes);
     if manifest.format != FORMAT {
         return Err(bad(
-            whole,
+            origin,
             format!(
                 "format {:?}, this teachcam reads {FORMAT:?}",
-                manifest.format
+                clip(&manifest.format)
             ),
         ));
     }
-    let mut out = Vec::new();
+    if manifest.samples.len() > MAX_SAMPLES {
+        return Err(bad(
+            origin,
+            format!(
+                "{} samples, more than the {MAX_SAMPLES} one import takes",
+                manifest.samples.len()
+            ),
+        ));
+    }
+    // The manifest must describe exactly the files present, each once.
+    let mut named = HashSet::new();
     for s in &manifest.samples {
-        let origin = format!("{whole}:{}", s.name);
-        let get = |ext: &str, want: &str| -> Result<&Vec<u8>, DatasetError> {
-            let f = files
-                .get(&format!("{}.{ext}", s.name))
-                .ok_or_else(|| bad(format!("{origin}.{ext}"), "is missing".into()))?;
-            if crate::fsutil::sha256_hex(f) != want {
+        if !is_sample_name(&s.name) || !named.insert(s.name.as_str()) {
+            return Err(bad(
+                origin,
+                format!(
+                    "manifest sample name {:?} is malformed or repeated",
+                    clip(&s.name)
+                ),
+            ));
+        }
+        check_label(&format!("{origin}:{}", s.name), &s.label)?;
+    }
+    for f in &files {
+        let rel = &f[ROOT.len() + 1..];
+        let stem = rel
+            .strip_suffix(".jpg")
+            .or_else(|| rel.strip_suffix(".rec"));
+        if let Some(stem) = stem
+            && !named.contains(stem)
+        {
+            return Err(bad(origin, format!("{f} is not in the manifest")));
+        }
+    }
+    let classes = classes_in_order(manifest.samples.iter().map(|s| s.label.as_str()));
+    if classes != manifest.classes {
+        return Err(bad(
+            origin,
+            "the manifest's class list does not match its samples' labels",
+        ));
+    }
+    for s in &manifest.samples {
+        let here = format!("{origin}:{}", s.name);
+        let get = |ext: &str, want: &str, r: &mut R| -> Result<Vec<u8>, DatasetError> {
+            let e = entry(&format!("{}.{ext}", s.name))
+                .ok_or_else(|| bad(format!("{here}.{ext}"), "is missing"))?;
+            let bytes = tarball::read_entry(r, e).map_err(|e| bad(&here, e.to_string()))?;
+            if crate::fsutil::sha256_hex(&bytes) != want {
                 return Err(bad(
-                    format!("{origin}.{ext}"),
-                    "is corrupt (checksum mismatch)".into(),
+                    format!("{here}.{ext}"),
+                    "is corrupt (checksum mismatch)",
                 ));
             }
-            Ok(f)
+            Ok(bytes)
         };
-        let jpg = get("jpg", &s.jpg_sha256)?;
-        let rec_bytes = get("rec", &s.rec_sha256)?;
-        let rec = decode_record(Path::new(&format!("{origin}.rec")), rec_bytes)
-            .map_err(|e| bad(format!("{origin}.rec"), e.to_string()))?;
-        check_label(&origin, &rec.label)?;
-        out.push(Incoming {
+        let jpg = get("jpg", &s.jpg_sha256, r)?;
+        let rec_bytes = get("rec", &s.rec_sha256, r)?;
+        let rec = decode_record(Path::new(&format!("{here}.rec")), &rec_bytes)
+            .map_err(|e| bad(format!("{here}.rec"), e.to_string()))?;
+        // The record carries its own copy of label, time and thumbnail checksum: the
+        // manifest may not say something else.
+        let contradiction = if rec.label != s.label {
+            Some("label")
+        } else if rec.time_ms != s.time_ms {
+            Some("capture time")
+        } else if rec.thumb_sha256 != s.jpg_sha256 {
+            Some("thumbnail checksum")
+        } else {
+            None
+        };
+        if let Some(what) = contradiction {
+            return Err(bad(
+                &here,
+                format!("the manifest's {what} contradicts the record's"),
+            ));
+        }
+        crate::decode::jpeg_end(&jpg).map_err(|why| bad(format!("{here}.jpg"), why))?;
+        let embedding = if rec.backbone == backbone_digest {
+            crate::embedding::check(&rec.embedding, Some(dim))
+                .map_err(|e| bad(format!("{here}.rec"), e.to_string()))?;
+            Some(rec.embedding)
+        } else {
+            None
+        };
+        sink(Incoming {
             label: rec.label,
             time_ms: rec.time_ms,
-            thumb: jpg.clone(),
-            embedding: (rec.backbone == digest).then_some(rec.embedding),
-            origin,
-        });
+            thumb: jpg,
+            embedding,
+            origin: here,
+        })?;
     }
-    Ok(out)
+    Ok(())
 }
 
-fn read_folder(input: &Path) -> Result<Vec<Incoming>, DatasetError> {
-    let folder = crate::imagefolder::scan(input)?;
-    let mut out = Vec::new();
-    for item in &folder.items {
-        let label = folder.classes[item.label].clone();
-        check_label(&input.display().to_string(), &label)?;
-        let origin = item.path.display().to_string();
-        let embed_err = |why: String| DatasetError::Embed {
-            origin: origin.clone(),
-            why,
-        };
-        let frame =
-            crate::imagefolder::load_rgb(&item.path).map_err(|e| embed_err(e.to_string()))?;
-        let thumb = crate::frame::thumbnail_jpeg(&frame).map_err(|e| embed_err(e.to_string()))?;
-        out.push(Incoming {
-            label,
-            time_ms: 0,
-            thumb,
-            embedding: None,
-            origin: item.path.display().to_string(),
-        });
+/// Read every image of an image folder (either layout), calling `sink` with each as a
+/// thumbnail to embed.
+fn read_folder(
+    input: &Path,
+    mut sink: impl FnMut(Incoming) -> Result<(), DatasetError>,
+) -> Result<(), DatasetError> {
+    for (_, folder) in crate::imagefolder::scan_all(input)? {
+        if !folder.skipped.is_empty() {
+            return Err(bad(
+                folder.root.display().to_string(),
+                format!(
+                    "{} entries cannot be read (named above); fix or remove them",
+                    folder.skipped.len()
+                ),
+            ));
+        }
+        for item in &folder.items {
+            let label = folder.classes[item.label].clone();
+            check_label(&input.display().to_string(), &label)?;
+            let origin = item.path.display().to_string();
+            let embed_err = |why: String| DatasetError::Embed {
+                origin: origin.clone(),
+                why,
+            };
+            let frame =
+                crate::imagefolder::load_rgb(&item.path).map_err(|e| embed_err(e.to_string()))?;
+            let thumb =
+                crate::frame::thumbnail_jpeg(&frame).map_err(|e| embed_err(e.to_string()))?;
+            sink(Incoming {
+                label,
+                time_ms: 0,
+                thumb,
+                embedding: None,
+                origin,
+            })?;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Add the samples of a tarball or image folder to `store`, embedding with `emb` where
-/// needed; samples without a capture time (image folders) get `now_unix_ms`.
+/// needed: all of them, or none (see the module docs). Samples without a capture time
+/// (image folders) get `now_unix_ms`.
 pub fn import(
     store: &mut Store,
     emb: &mut Embedder,
@@ -321,12 +537,10 @@ pub fn import(
     now_unix_ms: u64,
 ) -> Result<ImportReport, DatasetError> {
     let digest = emb.backbone().id().digest.clone();
+    let dim = emb.backbone().dim();
     store.set_backbone(&digest);
-    let incoming = if input.is_dir() {
-        read_folder(input)?
-    } else {
-        read_tar(input, &digest)?
-    };
+    // A stored record of this backbone with another length would refuse the whole batch.
+    store.quarantine_mismatched(dim)?;
     // Identical thumbnail bytes with the same label are the same sample.
     let mut have: HashSet<(String, String)> = store
         .samples()
@@ -334,20 +548,26 @@ pub fn import(
         .map(|s| (s.label.clone(), s.thumb_sha256.clone()))
         .collect();
     let mut rep = ImportReport::default();
-    for s in incoming {
+    let mut batch: Batch = store.begin_batch()?;
+    let mut stage = |s: Incoming| -> Result<(), DatasetError> {
         let key = (s.label.clone(), crate::fsutil::sha256_hex(&s.thumb));
         if !have.insert(key) {
             rep.skipped += 1;
-            continue;
+            return Ok(());
         }
         let e = match s.embedding {
             Some(e) => e,
             None => {
                 rep.embedded += 1;
-                embed_jpeg(emb, &s.thumb).map_err(|why| DatasetError::Embed {
+                let e = embed_jpeg(emb, &s.thumb).map_err(|why| DatasetError::Embed {
                     origin: s.origin.clone(),
                     why,
-                })?
+                })?;
+                crate::embedding::check(&e, Some(dim)).map_err(|e| DatasetError::Embed {
+                    origin: s.origin.clone(),
+                    why: e.to_string(),
+                })?;
+                e
             }
         };
         let time_ms = if s.time_ms == 0 {
@@ -355,19 +575,28 @@ pub fn import(
         } else {
             s.time_ms
         };
-        store.add(&s.label, &e, &s.thumb, time_ms)?;
-        rep.added += 1;
+        batch.stage(&s.label, &e, &s.thumb, time_ms)?;
+        Ok(())
+    };
+    if input.is_dir() {
+        read_folder(input, &mut stage)?;
+    } else {
+        let mut f = std::fs::File::open(input).map_err(io_err("open", input))?;
+        let len = f.metadata().map_err(io_err("read", input))?.len();
+        let origin = input.display().to_string();
+        read_tar(&mut f, len, &origin, &digest, dim, &mut stage)?;
     }
+    rep.added = store.commit_batch(batch)?;
     Ok(rep)
 }
 
-/// Embed a JPEG (a stored thumbnail); the error says why it could not be.
+/// Embed a JPEG (a stored thumbnail; bounded and checked like every decode, see
+/// [`crate::decode`]); the error says why it could not be.
 pub fn embed_jpeg(emb: &mut Embedder, jpeg: &[u8]) -> Result<Vec<f32>, String> {
     let f = crate::frame::decode_jpeg(jpeg, "thumbnail").map_err(|e| e.to_string())?;
     emb.embed(&f.rgb, f.width, f.height)
         .map_err(|e| e.to_string())
 }
-
 /// What re-embedding after a backbone change did.
 #[derive(Debug, Default, PartialEq)]
 pub struct ReembedReport {
@@ -379,10 +608,14 @@ pub struct ReembedReport {
 
 /// Re-embed, from their thumbnails, the samples that another backbone embedded (the
 /// precision or input size was changed), so what was taught is kept across a model change.
+/// Samples that claim this backbone but have another embedding length are quarantined.
 /// A sample whose thumbnail is damaged is kept as it was (and reported).
 pub fn reembed_stale(store: &mut Store, emb: &mut Embedder) -> Result<ReembedReport, StoreError> {
     let digest = emb.backbone().id().digest.clone();
     store.set_backbone(&digest);
+    // Records claiming this backbone with another length cannot be used (or re-embedded:
+    // they claim to be current); they are quarantined with a message.
+    store.quarantine_mismatched(emb.backbone().dim())?;
     let stale: Vec<u64> = store
         .samples()
         .iter()

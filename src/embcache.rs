@@ -106,7 +106,12 @@ impl EmbeddingSet {
 
     /// Read and verify a cache file.
     pub fn load(path: &Path) -> Result<Self, FramedError> {
-        let (meta, data) = framed::read(path, KIND, VERSION, |m| {
+        Self::decode(path, &framed::read_file(path, framed::MAX_FILE)?)
+    }
+
+    /// Parse and verify cache bytes (`path` names them in messages).
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, FramedError> {
+        let (meta, data) = framed::decode(path, bytes, KIND, VERSION, |m| {
             let dim = framed::meta_usize(m, "dim")
                 .filter(|&d| d > 0)
                 .ok_or("no positive dim")?;

@@ -1,8 +1,9 @@
 //! Frames and the small rules every layer shares about them: the decoded RGB [`Frame`], JPEG
 //! encoding and decoding, the stored thumbnail, and what a class name may be.
 //!
-//! A leaf: depends on the `image` crate only, so cameras, the store, datasets, the appliance
-//! core and the shell can all use these types without depending on each other.
+//! Near the bottom: depends on [`crate::decode`] (bounded decoding) and the `image` crate
+//! only, so cameras, the store, datasets, the appliance core and the shell can all use these
+//! types without depending on each other.
 //! Must not: read files, clocks or devices (callers hand in bytes and pixels).
 //! Invariant: a [`Frame`] that passed [`Frame::check`] has exactly `width · height · 3` bytes.
 
@@ -117,11 +118,10 @@ pub fn encode_jpeg(img: &image::RgbImage) -> Result<Vec<u8>, FrameError> {
     Ok(bytes)
 }
 
-/// Decode JPEG bytes into a frame (tagged `tag`).
+/// Decode JPEG bytes into a frame (tagged `tag`), bounded like every decode: the pixel
+/// limit is checked from the header and truncated data is refused ([`crate::decode`]).
 pub fn decode_jpeg(bytes: &[u8], tag: &str) -> Result<Frame, FrameError> {
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| FrameError::Decode(e.to_string()))?
-        .into_rgb8();
+    let img = crate::decode::decode_jpeg(bytes).map_err(|e| FrameError::Decode(e.to_string()))?;
     let (w, h) = img.dimensions();
     Frame::new(w as usize, h as usize, img.into_raw(), tag)
 }

@@ -123,17 +123,27 @@ pub fn decode(
     Ok((meta, payload))
 }
 
-/// Read a file and [`decode`] it.
+/// Largest framed file read (an embedding cache of 100 000 images at 1280 dimensions is
+/// 512 MB); a larger or endless file is refused before it fills memory.
+pub const MAX_FILE: u64 = 1 << 31;
+
+/// Read a file of at most `max` bytes (see [`crate::fsutil::read_bounded`]).
+pub fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, FramedError> {
+    crate::fsutil::read_bounded(path, max).map_err(|source| FramedError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Read a file (at most `max` bytes) and [`decode`] it.
 pub fn read(
     path: &Path,
+    max: u64,
     kind: &'static str,
     version: u32,
     payload_len: impl FnOnce(&serde_json::Value) -> Result<usize, String>,
 ) -> Result<(serde_json::Value, Vec<f32>), FramedError> {
-    let bytes = std::fs::read(path).map_err(|source| FramedError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_file(path, max)?;
     decode(path, &bytes, kind, version, payload_len)
 }
 

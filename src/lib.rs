@@ -18,6 +18,9 @@
 //! | [`preprocess`] | frame → model input, one pass |
 //! | [`dataset`], [`doctor`], [`config`] | export/import, machine checks, the checked run configuration |
 //! | [`imagefolder`], [`embcache`] | datasets on disk, embedding caches |
+//! | [`decode`] | bounded image decoding (pixel limit, truncation) |
+//! | [`embedding`] | what a usable embedding is (finite, right length, plausible norm) |
+//! | [`tarball`] | the bounded, validating tar reader behind `dataset import` |
 //! | [`metrics`] | accuracy, confusion, latency summaries |
 //! | [`demo`] | synthetic scenes for demos and tests |
 //! | [`linalg`] | dot/axpy kernels with CPU-feature dispatch |
@@ -36,9 +39,11 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataset;
+pub mod decode;
 pub mod demo;
 pub mod doctor;
 pub mod embcache;
+pub mod embedding;
 pub mod frame;
 pub mod framed;
 pub mod fsutil;
@@ -55,4 +60,5 @@ pub mod qnn;
 pub mod rng;
 pub mod session;
 pub mod store;
+pub mod tarball;
 pub mod web;

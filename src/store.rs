@@ -10,8 +10,15 @@
 //! STATE/classes                the class list (framed JSON), once the appliance has run
 //! STATE/journal                an [`Edit`] being applied (framed JSON); see below
 //! STATE/head.current           the live head;  STATE/head.previous  the one before it
-//! STATE/quarantine/            records that failed their checksum (kept, never deleted)
+//! STATE/quarantine/            records that failed their checksum or hold an unusable
+//!                              embedding (kept, never deleted, never overwritten)
+//! STATE/lock                   the writer's lock: `flock`ed for as long as a [`Store`] is
+//!                              open, and holding the writer's process id
 //! ```
+//! One writer at a time: [`Store::open`] takes an exclusive advisory lock on `STATE/lock`
+//! (released when the process ends, however it ends) and refuses, naming the holder's
+//! process id, when another process has the store open (`teachcam run` while `teachcam
+//! dataset import` is attempted, or the reverse).
 //! Every file is replaced atomically (temp, fsync, rename, directory fsync), so a power cut
 //! leaves either the old or the new version. The index is verified against the records on
 //! open and rebuilt from them when torn, stale or missing.
@@ -80,6 +87,16 @@ pub enum StoreError {
     /// An edit names a sample the store does not have.
     #[error("no sample {0}")]
     NoSample(u64),
+    /// Another process has the state directory open (one writer at a time).
+    #[error(
+        "state directory {dir} is in use by {holder}; one program at a time may write it: stop that one first (e.g. `systemctl stop teachcam`), then retry"
+    )]
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+        /// Who holds it ("process 1234", or "another process" when its id is unknown).
+        holder: String,
+    },
     /// An edit would store a label that cannot be a class name.
     #[error("label {label:?} {why}")]
     BadLabel {
@@ -205,6 +222,10 @@ struct RecMeta {
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct IndexMeta {
     ids: Vec<u64>,
+    /// The next id to give: ids are never reused, even when the newest sample was deleted
+    /// or quarantined (0 in indexes written before it was recorded).
+    #[serde(default)]
+    next_id: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -238,13 +259,86 @@ pub struct Store {
     /// A committed edit whose files are not all written yet (the disk filled up half way);
     /// finished before the next edit, and by the next open at the latest.
     unfinished: Option<Edit>,
+    /// `STATE/lock`, `flock`ed exclusively: held (and released by the kernel) with the
+    /// store. `None` only on a read-only directory without a lock file.
+    _lock: Option<std::fs::File>,
 }
 
-/// Whether `name` is the temp file of an atomic write of `own` (`.NAME.tmpPID`).
+/// Take the state directory's writer lock (see the module docs), or say who holds it.
+fn lock_state(dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let p = dir.join("lock");
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p);
+    let mut f = match opened {
+        Ok(f) => f,
+        // A read-only state directory (or lock file) still gets the lock when the file
+        // exists: flock works on a descriptor opened for reading. When it does not exist
+        // on a read-only directory, nobody can write here, so there is nothing to guard.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            match std::fs::File::open(&p) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    log::warn!(
+                        "{} is read-only: opened without a writer lock",
+                        dir.display()
+                    );
+                    return Ok(None);
+                }
+                Err(e) => return Err(io(&p)(e)),
+            }
+        }
+        Err(e) => return Err(io(&p)(e)),
+    };
+    // SAFETY: `f` is an open descriptor for the duration of the call; flock only reads it.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(&p)(e));
+        }
+        let mut text = String::new();
+        let _ = Read::by_ref(&mut f).take(32).read_to_string(&mut text);
+        let holder = match text.trim().parse::<u32>() {
+            Ok(pid) => format!("process {pid}"),
+            Err(_) => "another process".to_string(),
+        };
+        return Err(StoreError::Locked {
+            dir: dir.to_path_buf(),
+            holder,
+        });
+    }
+    // Ours now: say who we are, for the next one who tries.
+    let said = f
+        .set_len(0)
+        .and_then(|()| f.rewind())
+        .and_then(|()| writeln!(f, "{}", std::process::id()));
+    if let Err(e) = said {
+        log::debug!("cannot write the process id into {}: {e}", p.display());
+    }
+    Ok(Some(f))
+}
+
+/// Whether `name` is the temp file of an atomic write of `own`: `.NAME.teachcam-tmp.PID.N`
+/// ([`crate::fsutil::is_temp_name`]) or the older `.NAME.tmpPID`.
 fn is_temp_of(name: &str, own: &str) -> bool {
-    name.strip_prefix('.')
-        .and_then(|r| r.strip_prefix(own))
-        .is_some_and(|r| r.starts_with(".tmp"))
+    let Some(rest) = name.strip_prefix('.').and_then(|r| r.strip_prefix(own)) else {
+        return false;
+    };
+    if crate::fsutil::is_temp_name(name) && rest.starts_with(".teachcam-tmp.") {
+        return true;
+    }
+    rest.strip_prefix(".tmp")
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn remove_if_present(p: &Path) -> Result<(), StoreError> {
@@ -262,6 +356,8 @@ impl Store {
     pub fn open(dir: &Path) -> Result<(Self, OpenReport), StoreError> {
         let sdir = dir.join("samples");
         std::fs::create_dir_all(&sdir).map_err(io(&sdir))?;
+        // Before anything is read or repaired: another writer's files are not ours to fix.
+        let lock = lock_state(dir)?;
         let mut report = OpenReport::default();
         report.temp_removed += remove_own_temps(dir)?;
         let journal = dir.join("journal");
@@ -276,6 +372,7 @@ impl Store {
             );
             report.edit_completed = true;
         }
+        remove_abandoned_batches(dir, &mut report)?;
         let mut names: Vec<PathBuf> = std::fs::read_dir(&sdir)
             .map_err(io(&sdir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -284,8 +381,9 @@ impl Store {
         let mut samples = Vec::new();
         for p in names {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') && name.contains(".tmp") {
-                // An interrupted atomic write: never acknowledged, safe to drop.
+            if is_leftover_temp(name) {
+                // An interrupted atomic write: never acknowledged, safe to drop. Only names
+                // this program makes are matched: a user's `.my.tmpnotes` stays.
                 std::fs::remove_file(&p).map_err(io(&p))?;
                 report.temp_removed += 1;
                 continue;
@@ -293,29 +391,43 @@ impl Store {
             if !name.ends_with(".rec") {
                 continue;
             }
-            match read_record(&p) {
-                Ok(s) => samples.push(s),
+            let why = match read_record(&p) {
+                // A checksum-valid record can still hold an unusable embedding (NaN, empty,
+                // absurd norm): it must never reach a head or the trainer.
+                Ok(s) => match crate::embedding::check(&s.embedding, None) {
+                    Ok(()) => {
+                        samples.push(s);
+                        continue;
+                    }
+                    Err(e) => format!("{}: {e}", p.display()),
+                },
                 // A record that cannot be read (permissions, I/O) is not corrupt: it is kept
                 // where it is and the start fails naming it.
                 Err(e @ StoreError::Io { .. }) => return Err(e),
-                Err(why) => {
-                    let q = dir.join("quarantine");
-                    std::fs::create_dir_all(&q).map_err(io(&q))?;
-                    let target = q.join(name);
-                    std::fs::rename(&p, &target).map_err(io(&p))?;
-                    log::error!("{why}; moved to {}", target.display());
-                    report.quarantined.push(target);
-                }
-            }
+                Err(why) => why.to_string(),
+            };
+            let target = quarantine(dir, &p)?;
+            log::error!("{why}; moved to {}", target.display());
+            report.quarantined.push(target);
         }
         samples.sort_by_key(|s| s.id);
         let ids: Vec<u64> = samples.iter().map(|s| s.id).collect();
         let index_path = dir.join("index");
-        let index_ok = match framed::read(&index_path, INDEX_KIND, 1, |_| Ok(0)) {
-            Ok((meta, _)) => serde_json::from_value::<IndexMeta>(meta).is_ok_and(|m| m.ids == ids),
-            Err(_) => false,
-        };
-        let next_id = ids.last().map_or(1, |l| l + 1);
+        let index = framed::read(&index_path, MAX_INDEX_FILE, INDEX_KIND, 1, |_| Ok(0))
+            .ok()
+            .and_then(|(meta, _)| serde_json::from_value::<IndexMeta>(meta).ok());
+        let index_ok = index.as_ref().is_some_and(|m| m.ids == ids);
+        // Never reuse an id: past the live records, the index's counter (even from a stale
+        // index), and every id still named by a file here or in quarantine/.
+        let next_id = [
+            ids.last().map_or(1, |l| l + 1),
+            index.map_or(0, |m| m.next_id),
+            highest_named_id(&sdir).map_or(0, |i| i + 1),
+            highest_named_id(&dir.join("quarantine")).map_or(0, |i| i + 1),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
         let store = Store {
             dir: dir.to_path_buf(),
             samples,
@@ -323,6 +435,7 @@ impl Store {
             next_id,
             backbone: String::new(),
             unfinished: None,
+            _lock: lock,
         };
         if !index_ok {
             if index_path.exists() {
@@ -342,6 +455,7 @@ impl Store {
     fn write_index(&self) -> Result<(), StoreError> {
         let meta = IndexMeta {
             ids: self.samples.iter().map(|s| s.id).collect(),
+            next_id: self.next_id,
         };
         let meta = serde_json::to_value(meta).unwrap_or_default();
         let p = self.dir.join("index");
@@ -359,6 +473,37 @@ impl Store {
     /// Tag new samples as embedded by the backbone with this digest.
     pub fn set_backbone(&mut self, digest: &str) {
         self.backbone = digest.to_string();
+    }
+
+    /// Quarantine the samples that claim the current backbone (see [`Store::set_backbone`])
+    /// but whose embedding is not `dim` long: such a record (imported, or made by hand) would
+    /// make every later capture fail the store's dimension check. Returns where they went.
+    pub fn quarantine_mismatched(&mut self, dim: usize) -> Result<Vec<PathBuf>, StoreError> {
+        let bad: Vec<u64> = self
+            .samples
+            .iter()
+            .filter(|s| s.backbone == self.backbone && s.embedding.len() != dim)
+            .map(|s| s.id)
+            .collect();
+        let mut moved = Vec::new();
+        for id in bad {
+            let got = self
+                .samples
+                .iter()
+                .find(|s| s.id == id)
+                .map_or(0, |s| s.embedding.len());
+            let target = quarantine(&self.dir, &self.record_path(id))?;
+            log::error!(
+                "sample {id} has a {got}-d embedding, the backbone gives {dim}; moved to {}",
+                target.display()
+            );
+            self.samples.retain(|s| s.id != id);
+            moved.push(target);
+        }
+        if !moved.is_empty() {
+            self.refresh_index();
+        }
+        Ok(moved)
     }
 
     /// The class list the appliance saved, if it ever did.
@@ -626,13 +771,301 @@ fn complete(dir: &Path, edit: &Edit) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Prefix of a batch's staging folder in the state directory (`.batch-PID`).
+const BATCH_PREFIX: &str = ".batch-";
+
+/// Leftover temp files: [`crate::fsutil::is_temp_name`], and the names earlier versions gave
+/// their temp files (`.00000042.rec.tmp1234`), matched exactly.
+fn is_leftover_temp(name: &str) -> bool {
+    if crate::fsutil::is_temp_name(name) {
+        return true;
+    }
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let (stem, pid) = match rest.split_once(".tmp") {
+        Some(x) => x,
+        None => return false,
+    };
+    let id_ext = stem
+        .strip_suffix(".rec")
+        .or_else(|| stem.strip_suffix(".jpg"));
+    id_ext.is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_digit()))
+        && !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Remove staging folders of batches whose process is gone (it was killed before its
+/// commit: nothing in them was acknowledged).
+fn remove_abandoned_batches(dir: &Path, report: &mut OpenReport) -> Result<(), StoreError> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(BATCH_PREFIX))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid > 0 && pid_alive(pid) {
+            continue;
+        }
+        let p = e.path();
+        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        report.temp_removed += 1;
+    }
+    Ok(())
+}
+
+/// True if a process with this id exists (it may belong to another user).
+fn pid_alive(pid: i32) -> bool {
+    if pid as u32 == std::process::id() {
+        return true;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Samples written beside the live set and added to it in one step by
+/// [`Store::commit_batch`] (used by import: everything is checked and staged first, so a
+/// bad sample half-way adds nothing). Dropped uncommitted, its staging folder is removed.
+#[derive(Debug)]
+pub struct Batch {
+    dir: PathBuf,
+    first_id: u64,
+    staged: Vec<Sample>,
+    backbone: String,
+    dim: Option<usize>,
+    committed: bool,
+}
+
+impl Batch {
+    /// Write one sample into the staging folder (not yet durable, not yet in the store).
+    pub fn stage(
+        &mut self,
+        label: &str,
+        embedding: &[f32],
+        thumb_jpeg: &[u8],
+        time_ms: u64,
+    ) -> Result<u64, StoreError> {
+        check_label(label)?;
+        if let Some(want) = self.dim
+            && want != embedding.len()
+        {
+            return Err(StoreError::Dim {
+                want,
+                got: embedding.len(),
+            });
+        }
+        self.dim = Some(embedding.len());
+        let id = self.first_id + self.staged.len() as u64;
+        let thumb_sha256 = crate::fsutil::sha256_hex(thumb_jpeg);
+        let meta = RecMeta {
+            id,
+            label: label.to_string(),
+            time_ms,
+            dim: embedding.len(),
+            thumb_sha256: thumb_sha256.clone(),
+            backbone: self.backbone.clone(),
+        };
+        let meta = serde_json::to_value(meta).unwrap_or_default();
+        for (ext, bytes) in [
+            ("jpg", thumb_jpeg.to_vec()),
+            ("rec", framed::encode(REC_KIND, 1, &meta, embedding)),
+        ] {
+            let p = self.dir.join(format!("{id:08}.{ext}"));
+            std::fs::write(&p, bytes).map_err(io(&p))?;
+        }
+        self.staged.push(Sample {
+            id,
+            label: label.to_string(),
+            time_ms,
+            embedding: embedding.to_vec(),
+            backbone: self.backbone.clone(),
+            thumb_sha256,
+        });
+        Ok(id)
+    }
+
+    /// Samples staged so far.
+    pub fn len(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// True when nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.staged.is_empty()
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// `syncfs` on the filesystem holding `dir`: every file staged there is durable at once
+/// (one call instead of one `fsync` per file).
+fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: `f` is an open descriptor for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Start a batch of samples (see [`Batch`]). Its ids follow the store's; no other
+    /// sample may be added before it is committed.
+    pub fn begin_batch(&self) -> Result<Batch, StoreError> {
+        let dir = self
+            .dir
+            .join(format!("{BATCH_PREFIX}{}", std::process::id()));
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&dir)(e)),
+        }
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        let dim = self
+            .samples
+            .iter()
+            .find(|s| s.backbone == self.backbone)
+            .map(|s| s.embedding.len());
+        Ok(Batch {
+            dir,
+            first_id: self.next_id,
+            staged: Vec::new(),
+            backbone: self.backbone.clone(),
+            dim,
+            committed: false,
+        })
+    }
+
+    /// Add every staged sample: one filesystem sync, renames into `samples/` (thumbnail,
+    /// then record, the commit point of each), one directory sync and one index write.
+    /// Returns how many were added. A crash during the renames leaves a prefix of the batch
+    /// added, each sample whole; importing again adds the rest.
+    pub fn commit_batch(&mut self, mut batch: Batch) -> Result<usize, StoreError> {
+        if batch.first_id != self.next_id {
+            return Err(StoreError::Io {
+                path: batch.dir.clone(),
+                source: std::io::Error::other("samples were added while the batch was staged"),
+            });
+        }
+        if batch.staged.is_empty() {
+            return Ok(0);
+        }
+        sync_filesystem(&batch.dir).map_err(io(&batch.dir))?;
+        let sdir = self.dir.join("samples");
+        let staged = std::mem::take(&mut batch.staged);
+        let mut added = 0;
+        let mut result = Ok(());
+        for s in staged {
+            let moved = ["jpg", "rec"].iter().try_for_each(|ext| {
+                let from = batch.dir.join(format!("{:08}.{ext}", s.id));
+                let to = sdir.join(format!("{:08}.{ext}", s.id));
+                std::fs::rename(&from, &to).map_err(io(&from))
+            });
+            if let Err(e) = moved {
+                result = Err(e);
+                break;
+            }
+            self.next_id = s.id + 1;
+            self.samples.push(s);
+            added += 1;
+        }
+        sync_dir(&sdir).map_err(io(&sdir))?;
+        self.write_index()?;
+        result?;
+        batch.committed = true;
+        let _ = std::fs::remove_dir_all(&batch.dir);
+        Ok(added)
+    }
+}
+
+/// Largest record file read (a header and 4 bytes per embedding dimension).
+pub const MAX_RECORD_FILE: u64 = 1 << 20;
+/// Largest index file read.
+const MAX_INDEX_FILE: u64 = 64 << 20;
+/// Largest thumbnail read.
+const MAX_THUMB_FILE: u64 = 16 << 20;
+
+/// The highest sample id named by a file in `dir` (`NNNNNNNN.rec`, `.jpg`, and quarantined
+/// copies `NNNNNNNN.rec.2`); `None` when there is none or `dir` is absent.
+fn highest_named_id(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            let digits = name.get(..8)?;
+            let rest = &name[8..];
+            (digits.bytes().all(|b| b.is_ascii_digit())
+                && (rest.starts_with(".rec") || rest.starts_with(".jpg")))
+            .then(|| digits.parse().ok())
+            .flatten()
+        })
+        .max()
+}
+
+/// Move the record `rec` (and its thumbnail, when present) into `STATE/quarantine/`, under a
+/// name no earlier quarantine holds (`NAME`, else `NAME.2`, `NAME.3`, …): quarantined data is
+/// kept, never overwritten. Returns where the record went.
+fn quarantine(dir: &Path, rec: &Path) -> Result<PathBuf, StoreError> {
+    let q = dir.join("quarantine");
+    std::fs::create_dir_all(&q).map_err(io(&q))?;
+    let name = rec
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let thumb = rec.with_extension("jpg");
+    let thumb_name = thumb
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // One suffix for both files, free for both (one writer: the state lock is held).
+    let suffix = (1u64..)
+        .map(|k| {
+            if k == 1 {
+                String::new()
+            } else {
+                format!(".{k}")
+            }
+        })
+        .find(|sfx| {
+            !q.join(format!("{name}{sfx}")).exists()
+                && !q.join(format!("{thumb_name}{sfx}")).exists()
+        })
+        .unwrap_or_default();
+    let target = q.join(format!("{name}{suffix}"));
+    std::fs::rename(rec, &target).map_err(io(rec))?;
+    if thumb.exists() {
+        let t = q.join(format!("{thumb_name}{suffix}"));
+        if let Err(e) = std::fs::rename(&thumb, &t) {
+            log::warn!("thumbnail {} left in place: {e}", thumb.display());
+        }
+    }
+    sync_dir(&q).map_err(io(&q))?;
+    Ok(target)
+}
+
 fn read_journal(p: &Path) -> Result<Edit, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt {
         path: p.to_path_buf(),
         why,
     };
-    let (meta, _) =
-        framed::read(p, JOURNAL_KIND, 1, |_| Ok(0)).map_err(|e| corrupt(e.to_string()))?;
+    let (meta, _) = framed::read(p, MAX_INDEX_FILE, JOURNAL_KIND, 1, |_| Ok(0))
+        .map_err(|e| corrupt(e.to_string()))?;
     serde_json::from_value(meta).map_err(|e| corrupt(e.to_string()))
 }
 
@@ -644,8 +1077,8 @@ fn read_classes(p: &Path) -> Result<Option<Vec<String>>, StoreError> {
         path: p.to_path_buf(),
         why,
     };
-    let (meta, _) =
-        framed::read(p, CLASSES_KIND, 1, |_| Ok(0)).map_err(|e| corrupt(e.to_string()))?;
+    let (meta, _) = framed::read(p, MAX_INDEX_FILE, CLASSES_KIND, 1, |_| Ok(0))
+        .map_err(|e| corrupt(e.to_string()))?;
     let m: ClassesMeta = serde_json::from_value(meta).map_err(|e| corrupt(e.to_string()))?;
     for c in &m.classes {
         crate::frame::check_class_name(c).map_err(|why| corrupt(format!("class {c:?} {why}")))?;
@@ -658,7 +1091,7 @@ fn read_classes(p: &Path) -> Result<Option<Vec<String>>, StoreError> {
 /// writes, and a thumbnail replaced or deleted meanwhile is reported, not returned.
 pub fn read_thumbnail(dir: &Path, id: u64, sha256: &str) -> Result<Vec<u8>, StoreError> {
     let p = dir.join("samples").join(format!("{id:08}.jpg"));
-    let bytes = std::fs::read(&p).map_err(io(&p))?;
+    let bytes = crate::fsutil::read_bounded(&p, MAX_THUMB_FILE).map_err(io(&p))?;
     if crate::fsutil::sha256_hex(&bytes) != sha256 {
         return Err(StoreError::Corrupt {
             path: p,
@@ -669,7 +1102,7 @@ pub fn read_thumbnail(dir: &Path, id: u64, sha256: &str) -> Result<Vec<u8>, Stor
 }
 
 fn read_record(p: &Path) -> Result<Sample, StoreError> {
-    let bytes = std::fs::read(p).map_err(io(p))?;
+    let bytes = crate::fsutil::read_bounded(p, MAX_RECORD_FILE).map_err(io(p))?;
     decode_record(p, &bytes)
 }
 
@@ -729,10 +1162,106 @@ mod tests {
         drop(s);
         let (s, _) = Store::open(d.path()).unwrap();
         assert_eq!(s.ids().into_iter().collect::<Vec<_>>(), vec![a]);
+        drop(s);
         assert!(matches!(
             Store::open(d.path()).unwrap().0.add("x", &[1.0], b"", 0),
             Err(StoreError::Dim { .. })
         ));
+    }
+
+    /// Issue 12 defect 1: one writer per state directory, and the refusal names the holder.
+    #[test]
+    fn a_second_writer_is_refused_naming_the_holder_until_the_first_closes() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        let e = Store::open(d.path()).unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("process {}", std::process::id())) && msg.contains("in use"),
+            "{msg}"
+        );
+        drop(s);
+        let (s, _) = Store::open(d.path()).unwrap();
+        drop(s);
+    }
+
+    /// Issue 12 defects 2 and 12: a checksum-valid record with an unusable embedding is
+    /// quarantined at open (never loaded); quarantine never overwrites an earlier one, moves
+    /// the thumbnail along, and the quarantined ids are never given again.
+    #[test]
+    fn unusable_embeddings_are_quarantined_without_overwriting_and_ids_are_not_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        for i in 0..3 {
+            s.add("a", &[1.0 + i as f32; 4], format!("t{i}").as_bytes(), i)
+                .unwrap();
+        }
+        let poison = |s: &Store, id: u64, e: Vec<f32>| {
+            let mut bad = s.samples().iter().find(|x| x.id == id).unwrap().clone();
+            bad.embedding = e;
+            write_record(d.path(), &bad).unwrap();
+        };
+        // The newest record gets a NaN: it is quarantined with its thumbnail.
+        poison(&s, 3, vec![f32::NAN; 4]);
+        drop(s);
+        let (mut s, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(
+            rep.quarantined,
+            vec![d.path().join("quarantine/00000003.rec")]
+        );
+        assert!(d.path().join("quarantine/00000003.jpg").exists());
+        assert!(
+            s.samples()
+                .iter()
+                .all(|x| x.embedding.iter().all(|v| v.is_finite()))
+        );
+        // Its id is not reused: the next capture is 4, and 3's files stay as they were.
+        assert_eq!(s.add("a", &[5.0; 4], b"new", 9).unwrap(), 4);
+        // A second record of the same name in quarantine does not replace the first.
+        let first = std::fs::read(d.path().join("quarantine/00000003.rec")).unwrap();
+        std::fs::copy(
+            d.path().join("quarantine/00000003.rec"),
+            d.path().join("samples/00000003.rec"),
+        )
+        .unwrap();
+        drop(s);
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(
+            rep.quarantined,
+            vec![d.path().join("quarantine/00000003.rec.2")]
+        );
+        assert_eq!(
+            std::fs::read(d.path().join("quarantine/00000003.rec")).unwrap(),
+            first
+        );
+        // An infinite value and an empty embedding are refused too.
+        poison(&s, 4, vec![f32::INFINITY; 4]);
+        poison(&s, 2, Vec::new());
+        drop(s);
+        let (mut s, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(rep.quarantined.len(), 2);
+        assert_eq!(s.ids().into_iter().collect::<Vec<_>>(), vec![1]);
+        // Even with the index gone, no id still named in quarantine/ is given again.
+        drop(s);
+        std::fs::remove_file(d.path().join("index")).unwrap();
+        let (mut t, _) = Store::open(d.path()).unwrap();
+        assert_eq!(t.add("a", &[1.0; 4], b"later", 10).unwrap(), 5);
+        s = t;
+        // A record claiming the current backbone with another length is quarantined once
+        // the backbone's dimension is known (before it could break every capture).
+        s.set_backbone("bb");
+        s.add("a", &[1.0; 4], b"four", 11).unwrap();
+        let mut wrong = s.samples().last().unwrap().clone();
+        wrong.id = 7;
+        wrong.embedding = vec![1.0; 3];
+        write_record(d.path(), &wrong).unwrap();
+        drop(s);
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.set_backbone("bb");
+        let moved = s.quarantine_mismatched(4).unwrap();
+        assert_eq!(moved, vec![d.path().join("quarantine/00000007.rec")]);
+        assert!(s.samples().iter().all(|x| x.embedding.len() == 4));
     }
 
     #[test]
@@ -740,7 +1269,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut s, _) = Store::open(d.path()).unwrap();
         for i in 0..5 {
-            s.add("a", &[i as f32; 4], b"t", i).unwrap();
+            s.add("a", &[1.0 + i as f32; 4], b"t", i).unwrap();
         }
         drop(s);
         // Tear the index and flip a byte in one record; leave stray temp files (ours, and
@@ -771,6 +1300,84 @@ mod tests {
         let (mut s, rep) = Store::open(d.path()).unwrap();
         assert!(!rep.index_rebuilt);
         assert_eq!(s.add("a", &[0.0; 4], b"t", 9).unwrap(), 6);
+    }
+
+    #[test]
+    fn only_temp_files_this_program_names_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.add("a", &[1.0], b"t", 1).unwrap();
+        drop(s);
+        let sdir = d.path().join("samples");
+        for user in [".my.tmpnotes", ".notes.tmp", ".00000001.txt.tmp5", "x.tmp1"] {
+            std::fs::write(sdir.join(user), b"mine").unwrap();
+        }
+        let ours = [".00000002.rec.teachcam-tmp.77.0", ".00000002.jpg.tmp42"];
+        for t in ours {
+            std::fs::write(sdir.join(t), b"partial").unwrap();
+        }
+        let (_, rep) = Store::open(d.path()).unwrap();
+        assert_eq!(rep.temp_removed, 2);
+        for user in [".my.tmpnotes", ".notes.tmp", ".00000001.txt.tmp5", "x.tmp1"] {
+            assert!(sdir.join(user).exists(), "{user} was deleted");
+        }
+        for t in ours {
+            assert!(!sdir.join(t).exists(), "{t} left behind");
+        }
+    }
+
+    #[test]
+    fn a_batch_adds_all_or_nothing_with_one_index_write() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.add("a", &[1.0, 0.0], b"first", 1).unwrap();
+        // Dropped before commit: nothing added, nothing left.
+        let mut b = s.begin_batch().unwrap();
+        b.stage("b", &[0.0, 1.0], b"x", 2).unwrap();
+        assert!(matches!(
+            b.stage("b", &[0.0, 1.0, 2.0], b"y", 2),
+            Err(StoreError::Dim { want: 2, got: 3 })
+        ));
+        drop(b);
+        let leftovers: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(BATCH_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(s.samples().len(), 1);
+        // Committed: every sample arrives, ids continue, the reopened store agrees.
+        let mut b = s.begin_batch().unwrap();
+        for i in 0..5 {
+            b.stage("b", &[i as f32, 1.0], format!("t{i}").as_bytes(), 10 + i)
+                .unwrap();
+        }
+        assert_eq!(b.len(), 5);
+        assert_eq!(s.commit_batch(b).unwrap(), 5);
+        assert_eq!(s.add("c", &[1.0, 1.0], b"after", 3).unwrap(), 7);
+        drop(s);
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert!(!rep.index_rebuilt, "the batch wrote the index");
+        assert_eq!(
+            s.ids().into_iter().collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
+        assert_eq!(s.samples()[3].time_ms, 12);
+        assert_eq!(s.thumbnail(4).unwrap(), b"t2");
+    }
+
+    #[test]
+    fn a_batch_abandoned_by_a_dead_process_is_removed_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _) = Store::open(d.path()).unwrap();
+        drop(s);
+        // A process id that cannot be alive (above the kernel's pid_max).
+        let dead = d.path().join(format!("{BATCH_PREFIX}{}", i32::MAX));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("00000001.rec"), b"staged").unwrap();
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert!(!dead.exists());
+        assert_eq!((rep.temp_removed, s.samples().len()), (1, 0));
     }
 
     #[test]
@@ -834,7 +1441,7 @@ mod tests {
         let (mut s, _) = Store::open(d.path()).unwrap();
         assert_eq!(s.classes(), None);
         for (i, l) in ["a", "b", "a", "c"].iter().enumerate() {
-            s.add(l, &[i as f32], b"t", i as u64).unwrap();
+            s.add(l, &[1.0 + i as f32], b"t", i as u64).unwrap();
         }
         let edit = Edit {
             relabel: vec![(1, "z".into()), (3, "z".into())],
@@ -870,7 +1477,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut s, _) = Store::open(d.path()).unwrap();
         for i in 0..4 {
-            s.add("old", &[i as f32], b"t", i).unwrap();
+            s.add("old", &[1.0 + i as f32], b"t", i).unwrap();
         }
         drop(s);
         let edit = Edit {
@@ -899,8 +1506,11 @@ mod tests {
         assert_eq!(s.classes().unwrap(), ["new"]);
         // Completing again (a second crash during completion) changes nothing more.
         complete(d.path(), &edit).unwrap();
+        let before = labels(&s);
+        drop(s);
         let (s2, _) = Store::open(d.path()).unwrap();
-        assert_eq!(labels(&s2), labels(&s));
+        assert_eq!(labels(&s2), before);
+        drop(s2);
         // A journal that fails its checksum is not guessed at: the open names it.
         std::fs::write(d.path().join("journal"), b"teachcam-journal 1\n{}\nxx").unwrap();
         let e = Store::open(d.path()).unwrap_err().to_string();

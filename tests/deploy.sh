@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of cross/deploy.sh against a real sshd on 127.0.0.1, started here with a
 # throwaway host key and user key. The "board" is this machine under a temporary prefix;
-# systemctl and useradd are replaced by a recorder so every call can be checked.
+# systemctl, useradd and usermod are replaced by a recorder so every call can be checked, and
+# sudo by a recorder that runs the command (so the privileged steps are seen to go through
+# it). The service user is `nobody` (a test cannot create users): the deployed binary and
+# doctor run as that unprivileged user, so wrong modes or owners in a release show up.
 # Usage: tests/deploy.sh BINARY   (a teachcam binary for this machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +13,10 @@ SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 [ -x "$SSHD" ] || { echo "tests/deploy.sh needs sshd (make setup installs openssh-server)" >&2; exit 2; }
 
 T=$(mktemp -d)
+# The unprivileged service user must be able to reach the board's files under $T.
+chmod 755 "$T"
+SVC=nobody
+command -v runuser >/dev/null || { echo "tests/deploy.sh needs runuser (util-linux)" >&2; exit 2; }
 PORT=$((20000 + RANDOM % 20000))
 cleanup() { [ -f "$T/sshd.pid" ] && kill "$(cat "$T/sshd.pid")" 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
@@ -52,6 +59,12 @@ echo "\$*" >> $B/calls
 exit 0
 EOF
 chmod +x "$B/bin/record"
+cat > "$B/bin/sudo" <<EOF
+#!/bin/sh
+echo "\$*" >> $B/sudo-calls
+exec "\$@"
+EOF
+chmod +x "$B/bin/sudo"
 mkdir -p "$B/etc"
 # The board's own config (a user's edit): synthetic camera, no GPIO, state under the test dir.
 cat > "$B/etc/teachcam.toml" <<EOF
@@ -62,10 +75,13 @@ uri = "synthetic"
 uri = "none"
 EOF
 cp "$B/etc/teachcam.toml" "$T/config-before"
+# systemd's StateDirectory= makes the state directory the service user's.
+chown -R "$SVC" "$B/state"
 
 deploy() {
     cross/deploy.sh --port "$PORT" --prefix "$B/opt" --config-dir "$B/etc" --unit-dir "$B/unit" \
         --state-dir "$B/state" --systemctl "$B/bin/record systemctl" --useradd "$B/bin/record useradd" \
+        --usermod "$B/bin/record usermod" --sudo "$B/bin/sudo" --service-user "$SVC" \
         --systemd-dir "$B/run-systemd" "$@" "$USER_AT" > "$T/out" 2>&1
 }
 calls() { cat "$B/calls" 2>/dev/null || true; }
@@ -96,11 +112,38 @@ v1=$(readlink "$B/opt/current")
 [ -f "$B/unit/teachcam.service" ] || fail "unit not installed"
 cmp -s "$B/etc/teachcam.toml" "$T/config-before" || fail "the board's config was overwritten"
 grep -q "verdict: ready" "$T/out" || fail "doctor verdict not printed"
-calls | grep -q "useradd --system" || fail "service user not created"
+grep -q "doctor on the board (as $SVC)" "$T/out" || fail "doctor did not run as the service user"
+for g in video gpio; do
+    if getent group "$g" >/dev/null && ! id -nG "$SVC" | tr ' ' '\n' | grep -qx "$g"; then
+        calls | grep -qx "usermod -a -G $g $SVC" || fail "the service user was not added to group $g"
+    fi
+done
+grep -q "sh -c" "$B/sudo-calls" && grep -q "env VERSION=" "$B/sudo-calls" || fail "privileged steps did not go through sudo"
+ok "first deploy: $v1 installed, unit installed, config kept, service enabled and restarted, doctor ready"
+
+# The release is usable by the unprivileged service user: root-owned, 0755 directories and
+# binary, 0644 files (the stage's 0700 mktemp mode once made the release unusable).
+for d in "$B/opt" "$B/opt/releases" "$B/opt/$v1" "$B/opt/$v1/models"; do
+    [ "$(stat -c '%a %u' "$d")" = "755 0" ] || fail "$d is $(stat -c '%a %u' "$d"), not 755 root"
+done
+[ "$(stat -c '%a %u' "$B/opt/$v1/teachcam")" = "755 0" ] || fail "binary mode $(stat -c %a "$B/opt/$v1/teachcam")"
+[ "$(stat -c '%a' "$B/opt/$v1/models/SHA256SUMS")" = 644 ] || fail "model file mode"
+runuser -u "$SVC" -- "$B/opt/current/teachcam" --version > "$T/out" 2>&1 || fail "the service user cannot run the binary"
+runuser -u "$SVC" -- "$B/opt/current/teachcam" info > "$T/out" 2>&1 || fail "the service user cannot load the models"
+ok "the release is root-owned, 0755/0644, and $SVC can run the binary and load the models"
+
+# Doctor really runs as the service user: a state directory only root may write is a FAIL.
+chown root "$B/state"; chmod 755 "$B/state"
+deploy --binary "$BIN" || fail "redeploy for the doctor check"
+grep -q "FAIL state" "$T/out" || fail "doctor ran with more rights than the service user"
+chown -R "$SVC" "$B/state"
+ok "doctor runs as $SVC: a state directory $SVC cannot write is reported"
+
+calls | grep -q "useradd --system" || id -u "$SVC" >/dev/null || fail "service user not created"
 for c in "systemctl daemon-reload" "systemctl enable teachcam.service" "systemctl restart teachcam.service"; do
     calls | grep -qx "$c" || fail "missing call: $c"
 done
-ok "first deploy: $v1 installed, unit installed, config kept, service enabled and restarted, doctor ready"
+ok "first deploy: systemctl daemon-reload, enable, restart called"
 
 # Second deploy of the same bundle changes nothing.
 before=$(snapshot); ncalls=$(calls | wc -l)

@@ -11,6 +11,7 @@ use serde_json::json;
 use super::{check_writable_parent, load_backbone_from, load_head_for};
 use crate::backbone::{self, Backbone, Precision};
 use crate::cli::{AttackArgs, DreamArgs, ExplainArgs, FeaturesArgs, Global};
+use crate::frame::Frame;
 use crate::grad::Network;
 use crate::head::Head;
 use crate::imagefolder;
@@ -54,7 +55,7 @@ fn require_png(path: &Path) -> Result<()> {
     check_writable_parent(path)
 }
 
-fn load_rgb(path: &Path) -> Result<crate::frame::Frame> {
+fn load_rgb(path: &Path) -> Result<Frame> {
     imagefolder::load_rgb(path).with_context(|| format!("cannot read image {}", path.display()))
 }
 

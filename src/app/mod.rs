@@ -70,7 +70,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_synth(a: &SynthArgs) -> Result<()> {
-    let n = crate::demo::write_dataset(&a.out, a.train, a.val, a.seed)
+    let n = crate::demo::write_dataset(&a.out, a.train as usize, a.val as usize, a.seed)
         .with_context(|| format!("cannot write synthetic dataset to {}", a.out.display()))?;
     out!("wrote {n} images to {}", a.out.display());
     Ok(())

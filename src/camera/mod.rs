@@ -302,7 +302,8 @@ impl Default for Backoff {
     }
 }
 
-/// Replays the images of a folder (recursively, sorted), looping.
+/// Replays the images of a folder (recursively, sorted, see [`imagefolder::walk_images`]),
+/// looping.
 pub struct DirSource {
     files: Vec<PathBuf>,
     pos: usize,
@@ -313,21 +314,11 @@ pub struct DirSource {
 impl DirSource {
     /// Source over `root`, one frame every `period_ms`.
     pub fn new(root: &Path, period_ms: u64) -> Result<Self, CameraError> {
-        let mut files = Vec::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                for e in rd.flatten() {
-                    let p = e.path();
-                    if p.is_dir() {
-                        stack.push(p);
-                    } else if imagefolder::is_image(&p) {
-                        files.push(p);
-                    }
-                }
-            }
-        }
-        files.sort();
+        // Bounded, and never through a link to a folder: a link cycle would loop forever.
+        let (files, _skipped) = imagefolder::walk_images(root).map_err(|e| CameraError::Read {
+            source_name: format!("dir:{}", root.display()),
+            message: e.to_string(),
+        })?;
         if files.is_empty() {
             return Err(CameraError::EmptyDir(root.to_path_buf()));
         }

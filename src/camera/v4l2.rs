@@ -63,9 +63,8 @@ pub fn to_rgb(layout: Layout, buf: &[u8], width: usize, height: usize) -> Result
     let mut rgb = vec![0u8; px * 3];
     match layout {
         Layout::Mjpeg => {
-            let img = image::load_from_memory_with_format(buf, image::ImageFormat::Jpeg)
-                .map_err(|e| format!("undecodable MJPEG frame: {e}"))?
-                .into_rgb8();
+            let img = crate::decode::decode_jpeg(buf)
+                .map_err(|e| format!("undecodable MJPEG frame: {e}"))?;
             if img.dimensions() != (width as u32, height as u32) {
                 return Err(format!(
                     "MJPEG frame is {}x{}, the camera said {width}x{height}",
@@ -334,6 +333,13 @@ mod tests {
                 .contains("8x6")
         );
         assert!(to_rgb(Layout::Mjpeg, b"nope", 8, 6).is_err());
+        // A frame cut short (a USB hiccup) is refused, not shown half grey.
+        let cut = &jpeg[..jpeg.len() - 10];
+        assert!(
+            to_rgb(Layout::Mjpeg, cut, 8, 6)
+                .unwrap_err()
+                .contains("truncated")
+        );
     }
 
     #[test]

@@ -299,6 +299,8 @@ fn five_minutes_of_faults_never_stop_the_loop_and_lose_nothing_acknowledged() {
     assert_eq!(final_classes, ["sphere", "block", "ring"]);
 
     // Nothing acknowledged is lost: the store on disk is exactly what the events said.
+    // (The loop's store is closed first: one writer at a time.)
+    drop(store);
     let (reopened, report) = Store::open(dir.path()).unwrap();
     assert!(report.quarantined.is_empty() && !report.edit_completed);
     let on_disk: BTreeMap<u64, String> = reopened

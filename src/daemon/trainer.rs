@@ -4,6 +4,7 @@
 //! Must not: decide when to learn or whether to use a result (the core does).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,9 @@ pub struct ThreadTrainer {
     jobs: Option<Sender<Job>>,
     results: Receiver<Finished>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set on drop: the running fine-tune ends within an epoch (shutdown must not wait for
+    /// the budget; systemd's stop timeout is 15 s, the budget may be minutes).
+    stop: Arc<AtomicBool>,
 }
 
 impl ThreadTrainer {
@@ -112,6 +116,8 @@ impl ThreadTrainer {
     pub fn spawn(backbone: BackboneId, threshold: f32, budget: Duration) -> std::io::Result<Self> {
         let (job_tx, job_rx) = channel::<Job>();
         let (res_tx, res_rx) = channel::<Finished>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("fine-tune".into())
             .spawn(move || {
@@ -122,6 +128,7 @@ impl ThreadTrainer {
                     }
                     let cfg = TrainConfig {
                         deadline: Some(Instant::now() + budget),
+                        stop: Some(Arc::clone(&stop_flag)),
                         threshold,
                         ..TrainConfig::default()
                     };
@@ -135,6 +142,7 @@ impl ThreadTrainer {
             jobs: Some(job_tx),
             results: res_rx,
             thread: Some(thread),
+            stop,
         })
     }
 }
@@ -152,9 +160,11 @@ impl Trainer for ThreadTrainer {
 }
 
 impl Drop for ThreadTrainer {
-    /// Stop taking jobs and wait for the one running (at most one budget).
+    /// Stop taking jobs, tell the running one to stop (it ends within an epoch, keeping
+    /// nothing: its result is never read) and wait for it.
     fn drop(&mut self) {
         self.jobs = None;
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -233,6 +243,41 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Defect 10 of issue 12: dropping the trainer (what SIGTERM does) during a fine-tune
+    /// with a 10-minute budget returns within a couple of epochs, not at the budget.
+    #[test]
+    fn dropping_the_trainer_stops_a_long_fine_tune_at_once() {
+        let budget = Duration::from_secs(600);
+        let t = ThreadTrainer::spawn(BackboneId::default(), 0.5, budget).unwrap();
+        let mut rng = crate::rng::Rng::new(3);
+        // Noisy overlapping classes: early stopping does not end this fine-tune soon.
+        let s: Vec<Sample> = (0..6000)
+            .map(|i| {
+                let e: Vec<f32> = (0..256)
+                    .map(|_| rng.normal() + (i % 3) as f32 * 0.01)
+                    .collect();
+                sample(i, ["a", "b", "c"][i as usize % 3], &e)
+            })
+            .collect();
+        let mut t = t;
+        t.submit(Job::from_samples(
+            1,
+            &s,
+            &["a".into(), "b".into(), "c".into()],
+        ));
+        // Let it start.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            t.finished().is_none(),
+            "the fine-tune ended before the test could stop it"
+        );
+        let start = Instant::now();
+        drop(t);
+        let took = start.elapsed();
+        eprintln!("trainer stopped {took:?} after the drop (budget {budget:?})");
+        assert!(took < Duration::from_secs(5), "drop took {took:?}");
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub trait Indicator: Send {
     fn show(&mut self, lamp: Lamp);
 }
 
+/// Most buttons a script may press (button numbers 0..=63).
+pub const MAX_SCRIPT_BUTTONS: usize = 64;
+
 /// Scripted presses: `(start_ms, button, hold_ms)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Script {
@@ -121,6 +124,10 @@ impl Script {
                 .parse()
                 .map_err(|_| bad("time is not a whole number of ms"))?;
             let b: usize = b.parse().map_err(|_| bad("button is not a number"))?;
+            // Bounded so the button count (largest + 1) cannot overflow (found by fuzzing).
+            if b >= MAX_SCRIPT_BUTTONS {
+                return Err(bad("button number is too large (at most 63)"));
+            }
             let d: u64 = d
                 .parse()
                 .map_err(|_| bad("hold is not a whole number of ms"))?;
@@ -357,6 +364,11 @@ mod tests {
                 .parse::<GpioSpec>()
                 .is_err()
         );
+        // A huge button number is an error, not an overflow (found by fuzzing the config).
+        let e = "script:300@18446744073709551615"
+            .parse::<GpioSpec>()
+            .unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 
     #[test]

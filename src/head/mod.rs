@@ -21,6 +21,9 @@ use crate::framed::{self, FramedError};
 const KIND: &str = "teachcam-head";
 const VERSION: u32 = 1;
 
+/// Largest head file read: 10 000 classes at 4096 dimensions.
+pub const MAX_HEAD_FILE: u64 = 10_000 * 4096 * 4 + (4 << 20);
+
 /// Label reported when the best class is below the head's confidence threshold.
 pub use crate::frame::UNKNOWN;
 
@@ -270,6 +273,25 @@ impl Head {
             why: e.to_string(),
         })?;
         let (d, c) = (meta.dim, meta.classes.len());
+        // Numbers that parse can still be unusable: a non-finite weight answers "unknown"
+        // forever, and an infinite field cannot even be written back (JSON has no inf).
+        let bad = if !(0.0..=1.0).contains(&meta.threshold) {
+            Some("threshold outside 0..1")
+        } else if !meta.info.l2.is_finite()
+            || meta.info.holdout_accuracy.is_some_and(|a| !a.is_finite())
+        {
+            Some("non-finite training record")
+        } else if p.iter().any(|v| !v.is_finite()) {
+            Some("non-finite weights or statistics")
+        } else {
+            None
+        };
+        if let Some(why) = bad {
+            return Err(HeadError::File(FramedError::Corrupt {
+                path: path.to_path_buf(),
+                why: why.into(),
+            }));
+        }
         Ok(Head {
             mean: p[..d].to_vec(),
             inv_std: p[d..2 * d].to_vec(),
@@ -287,13 +309,9 @@ impl Head {
         })
     }
 
-    /// Read and verify a head file.
+    /// Read and verify a head file (at most [`MAX_HEAD_FILE`] bytes).
     pub fn load(path: &Path) -> Result<Self, HeadError> {
-        let bytes = std::fs::read(path).map_err(|source| FramedError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::decode(path, &bytes)
+        Self::decode(path, &framed::read_file(path, MAX_HEAD_FILE)?)
     }
 
     /// Refuse a head made for another backbone or dimension.
@@ -404,5 +422,21 @@ mod tests {
             .check_backbone(&p, &id("f", "w8", 224), 1280)
             .unwrap_err();
         assert!(matches!(e, HeadError::WrongDim { .. }));
+    }
+
+    #[test]
+    fn heads_with_unusable_numbers_are_refused_as_corrupt() {
+        // Found by the fuzz target `head`: an l2 of 1e307 parses as an f32 infinity.
+        let mut h = tiny();
+        h.info.l2 = f32::INFINITY;
+        let e = Head::decode(Path::new("x.head"), &h.encode()).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        let mut h = tiny();
+        h.weights[1] = f32::NAN;
+        assert!(Head::decode(Path::new("x"), &h.encode()).is_err());
+        let mut h = tiny();
+        h.threshold = 2.0;
+        assert!(Head::decode(Path::new("x"), &h.encode()).is_err());
+        assert!(Head::decode(Path::new("x"), &tiny().encode()).is_ok());
     }
 }

@@ -17,6 +17,8 @@
 //!
 //! Must not: read files, clocks (beyond the optional deadline the caller passes) or devices.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::{Head, TrainInfo, dot, l2_normalise, softmax};
@@ -45,6 +47,20 @@ pub struct TrainConfig {
     pub threshold: f32,
     /// Stop early (keeping the best so far) when this instant passes.
     pub deadline: Option<Instant>,
+    /// Stop early (keeping the best so far) once this flag is set: how a shutting-down
+    /// appliance ends a long fine-tune within an epoch, whatever the budget.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl TrainConfig {
+    /// True once the deadline has passed or the stop flag is set.
+    pub fn should_stop(&self) -> bool {
+        self.deadline.is_some_and(|t| Instant::now() >= t)
+            || self
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for TrainConfig {
@@ -59,6 +75,7 @@ impl Default for TrainConfig {
             lr: 1e-2,
             threshold: 0.5,
             deadline: None,
+            stop: None,
         }
     }
 }
@@ -75,6 +92,17 @@ pub enum TrainError {
     /// Shapes do not add up.
     #[error("{0}")]
     Shape(String),
+    /// An embedding holds NaN or an infinity (a damaged sample): nothing is trained on it.
+    #[error("{set} example {row} has a non-finite value (NaN or infinity); remove or re-embed it")]
+    NotFinite {
+        /// `"training"` or `"validation"`.
+        set: &'static str,
+        /// Row of the example.
+        row: usize,
+    },
+    /// The fit produced non-finite weights; no head is returned rather than a broken one.
+    #[error("training diverged (non-finite weights); no head was made")]
+    Diverged,
 }
 
 /// Labelled embeddings, borrowed.
@@ -367,7 +395,7 @@ fn fit(prob: &Problem, init: Params, l2: f32, epochs: usize, seed: u64) -> Fitte
         loss,
     };
     for epoch in 1..=epochs {
-        if cfg.deadline.is_some_and(|t| Instant::now() >= t) {
+        if cfg.should_stop() {
             break;
         }
         run_epoch(&mut p, &mut opt, prob, &groups, l2, &mut rng);
@@ -433,9 +461,18 @@ fn whole(ex: &Examples) -> (Stats, Set) {
     (st, set)
 }
 
+/// The first row of `ex` holding a non-finite value.
+fn first_non_finite(ex: &Examples) -> Option<usize> {
+    let d = ex.dim.max(1);
+    ex.data.iter().position(|v| !v.is_finite()).map(|i| i / d)
+}
+
 fn validate(ex: &Examples, classes: &[String]) -> Result<(), TrainError> {
     if ex.labels.is_empty() {
         return Err(TrainError::NoData);
+    }
+    if ex.dim == 0 {
+        return Err(TrainError::Shape("embeddings have no dimensions".into()));
     }
     if ex.data.len() != ex.labels.len() * ex.dim {
         return Err(TrainError::Shape(format!(
@@ -454,6 +491,14 @@ fn validate(ex: &Examples, classes: &[String]) -> Result<(), TrainError> {
     let groups = by_class(ex.labels, classes.len());
     if let Some(k) = groups.iter().position(|g| g.is_empty()) {
         return Err(TrainError::EmptyClass(classes[k].clone()));
+    }
+    // Non-finite input would make every statistic NaN, and NaN compares false: the fit
+    // would "succeed" with a head that answers nothing.
+    if let Some(row) = first_non_finite(ex) {
+        return Err(TrainError::NotFinite {
+            set: "training",
+            row,
+        });
     }
     Ok(())
 }
@@ -513,6 +558,12 @@ pub fn train(
         }
         if v.labels.iter().any(|&l| l >= classes.len()) {
             return Err(TrainError::Shape("validation label out of range".into()));
+        }
+        if let Some(row) = first_non_finite(v) {
+            return Err(TrainError::NotFinite {
+                set: "validation",
+                row,
+            });
         }
     }
     let (c, d) = (classes.len(), train.dim);
@@ -713,6 +764,11 @@ pub fn train(
         }
     };
 
+    if !params.w.iter().chain(&params.b).all(|v| v.is_finite()) {
+        return Err(TrainError::Diverged);
+    }
+    // An accuracy is reported only when it was measured on finite numbers.
+    let holdout_accuracy = holdout_accuracy.filter(|a| a.is_finite());
     let counts: Vec<usize> = by_class(train.labels, c).iter().map(Vec::len).collect();
     let head = Head {
         classes,
@@ -949,5 +1005,60 @@ mod tests {
             train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap_err(),
             TrainError::EmptyClass("c1".into())
         );
+        let ex = Examples {
+            dim: 0,
+            data: &[],
+            labels: &[0],
+        };
+        assert!(matches!(
+            train(ex, None, names(1), &bid(), &TrainConfig::default()),
+            Err(TrainError::Shape(_))
+        ));
+    }
+
+    #[test]
+    fn non_finite_embeddings_are_refused_never_trained_on() {
+        let (mut x, y) = blobs(2, 40, 8, 0.3, 5);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            x[8 * 17 + 3] = bad;
+            let ex = Examples {
+                dim: 8,
+                data: &x,
+                labels: &y,
+            };
+            let e = train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap_err();
+            assert_eq!(
+                e,
+                TrainError::NotFinite {
+                    set: "training",
+                    row: 17
+                }
+            );
+            assert!(e.to_string().contains("example 17"), "{e}");
+            assert!(imprint_head(ex, names(2), &bid(), 0.5).is_err());
+        }
+        // A NaN in the validation set is refused too, instead of scoring 1.000 on it.
+        x[8 * 17 + 3] = 0.5;
+        let ex = Examples {
+            dim: 8,
+            data: &x,
+            labels: &y,
+        };
+        let mut v = x.clone();
+        v[0] = f32::NAN;
+        let val = Examples {
+            dim: 8,
+            data: &v,
+            labels: &y,
+        };
+        assert_eq!(
+            train(ex, Some(val), names(2), &bid(), &TrainConfig::default()).unwrap_err(),
+            TrainError::NotFinite {
+                set: "validation",
+                row: 0
+            }
+        );
+        let (_, r) = train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap();
+        assert!(r.holdout_accuracy.is_some_and(f32::is_finite));
     }
 }
