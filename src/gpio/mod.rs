@@ -123,11 +123,13 @@ impl Script {
             let t: u64 = t
                 .parse()
                 .map_err(|_| bad("time is not a whole number of ms"))?;
-            let b: usize = b.parse().map_err(|_| bad("button is not a number"))?;
+            // Parsed as u64 whatever the word size (a 32-bit board must say "too large" too).
+            let b: u64 = b.parse().map_err(|_| bad("button is not a number"))?;
             // Bounded so the button count (largest + 1) cannot overflow (found by fuzzing).
-            if b >= MAX_SCRIPT_BUTTONS {
+            if b >= MAX_SCRIPT_BUTTONS as u64 {
                 return Err(bad("button number is too large (at most 63)"));
             }
+            let b = b as usize; // < 64
             let d: u64 = d
                 .parse()
                 .map_err(|_| bad("hold is not a whole number of ms"))?;
