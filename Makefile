@@ -43,7 +43,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web test-browser soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
@@ -71,7 +71,7 @@ run: build
 	cat $(RUN_STATE)/status.json; echo
 
 test: setup
-	$(MAKE) test-host test-browser test-deploy test-icount test-arm-aarch64 test-arm-armv7-unit
+	$(MAKE) test-host test-browser test-mqtt-client-cert test-deploy test-icount test-arm-aarch64 test-arm-armv7-unit
 
 # armv7 unit tests under qemu (the int8 kernels' exactness fixtures among them); the full
 # armv7 build check and smoke test are `make test-arm-armv7`.
@@ -122,6 +122,10 @@ host-debug: setup-host
 # The web console in headless chromium over WebDriver; screenshots in target/ (about 40 s).
 test-browser: host-debug
 	python3 tests/browser.py $(HOST_BIN) target
+
+# MQTT over TLS with a client certificate (mosquitto with require_certificate; about 15 s).
+test-mqtt-client-cert: host-debug
+	tests/mqtt_client_cert.sh $(HOST_BIN)
 
 test-deploy: host-debug
 	tests/deploy.sh $(HOST_BIN)
