@@ -18,7 +18,7 @@ printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > cli.cnf
 openssl x509 -req -days 2 -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile cli.cnf -out client.pem 2>/dev/null
 PORT=$((20000 + RANDOM % 20000))
 cat > m.conf <<C
-user root
+user $(id -un)
 per_listener_settings false
 allow_anonymous true
 persistence false
