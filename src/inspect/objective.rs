@@ -147,6 +147,25 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// Each coordinate of gradient `g` of `f` at `e` agrees with a central difference.
+    fn matches_central_differences(e: &[f32], g: &[f32], mut f: impl FnMut(&[f32]) -> f32) {
+        let step = 1e-2;
+        let mut ep = e.to_vec();
+        for i in 0..e.len() {
+            ep[i] = e[i] + step;
+            let up = f(&ep) as f64;
+            ep[i] = e[i] - step;
+            let down = f(&ep) as f64;
+            ep[i] = e[i];
+            let fd = (up - down) / (2.0 * step as f64);
+            assert!(
+                (fd - g[i] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
+                "{i}: {fd} vs {}",
+                g[i]
+            );
+        }
+    }
+
     fn head(dim: usize, classes: usize, r: &mut Rng) -> Head {
         Head {
             classes: (0..classes).map(|k| format!("c{k}")).collect(),
@@ -172,20 +191,7 @@ mod tests {
         assert_eq!(probs, h.predict(&e).probs);
         assert!((lp - probs[1].ln()).abs() < 1e-6);
         let mut scratch = vec![0f32; dim];
-        for i in 0..dim {
-            let step = 1e-2;
-            let mut ep = e.clone();
-            ep[i] += step;
-            let up = log_prob(&h, &ep, 1, &mut scratch).0 as f64;
-            ep[i] -= 2.0 * step;
-            let down = log_prob(&h, &ep, 1, &mut scratch).0 as f64;
-            let fd = (up - down) / (2.0 * step as f64);
-            assert!(
-                (fd - g[i] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
-                "{i}: {fd} vs {}",
-                g[i]
-            );
-        }
+        matches_central_differences(&e, &g, |ep| log_prob(&h, ep, 1, &mut scratch).0);
     }
 
     #[test]
@@ -200,20 +206,7 @@ mod tests {
         let want = probs[2].ln() - (1.0 - probs[2]).ln();
         assert!((v - want).abs() < 1e-4, "{v} vs {want}");
         let mut scratch = vec![0f32; dim];
-        for i in 0..dim {
-            let step = 1e-2;
-            let mut ep = e.clone();
-            ep[i] += step;
-            let up = log_odds(&h, &ep, 2, &mut scratch).0 as f64;
-            ep[i] -= 2.0 * step;
-            let down = log_odds(&h, &ep, 2, &mut scratch).0 as f64;
-            let fd = (up - down) / (2.0 * step as f64);
-            assert!(
-                (fd - g[i] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
-                "{i}: {fd} vs {}",
-                g[i]
-            );
-        }
+        matches_central_differences(&e, &g, |ep| log_odds(&h, ep, 2, &mut scratch).0);
     }
 
     #[test]
