@@ -464,6 +464,7 @@ impl Backbone {
         let path = models_dir.join(precision.file_name());
         let mut b = Self::load_inner(&path, precision == Precision::Int8, size, true)?;
         b.precision = Some(precision);
+        b.id.precision = precision.name().to_string();
         Ok(b)
     }
 
@@ -667,9 +668,11 @@ impl Backbone {
             path: self.path.clone(),
             message,
         };
-        let layout = self
-            .map
-            .ok_or_else(|| err("this backbone was loaded without its feature map".into()))?;
+        if self.map.is_none() {
+            return Err(err(
+                "this backbone was loaded without its feature map".into()
+            ));
+        }
         let t = Tensor::from_shape(&[1, 3, self.size, self.size], input)
             .map_err(|e| err(format!("{e:#}")))?;
         let out = self
@@ -682,14 +685,27 @@ impl Backbone {
             .iter()
             .copied()
             .collect();
-        let shape = out[1].shape().to_vec();
+        let map = self.feature_map(&out[1])?;
+        Ok((emb, map))
+    }
+
+    /// The last feature map from the plan's second output, as NHWC floats.
+    fn feature_map(&self, t: &Tensor) -> Result<FeatureMap, ModelError> {
+        let err = |message: String| ModelError::Tract {
+            path: self.path.clone(),
+            message,
+        };
+        let layout = self
+            .map
+            .ok_or_else(|| err("this backbone was loaded without its feature map".into()))?;
+        let shape = t.shape().to_vec();
         if shape.len() != 4 {
             return Err(err(format!("feature map has shape {shape:?}")));
         }
         let map = match layout {
             MapLayout::Nchw => {
                 let (c, h, w) = (shape[1], shape[2], shape[3]);
-                let v = out[1]
+                let v = t
                     .to_plain_array_view::<f32>()
                     .map_err(|e| err(format!("{e:#}")))?;
                 let src: Vec<f32> = v.iter().copied().collect();
@@ -703,7 +719,7 @@ impl Backbone {
             }
             MapLayout::Nhwc { scale, zero } => {
                 let (h, w, c) = (shape[1], shape[2], shape[3]);
-                let v = out[1]
+                let v = t
                     .to_plain_array_view::<u8>()
                     .map_err(|e| err(format!("{e:#}")))?;
                 let data = v
@@ -713,7 +729,7 @@ impl Backbone {
                 FeatureMap { h, w, c, data }
             }
         };
-        Ok((emb, map))
+        Ok(map)
     }
 }
 
@@ -822,6 +838,14 @@ impl Embedder {
 
     /// Run the backbone on what [`Embedder::preprocess`] left in the buffer.
     pub fn run(&mut self) -> Result<Vec<f32>, ModelError> {
+        let out = self.run_outputs()?;
+        let view = out[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| self.backbone.tract_err(e))?;
+        Ok(view.iter().copied().collect())
+    }
+
+    fn run_outputs(&mut self) -> Result<TVec<TValue>, ModelError> {
         if self.state.is_none() {
             self.state = Some(
                 self.backbone
@@ -832,13 +856,24 @@ impl Embedder {
         }
         let state = self.state.as_mut().expect("spawned just above");
         let input = TValue::from_const(Arc::clone(&self.input));
-        let out = state
+        state
             .run(tvec!(input))
-            .map_err(|e| self.backbone.tract_err(e))?;
+            .map_err(|e| self.backbone.tract_err(e))
+    }
+
+    /// [`Embedder::run`], also returning the last feature map when the backbone was loaded
+    /// with it ([`Backbone::load_sized_with_map`]); `None` otherwise. Same pass, same state.
+    pub fn run_with_map(&mut self) -> Result<(Vec<f32>, Option<FeatureMap>), ModelError> {
+        let out = self.run_outputs()?;
         let view = out[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| self.backbone.tract_err(e))?;
-        Ok(view.iter().copied().collect())
+        let emb = view.iter().copied().collect();
+        let map = match (self.backbone.has_map(), out.get(1)) {
+            (true, Some(t)) => Some(self.backbone.feature_map(t)?),
+            _ => None,
+        };
+        Ok((emb, map))
     }
 
     /// Preprocess and embed one packed RGB8 frame, also returning the last feature map (the

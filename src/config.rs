@@ -130,6 +130,8 @@ pub struct ConfigFile {
     pub threshold: Option<f32>,
     /// Frames the displayed class is voted over.
     pub smoothing: Option<usize>,
+    /// Largest image decoded, in pixels (`TEACHCAM_MAX_PIXELS` overrides it).
+    pub max_pixels: Option<u64>,
     /// `[camera]`.
     #[serde(default)]
     pub camera: CameraSection,
@@ -428,6 +430,8 @@ pub struct RunConfig {
     pub http: Option<std::net::SocketAddr>,
     /// MQTT and Home Assistant (`None`: off).
     pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// The file's pixel limit for every decode (`None`: the environment's or the default).
+    pub max_pixels: Option<u64>,
 }
 
 /// Flags given on the command line (each overrides the file); already checked by their types.
@@ -574,6 +578,12 @@ impl RunConfig {
             },
             mqtt: match f.mqtt {
                 Some(m) => Some(m.check().map_err(|(key, why)| bad(key, why))?),
+                None => None,
+            },
+            max_pixels: match f.max_pixels {
+                Some(n) => Some(
+                    crate::decode::parse_limit(&n.to_string()).map_err(|w| bad("max_pixels", w))?,
+                ),
                 None => None,
             },
         };
@@ -755,6 +765,8 @@ mod tests {
             ("classes = [\"unknown\"]", "`classes`"),
             ("classes = [\"a\\nb\"]", "`classes`"),
             ("state_dir = \"\"", "`state_dir`"),
+            ("max_pixels = 0", "`max_pixels`"),
+            ("max_pixels = 9999999999999", "`max_pixels`"),
             ("[gpio]\nuri = \"script:100@9\"", "`gpio.uri`"),
         ] {
             let e = resolve(text).unwrap_err().to_string();
@@ -784,6 +796,10 @@ mod tests {
         assert_eq!(c.state_dir, Path::new(DEFAULT_STATE));
         assert_eq!(c.precision, Precision::default());
         assert_eq!(c.smoothing, Smoothing::DEFAULT);
+        assert_eq!(c.max_pixels, None);
+        let f = ConfigFile::parse("max_pixels = 1000000\n", p).unwrap();
+        let c = RunConfig::resolve(Some((p, f)), Overrides::default()).unwrap();
+        assert_eq!(c.max_pixels, Some(1_000_000));
     }
 
     #[test]

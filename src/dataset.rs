@@ -196,13 +196,56 @@ fn report_not_exported(total: usize, written: usize) {
     }
 }
 
+/// A dataset tarball being written: samples, then the manifest.
+struct TarOut<W: Write> {
+    tar: tar::Builder<W>,
+    entries: Vec<Entry>,
+}
+
+impl<W: Write> TarOut<W> {
+    fn new(w: W) -> Self {
+        TarOut {
+            tar: tar::Builder::new(w),
+            entries: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, s: &Sample, jpg: &[u8], rec: &[u8]) -> std::io::Result<()> {
+        let name = format!("samples/{:08}", s.id);
+        add_file(&mut self.tar, &format!("{name}.jpg"), jpg)?;
+        add_file(&mut self.tar, &format!("{name}.rec"), rec)?;
+        self.entries.push(Entry {
+            name,
+            label: s.label.clone(),
+            time_ms: s.time_ms,
+            jpg_sha256: crate::fsutil::sha256_hex(jpg),
+            rec_sha256: crate::fsutil::sha256_hex(rec),
+        });
+        Ok(())
+    }
+
+    /// Write the manifest and the end of the archive; the writer and the sample count.
+    fn finish(mut self) -> std::io::Result<(W, usize)> {
+        let n = self.entries.len();
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            classes: classes_in_order(self.entries.iter().map(|e| e.label.as_str())),
+            samples: self.entries,
+        };
+        // Plain strings and numbers: serialisation cannot fail.
+        let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        add_file(&mut self.tar, "manifest.json", &bytes)?;
+        Ok((self.tar.into_inner()?, n))
+    }
+}
+
 /// Write every sample of `store` to the tarball `out` (atomically, streamed); returns the
 /// count. A sample whose thumbnail fails its checksum is named and left out.
 pub fn export_tar(store: &Store, out: &Path) -> Result<usize, DatasetError> {
-    let mut entries = Vec::new();
+    let mut count = 0;
     let mut failed: Option<DatasetError> = None;
     let written = crate::fsutil::atomic_write_with(out, |f| {
-        let mut tar = tar::Builder::new(std::io::BufWriter::new(f));
+        let mut tar = TarOut::new(std::io::BufWriter::new(f));
         for item in exportable(store) {
             let (s, jpg, rec) = match item {
                 Ok(x) => x,
@@ -212,33 +255,49 @@ pub fn export_tar(store: &Store, out: &Path) -> Result<usize, DatasetError> {
                     return Err(io);
                 }
             };
-            let name = format!("samples/{:08}", s.id);
-            add_file(&mut tar, &format!("{name}.jpg"), &jpg)?;
-            add_file(&mut tar, &format!("{name}.rec"), &rec)?;
-            entries.push(Entry {
-                name,
-                label: s.label.clone(),
-                time_ms: s.time_ms,
-                jpg_sha256: crate::fsutil::sha256_hex(&jpg),
-                rec_sha256: crate::fsutil::sha256_hex(&rec),
-            });
+            tar.add(s, &jpg, &rec)?;
         }
-        let manifest = Manifest {
-            format: FORMAT.into(),
-            classes: classes_in_order(entries.iter().map(|e| e.label.as_str())),
-            samples: std::mem::take(&mut entries),
-        };
-        // Plain strings and numbers: serialisation cannot fail.
-        let bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-        entries = manifest.samples;
-        add_file(&mut tar, "manifest.json", &bytes)?;
-        tar.into_inner()?.flush()
+        let (mut w, n) = tar.finish()?;
+        count = n;
+        w.flush()
     });
     if let Err(e) = written {
         return Err(failed.take().unwrap_or_else(|| io_err("write", out)(e)));
     }
-    report_not_exported(store.samples().len(), entries.len());
-    Ok(entries.len())
+    report_not_exported(store.samples().len(), count);
+    Ok(count)
+}
+
+/// Write the samples `ids` of the state directory `dir` as a dataset tarball to `w`, from a
+/// thread that does not own the store (the web console's download) while the appliance keeps
+/// running. Each record is read and verified and its thumbnail checked against it, so what
+/// is written is self-consistent: a sample deleted or being rewritten meanwhile is left out
+/// (counted), never exported half. Returns (written, left out).
+pub fn stream_tar<W: Write>(dir: &Path, ids: &[u64], w: W) -> std::io::Result<(usize, usize)> {
+    let mut tar = TarOut::new(w);
+    let mut left_out = 0;
+    for &id in ids {
+        let p = dir.join("samples").join(format!("{id:08}.rec"));
+        let read = crate::fsutil::read_bounded(&p, crate::store::MAX_RECORD_FILE)
+            .map_err(|e| e.to_string())
+            .and_then(|rec| {
+                let s = decode_record(&p, &rec).map_err(|e| e.to_string())?;
+                let jpg = crate::store::read_thumbnail(dir, id, &s.thumb_sha256)
+                    .map_err(|e| e.to_string())?;
+                Ok((s, jpg, rec))
+            });
+        match read {
+            Ok((s, jpg, rec)) if s.id == id => tar.add(&s, &jpg, &rec)?,
+            Ok(_) => left_out += 1,
+            Err(e) => {
+                log::warn!("sample {id} not in the download: {e}");
+                left_out += 1;
+            }
+        }
+    }
+    let (mut w, n) = tar.finish()?;
+    w.flush()?;
+    Ok((n, left_out))
 }
 
 /// Write every sample's thumbnail to `out/<class>/<id>.jpg` (the layout `teachcam train`

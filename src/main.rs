@@ -38,6 +38,11 @@ fn main() {
         })
         .init();
     if let Err(e) = teachcam::app::run(cli) {
+        // SIGHUP: a clean stop the service manager restarts (the unit's RestartForceExitStatus).
+        if let Some(r) = e.downcast_ref::<teachcam::app::ReloadRequested>() {
+            eprintln!("teachcam: {r}");
+            std::process::exit(teachcam::app::RELOAD_EXIT_CODE);
+        }
         // A closed stdout (`teachcam eval ... | head`) is not an error worth reporting.
         if e.chain()
             .filter_map(|c| c.downcast_ref::<std::io::Error>())

@@ -52,6 +52,17 @@ impl Taps {
     }
 }
 
+/// The square of a `src_w × src_h` frame the model sees: left, top and side in source pixels
+/// (the centred 224/256 of the shorter side).
+pub fn crop(src_w: usize, src_h: usize) -> (f64, f64, f64) {
+    let side = src_w.min(src_h) as f64 * 224.0 / 256.0;
+    (
+        (src_w as f64 - side) / 2.0,
+        (src_h as f64 - side) / 2.0,
+        side,
+    )
+}
+
 /// Reusable preprocessing plan for one source frame size and one model input size.
 /// Build it once per camera mode; [`Plan::run`] then allocates nothing but a row buffer.
 #[derive(Debug, Clone)]
@@ -68,10 +79,7 @@ pub struct Plan {
 impl Plan {
     /// Plan for `src_w × src_h` frames into a `size × size` input.
     pub fn new(src_w: usize, src_h: usize, size: usize) -> Self {
-        let short = src_w.min(src_h) as f64;
-        let side = short * 224.0 / 256.0;
-        let x0 = (src_w as f64 - side) / 2.0;
-        let y0 = (src_h as f64 - side) / 2.0;
+        let (x0, y0, side) = crop(src_w, src_h);
         let rows = Taps::new(src_h, y0, side, size);
         let cols = Taps::new(src_w, x0, side, size);
         let col_lo = cols.starts.iter().copied().min().unwrap_or(0);

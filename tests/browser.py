@@ -5,8 +5,9 @@ the W3C WebDriver HTTP protocol (Python standard library only, no selenium).
 It starts `teachcam run` on the synthetic camera (the object changes every few seconds),
 opens the login URL, checks that the live picture updates, teaches three classes by clicking
 their buttons while the camera shows each object, checks that the page then names each
-object, deletes a sample in the gallery and checks the store, and saves screenshots at
-desktop and phone sizes.
+object, ticks the heat map and checks it is drawn over the picture, asks for a class's dream
+and waits for the image, deletes a sample in the gallery and checks the store, and saves
+screenshots at desktop and phone sizes.
 
 usage: tests/browser.py TEACHCAM_BINARY OUT_DIR
 Exit 0: passed; 1: failed (the reason is printed); 77: chromium/chromedriver missing.
@@ -192,6 +193,26 @@ def main():
                 wait(f"the page to say {name}", lambda: wd.text("#answer") == name and shown() == name,
                      timeout=PHASE_MS / 1000)
                 print(f"page names {name}")
+
+            # Heat map: ticked, maps arrive and are drawn over the picture (non-transparent
+            # pixels on the canvas), for the class the page names.
+            wd.click("#heat")
+            wait("a heat map drawn", lambda: int(wd.js(
+                "return document.getElementById('heatcanvas').dataset.frame||0")) > 0)
+            painted = wait("heat-map pixels", lambda: wd.js(
+                "const c=document.getElementById('heatcanvas');"
+                "const d=c.getContext('2d').getImageData(0,0,c.width,c.height).data;"
+                "let n=0; for (let i=3;i<d.length;i+=4) if (d[i]>0) n++; return n"))
+            cls = wd.js("return document.getElementById('heatcanvas').dataset.cls")
+            print(f"heat map drawn over {painted} pixels, class {cls}")
+
+            # Dream: the image of a class, made on the device, shown when ready.
+            wd.js("const s=document.getElementById('dreamclass'); s.value='ring';")
+            wd.click("#dream")
+            wait("the ring dream", lambda: wd.js(
+                "const i=document.getElementById('dreamimg');"
+                "return i.dataset.cls==='ring' && i.naturalWidth===256"), timeout=300)
+            print("dream of ring shown:", wd.text("#dreammsg"))
 
             wd.screenshot(os.path.join(out_dir, "web-desktop.png"))
 

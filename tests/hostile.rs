@@ -974,3 +974,133 @@ fn import_into_a_running_appliances_state_is_refused_naming_its_pid() {
     ]);
     assert!(o.contains("imported 6 samples"), "{o}");
 }
+
+/// #14 through the real binary, and SIGHUP: with the state on a full disk a press is refused
+/// (console line, status counters, `last_error`) while the loop keeps recognising; freed, the
+/// next press is stored. SIGHUP then stops it cleanly with exit code 3 (the unit restarts on
+/// it), the status file carrying the time of its last write. Without a tmpfs (not root), the
+/// disk part is skipped and said so.
+#[test]
+fn a_full_disk_refuses_captures_the_loop_keeps_going_and_sighup_stops_for_a_reload() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::mpsc;
+    let t = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&t.path().join("disk"), 64 << 20);
+    let state = match &disk {
+        Some(d) => d.path.join("state"),
+        None => t.path().join("state"),
+    };
+    let status = t.path().join("status.json");
+    let mut child = bin()
+        .args(["run", "--state", s(&state), "--camera", "synthetic:1000"])
+        .args(["--fps", "10", "--gpio", "keyboard", "--classes", "a,b,c"])
+        .args(["--status", s(&status), "--duration", "120"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keys = child.stdin.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = |prefix: &str| -> String {
+        let t0 = Instant::now();
+        loop {
+            let l = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line starting {prefix:?}"));
+            if l.starts_with(prefix) {
+                return l;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no {prefix:?}");
+        }
+    };
+    let read_status = || -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(b) = std::fs::read(&status)
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b)
+                && v["frames"].as_u64().unwrap_or(0) > 0
+            {
+                return v;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no status");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    line("teachcam: running");
+    read_status();
+    writeln!(keys, "1").unwrap();
+    line("captured id=");
+    let mut stored = 1;
+    match &disk {
+        Some(d) => {
+            // Fill it to the last block: big writes, then small ones, until ENOSPC.
+            let filler = d.path.join("filler");
+            let mut file = std::fs::File::create(&filler).unwrap();
+            for chunk in [1 << 20, 4096, 512] {
+                let zeros = vec![0u8; chunk];
+                while file.write_all(&zeros).is_ok() {}
+            }
+            assert!(d.free() < 4096, "{} bytes still free", d.free());
+            std::thread::sleep(Duration::from_millis(400));
+            writeln!(keys, "2").unwrap();
+            let refused = line("capture refused:");
+            assert!(refused.contains("disk is full"), "{refused}");
+            std::thread::sleep(Duration::from_millis(1500));
+            let before = read_status();
+            assert!(before["errors"]["captures_refused"].as_u64().unwrap() >= 1);
+            assert!(
+                before["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("full") || e.contains("space")),
+                "{before}"
+            );
+            // Still recognising: frames keep coming, the process is alive.
+            std::thread::sleep(Duration::from_millis(1500));
+            let after = read_status();
+            assert!(after["frames"].as_u64() > before["frames"].as_u64());
+            assert!(child.try_wait().unwrap().is_none(), "the appliance exited");
+            // Space again: the next press is stored.
+            drop(file);
+            std::fs::remove_file(&filler).unwrap();
+            writeln!(keys, "3").unwrap();
+            line("captured id=");
+            stored += 1;
+        }
+        None => eprintln!("skipped the full-disk part: cannot mount a tmpfs here"),
+    }
+    // SIGHUP: a clean stop with the reload exit code.
+    // SAFETY: signalling our own child, whose pid is valid until it is waited for.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "SIGHUP did not stop it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(3), "exit code after SIGHUP");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let written = v["updated_unix_ms"].as_u64().expect("updated_unix_ms");
+    assert!(now_ms.abs_diff(written) < 60_000, "{written} vs {now_ms}");
+    assert_eq!(ids(&state).len(), stored);
+}

@@ -405,6 +405,23 @@ fn web_api_teaches_curates_and_reports() {
     ] {
         assert!(m.contains(name), "metrics lack {name:?}:\n{m}");
     }
+
+    // The dataset download imports, verified by the CLI, into a fresh state: the 2 samples.
+    let (status, head, tar) = get(&d, "/api/export.tar", &b);
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/x-tar"), "{head}");
+    let file = d.state.with_file_name("download.tar");
+    std::fs::write(&file, &tar).unwrap();
+    let fresh = d.state.with_file_name("fresh");
+    let o = Command::new(env!("CARGO_BIN_EXE_teachcam"))
+        .args(["dataset", "import", "--state"])
+        .arg(&fresh)
+        .arg(&file)
+        .env_remove("TEACHCAM_MODELS")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stored(&fresh), 2);
 }
 
 #[test]
@@ -490,4 +507,124 @@ fn web_hostile_requests_are_refused_without_touching_files() {
     drop(streams);
     // The store was never touched by any of this.
     assert_eq!(stored(&d.state), 0);
+}
+
+#[test]
+fn web_heat_map_and_dream_show_what_the_live_head_sees() {
+    let d = start();
+    let b = d.bearer();
+    // Nothing taught: no head to map or dream with.
+    assert_eq!(get(&d, "/api/heatmap", &b).0, 409);
+    let (status, v) = post(&d, "/api/dream", &b, &json!({"class": "ball"}));
+    assert_eq!(status, 409, "{v}");
+    // Two captures of different pictures (the synthetic scene changes every 1.5 s).
+    for class in ["ball", "block"] {
+        let (status, v) = post(&d, "/api/capture", &b, &json!({ "class": class }));
+        assert_eq!(status, 200, "{v}");
+        std::thread::sleep(Duration::from_millis(1600));
+    }
+    // A head from both samples (one from a single sample has nothing to tell classes apart:
+    // its standardised features are all zero, and so is its map).
+    let t0 = Instant::now();
+    while json_get(&d, "/api/status")["head_version"].as_u64() < Some(2) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no head of two samples"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The heat map: asked for, it comes for the predicted class, then for the class named.
+    let map_of = |query: &str| -> Value {
+        let t0 = Instant::now();
+        loop {
+            let (status, _, body) = get(&d, &format!("/api/heatmap{query}"), &b);
+            assert!(status == 200 || status == 202, "{status}");
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let wanted = query.strip_prefix("?class=");
+            let some = v["values"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.as_f64() != Some(0.0)));
+            if status == 200 && wanted.is_none_or(|c| v["class"] == c) && some {
+                return v;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no heat map");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for query in ["", "?class=block", "?class=ball"] {
+        let m = map_of(query);
+        let (h, w) = (m["h"].as_u64().unwrap(), m["w"].as_u64().unwrap());
+        assert_eq!((h, w), (7, 7), "the last feature map at 224");
+        let values: Vec<f64> = m["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(values.len(), 49);
+        assert!(values.iter().all(|v| v.is_finite()));
+        // The positions split the logit exactly (up to float rounding).
+        let (logit, bias) = (m["logit"].as_f64().unwrap(), m["bias"].as_f64().unwrap());
+        let sum: f64 = values.iter().sum();
+        assert!(
+            (sum + bias - logit).abs() < 1e-3 * (1.0 + logit.abs()),
+            "{m}"
+        );
+        let k = m["class_index"].as_u64().unwrap() as usize;
+        assert_eq!(m["class"], ["ball", "block", "ring"][k]);
+        // The square the model saw: centred, 224/256 of the frame's shorter side.
+        let crop: Vec<f64> = m["crop"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let (x, y, side) = (crop[0], crop[1], crop[2]);
+        let (fw, fh) = (2.0 * x + side, 2.0 * y + side);
+        assert!(x >= 0.0 && y >= 0.0 && side > 0.0, "{m}");
+        assert!((side - fw.min(fh) * 224.0 / 256.0).abs() < 1e-3, "{m}");
+        assert!(m["frame"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(get(&d, "/api/heatmap?class=nope", &b).0, 404);
+
+    // A dream: refused for an unknown class or step count, then made for the live head.
+    let (status, _) = post(&d, "/api/dream", &b, &json!({"class": "nope"}));
+    assert_eq!(status, 404);
+    let (status, _) = post(&d, "/api/dream", &b, &json!({"class": "ball", "steps": 0}));
+    assert_eq!(status, 400);
+    assert_eq!(get(&d, "/api/dream?class=ball", &b).0, 404, "not asked yet");
+    let t0 = Instant::now();
+    let mut asked = false;
+    let (head, png) = loop {
+        assert!(t0.elapsed() < Duration::from_secs(180), "no dream");
+        if !asked {
+            let (status, v) = post(&d, "/api/dream", &b, &json!({"class": "ball", "steps": 2}));
+            assert_eq!(status, 202, "{v}");
+            asked = true;
+        }
+        let (status, head, body) = get(&d, "/api/dream?class=ball", &b);
+        match status {
+            200 => break (head, body),
+            202 => {}
+            // The head changed while dreaming (a fine-tune swapped it): ask again.
+            404 => asked = false,
+            _ => panic!("{status}: {}", String::from_utf8_lossy(&body)),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(head.contains("content-type: image/png"), "{head}");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // IHDR: width and height, big-endian, at bytes 16..24: the 256-px canvas for 224.
+    assert_eq!(&png[16..24], &[0, 0, 1, 0, 0, 0, 1, 0]);
+    // Made for a head that existed: version 1 (the first imprint) up to the live one.
+    let made_for: u64 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-head-version: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no x-head-version in {head}"));
+    let live = json_get(&d, "/api/status")["head_version"]
+        .as_u64()
+        .unwrap();
+    assert!((1..=live).contains(&made_for), "{made_for} vs {live}");
 }

@@ -666,6 +666,7 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
 
 fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
     let c = run_config(g, &a.run)?;
+    apply_pixel_limit(&c);
     // Open every input before the slow model load, so a wrong pin or camera fails at once.
     let mut camera = crate::camera::open(&c.camera, &c.camera_opts)?;
     let buttons = c.classes.len() + 1;
@@ -699,7 +700,22 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         )?),
         None => None,
     };
-    let backbone = load_backbone_from(c.models.as_deref(), c.precision, c.input_size.get())?;
+    // With the console on, the plan also returns the last feature map, for its heat map
+    // (read only while a viewer asks for it).
+    let backbone = if console.is_some() {
+        let dir = backbone::find_models_dir(c.models.as_deref())?;
+        let t = Instant::now();
+        let b = Backbone::load_sized_with_map(&dir, c.precision, c.input_size.get())?;
+        log::info!(
+            "loaded {} ({}, with its feature map) in {:.0} ms",
+            b.path().display(),
+            c.precision,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        b
+    } else {
+        load_backbone_from(c.models.as_deref(), c.precision, c.input_size.get())?
+    };
     // Samples taught with another backbone (the precision or input size changed) are
     // re-embedded from their thumbnails, so what was taught is kept across a model change.
     crate::dataset::reembed_stale(&mut store, &mut backbone.embedder())?;
@@ -733,6 +749,11 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
             camera: camera.describe(),
             model: format!("{} {}px {}", id.precision, c.input_size.get(), id.digest),
             state_dir: c.state_dir.clone(),
+            float_model: backbone::find_models_dir(c.models.as_deref())
+                .ok()
+                .map(|d| d.join(Precision::F32.file_name()))
+                .filter(|p| p.is_file()),
+            input_size: c.input_size.get(),
         };
         // The console starts its own threads on the hub and returns.
         observers.push(Box::new(move |hub, _stop| {
@@ -741,7 +762,7 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
             }
         }));
     }
-    crate::daemon::run(
+    let ending = crate::daemon::run(
         &settings,
         &backbone,
         &mut store,
@@ -750,8 +771,29 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         indicator.as_mut(),
         observers,
     )?;
+    if ending == crate::daemon::Ending::Reload {
+        return Err(ReloadRequested.into());
+    }
     Ok(())
 }
+
+pub use crate::daemon::RELOAD_EXIT_CODE;
+
+/// The config file's `max_pixels` for every decode of this process, unless
+/// `TEACHCAM_MAX_PIXELS` is set (the environment overrides the file).
+fn apply_pixel_limit(c: &RunConfig) {
+    if let Some(n) = c.max_pixels
+        && std::env::var_os(crate::decode::MAX_PIXELS_ENV).is_none()
+    {
+        crate::decode::set_max_pixels(n);
+    }
+}
+
+/// `teachcam run` stopped cleanly on SIGHUP so that it is started again with its
+/// configuration re-read: `main` exits with [`crate::daemon::RELOAD_EXIT_CODE`].
+#[derive(Debug, thiserror::Error)]
+#[error("stopped on SIGHUP, to be started again with the configuration re-read")]
+pub struct ReloadRequested;
 
 /// The MQTT link as an observer of the loop, when `[mqtt]` is configured. Its files and the
 /// device id are read now (a bad one is a start-up error naming the key); the broker is

@@ -29,19 +29,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use crate::backbone::{Backbone, BackboneId, Embedder};
+use crate::backbone::{Backbone, BackboneId, Embedder, FeatureMap};
 use crate::camera::FrameSource;
 use crate::frame::Frame;
 use crate::gpio::debounce::Timing;
 use crate::gpio::{Buttons, Indicator};
 use crate::head::Head;
+use crate::inspect::explain::Explainer;
 use crate::session::buttons::ButtonPanel;
 use crate::session::{
     Effect, Event, Fault, FrameReport, Guess, Input, Origin, Refusal, Session, SessionConfig,
     Source, Stages, StoreRequest, resolve_classes,
 };
 use crate::store::{Cause, Edit, Sample, SampleInfo, Store, StoreError};
-use observe::{Command, Hub, SampleList};
+use observe::{Command, HeatMap, Hub, SampleList};
 use trainer::{Job, ThreadTrainer, Trainer};
 
 /// How long the loop sleeps at most when the camera has no frame, ms.
@@ -53,7 +54,7 @@ pub const BUTTON_POLL_MS: u64 = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// Signal handlers could not be installed.
-    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    #[error("cannot install the SIGTERM/SIGINT/SIGHUP handlers: {0}")]
     Signals(std::io::Error),
     /// A thread could not be started.
     #[error("cannot start the {what} thread: {source}")]
@@ -135,6 +136,10 @@ pub trait Embed {
     fn preprocess(&mut self, frame: &Frame);
     /// Run the model on the prepared input.
     fn run(&mut self) -> Result<Vec<f32>, String>;
+    /// [`Embed::run`], with the last feature map when the model can return it.
+    fn run_with_map(&mut self) -> Result<(Vec<f32>, Option<FeatureMap>), String> {
+        self.run().map(|e| (e, None))
+    }
 }
 
 impl Embed for Embedder {
@@ -143,6 +148,9 @@ impl Embed for Embedder {
     }
     fn run(&mut self) -> Result<Vec<f32>, String> {
         Embedder::run(self).map_err(|e| e.to_string())
+    }
+    fn run_with_map(&mut self) -> Result<(Vec<f32>, Option<FeatureMap>), String> {
+        Embedder::run_with_map(self).map_err(|e| e.to_string())
     }
 }
 
@@ -211,6 +219,8 @@ pub struct Shell<'a> {
     backbone: BackboneId,
     threshold: f32,
     samples_seen: u64,
+    /// The live head prepared for class-activation maps (rebuilt when the head changes).
+    explainer: Option<(Arc<Head>, Explainer)>,
     /// Print console lines (off in simulations).
     pub print: bool,
 }
@@ -238,8 +248,10 @@ impl<'a> Shell<'a> {
             backbone,
             threshold,
             samples_seen: 0,
+            explainer: None,
             print: true,
         };
+        shell.hub.set_head(shell.head.clone());
         shell.publish_samples();
         shell
     }
@@ -312,7 +324,17 @@ impl<'a> Shell<'a> {
         let t1 = Instant::now();
         self.parts.embedder.preprocess(&frame);
         let t2 = Instant::now();
-        let embedding = match self.parts.embedder.run() {
+        // A viewer of the heat map asked for it: the same pass, one more output read.
+        let wanted = self
+            .head
+            .is_some()
+            .then(|| self.hub.heatmap_wanted())
+            .flatten();
+        let ran = match wanted {
+            Some(_) => self.parts.embedder.run_with_map(),
+            None => self.parts.embedder.run().map(|e| (e, None)),
+        };
+        let (embedding, map) = match ran {
             Ok(e) => e,
             Err(e) => {
                 self.feed(Input::Fault(Fault::Backbone(e)));
@@ -320,13 +342,19 @@ impl<'a> Shell<'a> {
             }
         };
         let t3 = Instant::now();
+        let mut best = None;
         let guess = self.head.as_ref().map(|h| {
             let p = h.predict(&embedding);
+            best = Some(p.best);
             Guess {
                 class: p.known.then_some(p.best),
                 confidence: p.confidence,
             }
         });
+        let heat = match (map, wanted) {
+            (Some(map), Some(asked)) => asked.or(best).and_then(|k| self.heat_map(k, &map)),
+            _ => None,
+        };
         let us = |a: Instant, b: Instant| (b - a).as_micros() as u64;
         let stages = Stages {
             decode_us: us(t0, t1),
@@ -337,11 +365,42 @@ impl<'a> Shell<'a> {
         self.hub.stages.record(&stages);
         let tag = frame.tag.clone();
         let frame = Arc::new(frame);
-        self.hub.frame.put(Arc::clone(&frame));
+        let version = self.hub.frame.put(Arc::clone(&frame));
+        if let Some(mut heat) = heat {
+            let (x, y, side) = crate::preprocess::crop(frame.width, frame.height);
+            heat.frame = version;
+            heat.crop = [x as f32, y as f32, side as f32];
+            self.hub.heat.put(Arc::new(heat));
+        }
         self.last = Some((frame, embedding));
         self.thumb = None;
         self.feed(Input::Frame(FrameReport { guess, tag, stages }));
         true
+    }
+
+    /// The class-activation map of class `k` for the live head (`None`: no head, no such
+    /// class, or a map of another width than the head's).
+    fn heat_map(&mut self, k: usize, map: &FeatureMap) -> Option<HeatMap> {
+        let head = self.head.as_ref()?;
+        if k >= head.num_classes() || map.c != head.dim {
+            return None;
+        }
+        if !matches!(&self.explainer, Some((h, _)) if Arc::ptr_eq(h, head)) {
+            self.explainer = Some((Arc::clone(head), Explainer::new(head)));
+        }
+        let (_, ex) = self.explainer.as_ref()?;
+        let m = ex.map(k, map);
+        Some(HeatMap {
+            frame: 0,
+            class: head.classes[k].clone(),
+            class_index: k,
+            h: m.h,
+            w: m.w,
+            values: m.values,
+            logit: m.logit,
+            bias: m.bias,
+            crop: [0.0; 3],
+        })
     }
 
     /// Step the core with `input` and everything its effects feed back, in order.
@@ -380,7 +439,10 @@ impl<'a> Shell<'a> {
                 self.parts.store.samples(),
                 &classes,
             )),
-            Effect::UseHead(h) => self.head = h,
+            Effect::UseHead(h) => {
+                self.hub.set_head(h.clone());
+                self.head = h;
+            }
             Effect::Publish(event) => self.publish(event),
             Effect::PingWatchdog => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -542,7 +604,20 @@ fn read_buttons(
 /// loop ended) or the flag is set, or at once if it starts threads of its own.
 pub type Observer<'a> = Box<dyn FnOnce(&Arc<Hub>, &AtomicBool) + Send + 'a>;
 
-/// Run the appliance until the duration passes or SIGTERM/SIGINT arrives; each of
+/// How a run ended (errors aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The duration passed, or SIGTERM/SIGINT.
+    Stopped,
+    /// SIGHUP: stopped cleanly so that it is started again with the configuration re-read
+    /// (`teachcam run` exits with [`RELOAD_EXIT_CODE`]; the unit restarts on it).
+    Reload,
+}
+
+/// The exit code of `teachcam run` after SIGHUP (the unit's `RestartForceExitStatus`).
+pub const RELOAD_EXIT_CODE: i32 = 3;
+
+/// Run the appliance until the duration passes or SIGTERM/SIGINT/SIGHUP arrives; each of
 /// `observers` runs on a thread of its own for the loop's lifetime.
 pub fn run(
     settings: &Settings,
@@ -552,11 +627,18 @@ pub fn run(
     buttons: &mut dyn Buttons,
     indicator: &mut dyn Indicator,
     observers: Vec<Observer<'_>>,
-) -> Result<(), DaemonError> {
+) -> Result<Ending, DaemonError> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(DaemonError::Signals)?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(DaemonError::Signals)?;
     let clock = MonoClock::new();
     let id = backbone.id().clone();
     store.set_backbone(&id.digest);
@@ -651,5 +733,9 @@ pub fn run(
         frames.0,
         frames.1
     );
-    Ok(())
+    Ok(if hup.load(Ordering::Relaxed) {
+        Ending::Reload
+    } else {
+        Ending::Stopped
+    })
 }

@@ -12,6 +12,9 @@
 //!   the outcome events carry (`CaptureSaved`, `CaptureRefused`, `ActionRefused`, ...).
 //! - [`Hub::set_link`] / [`Hub::links`]: an observer's own health (MQTT: connected, why
 //!   not), shown in the status file under `links`.
+//! - [`Hub::want_heatmap`] / [`Hub::heatmap`]: ask for class-activation maps of the next
+//!   frames (a viewer renews the wish; it lapses after [`HEATMAP_WISH`]) and read the newest.
+//! - [`Hub::head`]: the live head (for work on an observer's own thread, e.g. a dream).
 //!
 //! Must not: block the loop. Invariant: every lock here is held for one push or pop.
 
@@ -20,10 +23,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bus::{Bus, Latest, Subscription};
 use crate::frame::Frame;
+use crate::head::Head;
 use crate::session::{Action, Event, RequestId, Source, Stages, Status};
 use crate::store::{SampleInfo, StoreError};
 
@@ -96,10 +100,37 @@ impl StageHistograms {
     }
 }
 
+/// How long one [`Hub::want_heatmap`] keeps maps coming (a viewer polls more often).
+pub const HEATMAP_WISH: Duration = Duration::from_secs(3);
+
+/// A class-activation map of one frame: where the class's score came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HeatMap {
+    /// Version of the frame it belongs to ([`Hub::latest_frame`]'s).
+    pub frame: u64,
+    /// The class mapped (the predicted one unless another was asked for).
+    pub class: String,
+    /// Its position in the class list.
+    pub class_index: usize,
+    /// Rows of the map (the last feature map's: 7 at 224).
+    pub h: usize,
+    /// Columns.
+    pub w: usize,
+    /// Each position's share of the class logit minus its bias, row-major.
+    pub values: Vec<f32>,
+    /// The class logit (`Σ values + bias`).
+    pub logit: f32,
+    /// The head's bias for the class.
+    pub bias: f32,
+    /// The square of the frame the map covers (what the model saw): left, top, side, pixels.
+    pub crop: [f32; 3],
+}
+
 /// Shared between the loop and its observers (cheap to clone as `Arc<Hub>`).
 pub struct Hub {
     pub(super) bus: Bus<Event>,
     pub(super) frame: Latest<Frame>,
+    pub(super) heat: Latest<HeatMap>,
     pub(super) status: Latest<Status>,
     pub(super) samples: Latest<SampleList>,
     pub(super) stages: StageHistograms,
@@ -107,6 +138,12 @@ pub struct Hub {
     next_request: AtomicU64,
     state_dir: PathBuf,
     links: Mutex<BTreeMap<&'static str, serde_json::Value>>,
+    head: Mutex<Option<Arc<Head>>>,
+    born: Instant,
+    /// Heat maps are wanted until this many ms after `born` (0: not wanted).
+    heat_until_ms: AtomicU64,
+    /// The class a viewer asked to map, plus one (0: the predicted class).
+    heat_class: AtomicU64,
 }
 
 impl Hub {
@@ -124,6 +161,11 @@ impl Hub {
             next_request: AtomicU64::new(1),
             state_dir,
             links: Mutex::new(BTreeMap::new()),
+            head: Mutex::new(None),
+            born: Instant::now(),
+            heat_until_ms: AtomicU64::new(0),
+            heat_class: AtomicU64::new(0),
+            heat: Latest::new(),
         };
         (Arc::new(hub), rx)
     }
@@ -195,6 +237,41 @@ impl Hub {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Ask the loop for class-activation maps of the frames of the next [`HEATMAP_WISH`], of
+    /// class `class` (`None`: whatever it predicts). Costs the loop one more read of the
+    /// feature map per frame and a 1280-long dot product per position, only while wanted.
+    pub fn want_heatmap(&self, class: Option<usize>) {
+        let until = (self.born.elapsed() + HEATMAP_WISH).as_millis() as u64;
+        self.heat_until_ms.store(until, Ordering::Relaxed);
+        self.heat_class
+            .store(class.map_or(0, |k| k as u64 + 1), Ordering::Relaxed);
+    }
+
+    /// Whether a viewer wants maps now, and of which class (`Some(None)`: the predicted one).
+    pub(super) fn heatmap_wanted(&self) -> Option<Option<usize>> {
+        let now = self.born.elapsed().as_millis() as u64;
+        (now < self.heat_until_ms.load(Ordering::Relaxed)).then(|| {
+            match self.heat_class.load(Ordering::Relaxed) {
+                0 => None,
+                k => Some(k as usize - 1),
+            }
+        })
+    }
+
+    /// The newest class-activation map (see [`Hub::want_heatmap`]).
+    pub fn heatmap(&self) -> Option<Arc<HeatMap>> {
+        self.heat.get().map(|(_, m)| m)
+    }
+
+    /// The head the loop classifies with now.
+    pub fn head(&self) -> Option<Arc<Head>> {
+        self.head.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn set_head(&self, head: Option<Arc<Head>>) {
+        *self.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+    }
+
     /// A sender for a thread that produces actions of its own (the button thread).
     pub fn sender(&self) -> Sender<Command> {
         self.actions.clone()
@@ -204,6 +281,21 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heatmap_wish_names_its_class_and_lapses() {
+        let (hub, _rx) = Hub::new(PathBuf::from("/nonexistent"));
+        assert_eq!(hub.heatmap_wanted(), None);
+        hub.want_heatmap(Some(2));
+        assert_eq!(hub.heatmap_wanted(), Some(Some(2)));
+        hub.want_heatmap(None);
+        assert_eq!(hub.heatmap_wanted(), Some(None));
+        // Lapsed: as if the wish had been made HEATMAP_WISH ago.
+        hub.heat_until_ms
+            .store(hub.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(hub.heatmap_wanted(), None);
+    }
 
     #[test]
     fn stage_histograms_put_each_time_in_its_bucket() {

@@ -18,15 +18,22 @@ pub fn json(status: &Status) -> Vec<u8> {
     serde_json::to_vec(status).unwrap_or_default()
 }
 
-/// The JSON written for `status`, with the observers' health under `links` (when any).
+/// The JSON written for `status`, with the observers' health under `links` (when any) and
+/// `updated_unix_ms`, the wall-clock time of the write (a reader can tell a stale file).
 fn json_with_links(status: &Status, hub: Option<&Hub>) -> Vec<u8> {
     let links = hub.map(Hub::links).unwrap_or_default();
-    if links.is_empty() {
-        return json(status);
-    }
     let mut v = serde_json::to_value(status).unwrap_or_default();
-    v["links"] = serde_json::json!(links);
+    if !links.is_empty() {
+        v["links"] = serde_json::json!(links);
+    }
+    v["updated_unix_ms"] = serde_json::json!(unix_ms());
     serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Write every status snapshot from `sub` to `path` until the bus is closed (or `stop` is set
@@ -83,6 +90,8 @@ mod tests {
         write_status(&sub, &path, &stop, None);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(v["uptime_s"], 7);
+        let written = v["updated_unix_ms"].as_u64().unwrap();
+        assert!(unix_ms().abs_diff(written) < 60_000, "{written}");
         assert_eq!(v["class"], "unknown");
         assert_eq!(v["samples_per_class"]["pen"], 0);
         for key in [

@@ -46,6 +46,14 @@ fn explain_maps_sum_to_the_score_for_every_precision() {
         let mut emb = b.embedder();
         let (e, map) = emb.embed_with_map(&rgb, w, h).unwrap();
         assert_eq!((map.h, map.w, map.c), (7, 7, 1280), "{p}");
+        // The loop's path (the embedder's kept state, twice: the state is reused) gives the
+        // same embedding and map.
+        for _ in 0..2 {
+            emb.preprocess(&rgb, w, h);
+            let (e2, map2) = emb.run_with_map().unwrap();
+            assert_eq!(e2, e, "{p}");
+            assert_eq!(map2.as_ref(), Some(&map), "{p}");
+        }
         // The extra output changes nothing about the embedding.
         let plain = Backbone::load_sized(models(), p, 224).unwrap();
         assert_eq!(plain.embedder().embed(&rgb, w, h).unwrap(), e, "{p}");

@@ -16,6 +16,7 @@
 //! live-view streams at once; every response closes its connection.
 
 pub mod auth;
+pub mod dream;
 pub mod http;
 
 use std::fmt::Write as _;
@@ -78,6 +79,10 @@ pub struct Info {
     pub model: String,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// The float model file, for dreams (`None`: not found; dreams are refused).
+    pub float_model: Option<PathBuf>,
+    /// The backbone's input side.
+    pub input_size: usize,
 }
 
 /// The page, its script and style: compiled in, no build step.
@@ -131,6 +136,10 @@ impl Console {
     /// Serve on `hub` from threads of its own; returns at once.
     pub fn start(self, hub: Arc<Hub>, info: Info) -> Result<(), WebError> {
         let shared = Arc::new(Shared {
+            dreams: Arc::new(dream::Dreams::new(
+                info.float_model.clone(),
+                info.input_size,
+            )),
             counters: Counters::default(),
             hub,
             auth: self.auth,
@@ -229,6 +238,7 @@ struct Shared {
     /// The newest frame's JPEG, by frame version: viewers of one frame share one encoding.
     jpeg: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     counters: Counters,
+    dreams: Arc<dream::Dreams>,
 }
 
 /// Decrements a counter when dropped (a connection or a stream ended, however it ended).
@@ -318,6 +328,10 @@ fn serve(mut stream: TcpStream, s: &Shared) {
         stream_mjpeg(&mut stream, s);
         return;
     }
+    if req.method == "GET" && req.path == "/api/export.tar" {
+        export_tar(&mut stream, s);
+        return;
+    }
     let r = route(s, &req);
     let _ = http::write_response(&mut stream, &r);
 }
@@ -363,6 +377,9 @@ fn route(s: &Shared, req: &Request) -> Response {
                 Err(e) => return Response::error(400, &format!("body is not JSON: {e}")),
             }
         };
+        if path == "/api/dream" {
+            return dream_start(s, &body);
+        }
         return match post(s, path, &body) {
             Ok(r) => r,
             Err(msg) => Response::error(400, &msg),
@@ -387,6 +404,8 @@ fn route(s: &Shared, req: &Request) -> Response {
             )
         }
         "/api/health" => Response::json(200, &health(s)),
+        "/api/heatmap" => heatmap(s, req),
+        "/api/dream" => dream_look(s, req),
         "/metrics" => Response::new(200, "text/plain; version=0.0.4", metrics(s)),
         "/api/snapshot.jpg" => match s.hub.latest_frame() {
             Some((version, frame)) => match jpeg_of(s, version, &frame) {
@@ -407,6 +426,79 @@ fn route(s: &Shared, req: &Request) -> Response {
             Some(None) => Response::error(404, "sample ids are numbers"),
             None => Response::error(404, "no such page"),
         },
+    }
+}
+
+/// `GET /api/heatmap[?class=NAME]`: renew the wish for class-activation maps and answer
+/// with the newest one (202 while the first is on its way).
+fn heatmap(s: &Shared, req: &Request) -> Response {
+    let class = match req.query_param("class").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(name) => {
+            let list = s.hub.samples().unwrap_or_default();
+            match list.classes.iter().position(|c| *c == name) {
+                Some(k) => Some(k),
+                None => return Response::error(404, &format!("no class {name:?}")),
+            }
+        }
+    };
+    if s.hub.head().is_none() {
+        return Response::error(409, "nothing taught yet: no head to map");
+    }
+    s.hub.want_heatmap(class);
+    match s.hub.heatmap() {
+        Some(m) if class.is_none_or(|k| k == m.class_index) => Response::json(200, &json!(&*m)),
+        _ => Response::json(202, &json!({ "pending": true })),
+    }
+}
+
+/// `POST /api/dream {"class": NAME, "steps": N}`: start a dream of the live head's class.
+fn dream_start(s: &Shared, body: &Value) -> Response {
+    let Some(class) = body.get("class").and_then(Value::as_str) else {
+        return Response::error(400, "needs \"class\": a name");
+    };
+    let steps = match body.get("steps").map(Value::as_u64) {
+        None => crate::inspect::dream::DreamConfig::default().steps,
+        Some(Some(n)) if (1..=dream::MAX_STEPS as u64).contains(&n) => n as usize,
+        _ => return Response::error(400, &format!("\"steps\" is 1..={}", dream::MAX_STEPS)),
+    };
+    match s.dreams.start(&s.hub, class, steps) {
+        Ok(()) => Response::json(202, &json!({ "dreaming": class, "steps": steps })),
+        Err(e @ dream::Refused::NoClass(_)) => Response::error(404, &e.to_string()),
+        Err(e @ (dream::Refused::NoModel | dream::Refused::Thread(_))) => {
+            Response::error(503, &e.to_string())
+        }
+        Err(e) => Response::error(409, &e.to_string()),
+    }
+}
+
+/// `GET /api/dream?class=NAME`: the PNG when the dream for the live head is ready, else
+/// where it stands (JSON).
+fn dream_look(s: &Shared, req: &Request) -> Response {
+    let Some(class) = req.query_param("class") else {
+        return Response::error(400, "GET /api/dream?class=NAME");
+    };
+    let version = s.hub.status().map_or(0, |st| st.head_version);
+    match s.dreams.look(&class, version) {
+        dream::Look::Ready {
+            png,
+            head_version,
+            prob,
+            seconds,
+        } => Response::new(200, "image/png", png.as_slice())
+            .with("X-Head-Version", head_version.to_string())
+            .with("X-Dream-Prob", format!("{prob:.4}"))
+            .with("X-Dream-Seconds", format!("{seconds:.2}"))
+            .with("Cache-Control", "no-store".into()),
+        dream::Look::Running { seconds, steps } => Response::json(
+            202,
+            &json!({ "class": class, "running": true, "seconds": seconds, "steps": steps }),
+        ),
+        dream::Look::Failed(e) => Response::json(500, &json!({ "class": class, "error": e })),
+        dream::Look::Missing => Response::error(
+            404,
+            "no dream of this class for the live head; POST /api/dream {\"class\": NAME}",
+        ),
     }
 }
 
@@ -616,6 +708,38 @@ fn stream_mjpeg(stream: &mut TcpStream, s: &Shared) {
         if let Some(rest) = period.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
         }
+    }
+}
+
+/// The dataset tarball (`teachcam dataset export`'s format) of the samples listed now,
+/// streamed as it is read; it holds one of the stream slots while it runs.
+fn export_tar(stream: &mut TcpStream, s: &Shared) {
+    let Some(_slot) = take_slot(&s.streams, s.limits.max_streams) else {
+        let _ = http::write_response(
+            stream,
+            &Response::error(503, "too many downloads and live views open; try again"),
+        );
+        return;
+    };
+    let ids: Vec<u64> = s
+        .hub
+        .samples()
+        .map(|l| l.samples.iter().map(|x| x.id).collect())
+        .unwrap_or_default();
+    let head = Response::new(200, "application/x-tar", "").with(
+        "Content-Disposition",
+        "attachment; filename=\"teachcam-dataset.tar\"".into(),
+    );
+    if http::write_head(stream, &head, None).is_err() {
+        return;
+    }
+    let w = std::io::BufWriter::with_capacity(64 * 1024, stream);
+    match crate::dataset::stream_tar(&s.info.state_dir, &ids, w) {
+        Ok((n, 0)) => log::info!("web console: dataset download of {n} samples"),
+        Ok((n, left)) => log::warn!(
+            "web console: dataset download of {n} samples; {left} left out (named above)"
+        ),
+        Err(e) => log::warn!("web console: dataset download cut off: {e}"),
     }
 }
 

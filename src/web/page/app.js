@@ -28,6 +28,55 @@ function startView() {
   next();
 }
 
+// Heat map: while ticked, the loop maps each frame's answer over the positions of the last
+// feature map; it is drawn over the square of the picture the model sees.
+let heatOn = false, heatGen = 0;
+async function heatTick(gen) {
+  if (gen !== heatGen) return; // a newer toggle runs its own loop
+  if (!heatOn) { const cv = $("heatcanvas"); cv.getContext("2d").clearRect(0, 0, cv.width, cv.height); return; }
+  try {
+    const r = await fetch("/api/heatmap");
+    if (r.status === 200) drawHeat(await r.json());
+    else if (r.status !== 202) { let j = {}; try { j = await r.json(); } catch (e) { /* not JSON */ } $("heatinfo").textContent = j.error || r.statusText; }
+  } catch (e) { /* try again */ }
+  setTimeout(() => heatTick(gen), 400);
+}
+function drawHeat(m) {
+  const img = $("frame"), cv = $("heatcanvas");
+  const bw = img.clientWidth, bh = img.clientHeight, nw = img.naturalWidth, nh = img.naturalHeight;
+  cv.width = bw; cv.height = bh;
+  const ctx = cv.getContext("2d");
+  if (!nw || !nh || !heatOn) return;
+  const sc = Math.min(bw / nw, bh / nh), ox = (bw - nw * sc) / 2, oy = (bh - nh * sc) / 2;
+  const top = Math.max(1e-9, ...m.values);
+  const small = document.createElement("canvas");
+  small.width = m.w; small.height = m.h;
+  const sctx = small.getContext("2d"), px = sctx.createImageData(m.w, m.h);
+  m.values.forEach((v, i) => { const t = Math.max(v, 0) / top; px.data.set([255, Math.round(210 * (1 - t)), 0, Math.round(180 * t)], 4 * i); });
+  sctx.putImageData(px, 0, 0);
+  ctx.imageSmoothingEnabled = true;
+  const [cx, cy, side] = m.crop;
+  ctx.drawImage(small, ox + cx * sc, oy + cy * sc, side * sc, side * sc);
+  cv.dataset.frame = String(m.frame);
+  cv.dataset.cls = m.class;
+  $("heatinfo").textContent = "red: where " + m.class + "'s score comes from";
+}
+
+// Dreams: one at a time on the device; poll until the PNG is ready.
+async function dreamPoll(cls) {
+  const r = await fetch("/api/dream?class=" + encodeURIComponent(cls));
+  if (r.status === 200) {
+    $("dreamimg").src = URL.createObjectURL(await r.blob());
+    $("dreamimg").alt = "what the head thinks " + cls + " looks like";
+    $("dreamimg").dataset.cls = cls;
+    $("dreammsg").textContent = cls + ": p = " + r.headers.get("X-Dream-Prob") + ", " + r.headers.get("X-Dream-Seconds") + " s";
+    return;
+  }
+  let j = {}; try { j = await r.json(); } catch (e) { /* not JSON */ }
+  if (r.status === 202) { $("dreammsg").textContent = "dreaming " + cls + "… " + Math.round(j.seconds) + " s"; setTimeout(() => dreamPoll(cls), 1000); return; }
+  $("dreammsg").textContent = j.error || r.statusText;
+}
+
 function capture(index, name) {
   return api("/api/capture", { class: name }).then(
     (r) => say("saved #" + r.saved.id + " as " + r.saved.label),
@@ -118,6 +167,7 @@ async function refreshSamples() {
   list = await api("/api/samples");
   fillSelect($("galclass"), list.classes);
   fillSelect($("relabelto"), list.classes);
+  fillSelect($("dreamclass"), list.classes);
   gallery();
 }
 
@@ -174,6 +224,12 @@ $("addform").onsubmit = (ev) => { ev.preventDefault(); const name = $("newclass"
 $("galclass").onchange = gallery;
 $("delsel").onclick = () => { const ids = selected(); if (ids.length) api("/api/samples/delete", { ids }).then((r) => { say("deleted " + r.deleted.length); samplesKey = ""; }, (e) => say(e.message, true)); };
 $("relabel").onclick = () => { const ids = selected(); if (ids.length) api("/api/samples/relabel", { ids, to: $("relabelto").value }).then(() => { say("relabelled"); samplesKey = ""; }, (e) => say(e.message, true)); };
+$("heat").onchange = (ev) => { heatOn = ev.target.checked; $("heatinfo").textContent = ""; heatTick(++heatGen); };
+$("dream").onclick = () => {
+  const cls = $("dreamclass").value;
+  if (!cls) return;
+  api("/api/dream", { class: cls }).then(() => dreamPoll(cls), (e) => { $("dreammsg").textContent = e.message; });
+};
 startView();
 tick();
 setInterval(tick, 1000);
