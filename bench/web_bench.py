@@ -8,6 +8,8 @@ CPU-bound and any cost of the viewers shows as lost frames), then alternates pha
   idle       no viewer
   mjpeg      3 MJPEG viewers (/stream.mjpg) + 20 API requests/s
   snapshot   3 viewers polling /api/snapshot.jpg at 10/s + 20 API requests/s
+  heatmap    /api/heatmap polled every 400 ms, as the page does with its heat map ticked
+             (the loop then reads the feature map and splits the logit over it per frame)
 
 and reports loop frames/s per phase (from /api/status frame counts), the ratio to idle,
 RSS at start and end (/api/health), HTTP errors, and what 500 concurrent idle connections
@@ -118,11 +120,22 @@ def main():
                 errors["n"] += 1
             time.sleep(max(0, 0.1 - (time.time() - t)))
 
+    def heatmap_viewer(stop, got):
+        while not stop.is_set():
+            try:
+                get("/api/heatmap")
+                got["n"] += 1
+            except Exception:
+                errors["n"] += 1
+            time.sleep(0.4)
+
     def phase(name):
         stop = threading.Event()
         got = {"n": 0}
         threads = []
-        if name != "idle":
+        if name == "heatmap":
+            threads.append(threading.Thread(target=heatmap_viewer, args=(stop, got)))
+        elif name != "idle":
             threads.append(threading.Thread(target=api_load, args=(stop,)))
             viewer = mjpeg_viewer if name == "mjpeg" else snapshot_viewer
             threads += [threading.Thread(target=viewer, args=(stop, got)) for _ in range(3)]
@@ -139,9 +152,9 @@ def main():
         print(f"{name:9} loop {fps:6.2f} frames/s   viewer frames {got['n']}", flush=True)
         return fps
 
-    results = {"idle": [], "mjpeg": [], "snapshot": []}
+    results = {"idle": [], "mjpeg": [], "snapshot": [], "heatmap": []}
     for _ in range(a.rounds):
-        for name in ["idle", "mjpeg", "idle", "snapshot"]:
+        for name in ["idle", "mjpeg", "idle", "snapshot", "idle", "heatmap"]:
             results[name].append(phase(name))
     rss1 = json.loads(get("/api/health"))["rss_bytes"]
 
@@ -179,6 +192,8 @@ def main():
         "fps_snapshot": mean(results["snapshot"]),
         "mjpeg_vs_idle": mean(results["mjpeg"]) / idle,
         "snapshot_vs_idle": mean(results["snapshot"]) / idle,
+        "fps_heatmap": mean(results["heatmap"]),
+        "heatmap_vs_idle": mean(results["heatmap"]) / idle,
         "rss_start_bytes": rss0,
         "rss_end_bytes": rss1,
         "rss_growth_bytes": rss1 - rss0,
