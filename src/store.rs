@@ -391,7 +391,7 @@ impl Store {
             if !name.ends_with(".rec") {
                 continue;
             }
-            let why = match read_record(&p) {
+            let why = match read_record_retrying(&p) {
                 // A checksum-valid record can still hold an unusable embedding (NaN, empty,
                 // absurd norm): it must never reach a head or the trainer.
                 Ok(s) => match crate::embedding::check(&s.embedding, None) {
@@ -1099,6 +1099,24 @@ pub fn read_thumbnail(dir: &Path, id: u64, sha256: &str) -> Result<Vec<u8>, Stor
         });
     }
     Ok(bytes)
+}
+
+/// [`read_record`], tried again twice (50 and 200 ms later) when the file cannot be read: a
+/// transient I/O error (a slow or flaky SD card) must not stop the start, and a persistent
+/// one is reported by the caller with the record kept where it is.
+fn read_record_retrying(p: &Path) -> Result<Sample, StoreError> {
+    let mut result = read_record(p);
+    for wait_ms in [50, 200] {
+        match &result {
+            Err(StoreError::Io { source, .. }) => {
+                log::warn!("cannot read {} ({source}); trying again", p.display());
+                std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+                result = read_record(p);
+            }
+            _ => break,
+        }
+    }
+    result
 }
 
 fn read_record(p: &Path) -> Result<Sample, StoreError> {

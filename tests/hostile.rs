@@ -1104,3 +1104,60 @@ fn a_full_disk_refuses_captures_the_loop_keeps_going_and_sighup_stops_for_a_relo
     assert!(now_ms.abs_diff(written) < 60_000, "{written} vs {now_ms}");
     assert_eq!(ids(&state).len(), stored);
 }
+
+/// #13: a valid record that merely cannot be read (EACCES) is not quarantined: the start
+/// fails naming it (after retries), the record stays where it is, and once it is readable
+/// again every sample is there. As root the program runs as `nobody` (root reads anything).
+#[test]
+fn an_unreadable_record_stops_the_start_naming_it_and_is_kept_not_quarantined() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    let src = synth(t.path(), 1, 0, 31);
+    ok(&[
+        "dataset",
+        "import",
+        "--state",
+        s(&state),
+        s(&src.join("train")),
+    ]);
+    let before = ids(&state);
+    assert_eq!(before.len(), 3);
+    let rec = state.join("samples").join(format!("{:08}.rec", before[0]));
+    let bytes = std::fs::read(&rec).unwrap();
+    std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = t.path().join("out.tar");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let o = if root {
+        // The whole tree belongs to nobody, who must not be able to read the one record.
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534", s(t.path())])
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_teachcam"))
+            .args(["dataset", "export", "--state", s(&state), s(&out)])
+            .env_remove("TEACHCAM_MODELS")
+            .output()
+            .unwrap()
+    } else {
+        teachcam(&["dataset", "export", "--state", s(&state), s(&out)])
+    };
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(s(&rec)), "names the record: {err}");
+    assert!(err.contains("ermission denied"), "says why: {err}");
+    assert!(err.contains("trying again"), "retried first: {err}");
+    // Kept in place, byte for byte; nothing quarantined.
+    std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(std::fs::read(&rec).unwrap(), bytes);
+    let quarantined = std::fs::read_dir(state.join("quarantine"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(quarantined, 0);
+    assert_eq!(ids(&state), before);
+}
