@@ -13,6 +13,7 @@
 #   make deploy BOARD=user@host [NO_SERVICE=1]   install on a board;  make rollback BOARD=...
 #   make bench-web  what the web console costs the loop: 3 stream viewers + 20 API req/s
 #                 (WEB_BENCH_SECONDS per phase), RSS growth, 500 idle connections
+#   make bench-stop  SIGTERM during a 12 000-sample fine-tune: time to exit
 #   make soak     10-minute memory run of the appliance loop
 #   make bench-fleet  N appliances against one MQTT broker (FLEET="--devices 6 --seconds 40")
 #   make eval     accuracy on the real photo sets in ../shared/data (not in the repository)
@@ -43,7 +44,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
@@ -214,6 +215,10 @@ inspect-figures: build
 	python3 bench/inspect_figures.py --teachcam $(BIN) --data $(DATA)
 
 WEB_BENCH_SECONDS ?= 60
+# SIGTERM in the middle of a 12 000-sample fine-tune: time to exit (about 3 minutes).
+bench-stop: build
+	bench/stop_time.sh $(BIN)
+
 bench-web: build
 	python3 bench/web_bench.py --teachcam $(BIN) --seconds $(WEB_BENCH_SECONDS) \
 		--json-out target/bench-web.json
