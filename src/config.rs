@@ -167,10 +167,16 @@ impl ConfigFile {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            // The offending line, cut to 80 characters: a crafted file's 200 KB line must
+            // not come back whole in a log or a terminal.
             let source = line
                 .and_then(|l| text.lines().nth(l - 1))
                 .map(str::trim)
-                .filter(|l| !l.is_empty());
+                .filter(|l| !l.is_empty())
+                .map(|l| match l.char_indices().nth(80) {
+                    Some((cut, _)) => format!("{}…", &l[..cut]),
+                    None => l.to_string(),
+                });
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 message: match (line, source) {
@@ -740,6 +746,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 3") && !e.contains('\n'), "{e}");
+        // 100 000 nested brackets: refused, and the line is not echoed whole.
+        let deep = format!("x = {}", "[".repeat(100_000));
+        let e = resolve(&deep).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && e.len() < 400,
+            "{} bytes: {e:.300}",
+            e.len()
+        );
     }
 
     #[test]
