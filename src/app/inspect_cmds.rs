@@ -61,7 +61,7 @@ fn load_rgb(path: &Path) -> Result<Frame> {
 
 /// The float backbone (tract) and the differentiable copy of it, with a head trained on it.
 fn float_models(g: &Global, head_path: &Path) -> Result<(Backbone, Network, Head)> {
-    let b = load_backbone_from(g.models.as_deref(), Precision::F32, g.input_size())?;
+    let b = load_backbone_from(g.models.as_deref(), Precision::F32, g.input_size(), false)?;
     let head = load_head_for(head_path, b.id(), b.dim()).with_context(|| {
         format!(
             "{} must be trained on the f32 backbone for gradients (teachcam train ... --precision f32)",
@@ -85,7 +85,7 @@ fn int8_verdict(
     w: usize,
     h: usize,
 ) -> Result<(usize, Vec<f32>)> {
-    let b = load_backbone_from(g.models.as_deref(), Precision::Int8, g.input_size())?;
+    let b = load_backbone_from(g.models.as_deref(), Precision::Int8, g.input_size(), false)?;
     let head = load_head_for(head_path, b.id(), b.dim())?;
     let e = b.embedder().embed(rgb, w, h)?;
     let p = head.predict(&e);

@@ -77,22 +77,33 @@ fn cmd_synth(a: &SynthArgs) -> Result<()> {
 }
 
 fn load_backbone(g: &Global) -> Result<Backbone> {
-    load_backbone_from(g.models.as_deref(), g.precision(), g.input_size())
+    load_backbone_from(g.models.as_deref(), g.precision(), g.input_size(), false)
 }
 
-/// Find, verify and load the backbone, logging how long it took.
+/// Find, verify and load the backbone, logging how long it took; `with_map`: its plan also
+/// returns the last feature map ([`Backbone::load_sized_with_map`]).
 fn load_backbone_from(
     models: Option<&Path>,
     precision: Precision,
     input_size: usize,
+    with_map: bool,
 ) -> Result<Backbone> {
     let dir = backbone::find_models_dir(models)?;
     let t = Instant::now();
-    let b = Backbone::load_sized(&dir, precision, input_size)?;
+    let b = if with_map {
+        Backbone::load_sized_with_map(&dir, precision, input_size)?
+    } else {
+        Backbone::load_sized(&dir, precision, input_size)?
+    };
     log::info!(
-        "loaded {} ({}) in {:.0} ms",
+        "loaded {} ({}{}) in {:.0} ms",
         b.path().display(),
         precision,
+        if with_map {
+            ", with its feature map"
+        } else {
+            ""
+        },
         t.elapsed().as_secs_f64() * 1e3
     );
     Ok(b)
@@ -702,20 +713,12 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
     };
     // With the console on, the plan also returns the last feature map, for its heat map
     // (read only while a viewer asks for it).
-    let backbone = if console.is_some() {
-        let dir = backbone::find_models_dir(c.models.as_deref())?;
-        let t = Instant::now();
-        let b = Backbone::load_sized_with_map(&dir, c.precision, c.input_size.get())?;
-        log::info!(
-            "loaded {} ({}, with its feature map) in {:.0} ms",
-            b.path().display(),
-            c.precision,
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        b
-    } else {
-        load_backbone_from(c.models.as_deref(), c.precision, c.input_size.get())?
-    };
+    let backbone = load_backbone_from(
+        c.models.as_deref(),
+        c.precision,
+        c.input_size.get(),
+        console.is_some(),
+    )?;
     // Samples taught with another backbone (the precision or input size changed) are
     // re-embedded from their thumbnails, so what was taught is kept across a model change.
     crate::dataset::reembed_stale(&mut store, &mut backbone.embedder())?;
@@ -749,8 +752,10 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
             camera: camera.describe(),
             model: format!("{} {}px {}", id.precision, c.input_size.get(), id.digest),
             state_dir: c.state_dir.clone(),
-            float_model: backbone::find_models_dir(c.models.as_deref())
-                .ok()
+            // The float twin beside the loaded model (the models folder was found above).
+            float_model: backbone
+                .path()
+                .parent()
                 .map(|d| d.join(Precision::F32.file_name()))
                 .filter(|p| p.is_file()),
             input_size: c.input_size.get(),
