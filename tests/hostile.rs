@@ -42,6 +42,22 @@ fn fails(args: &[&str]) -> String {
     err
 }
 
+/// The lines `child` prints on its (piped) stdout, read on a thread of their own; the
+/// channel ends when the output does.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -763,8 +779,6 @@ fn hostile_numbers_handled_in_the_cli_layer() {
 #[test]
 fn sigkill_during_captures_imports_and_a_full_disk_loses_nothing() {
     use std::collections::BTreeSet;
-    use std::io::{BufRead, BufReader};
-    use std::sync::mpsc;
 
     let kills: usize = std::env::var("TEACHCAM_KILLS")
         .ok()
@@ -847,15 +861,7 @@ fn sigkill_during_captures_imports_and_a_full_disk_loses_nothing() {
                 .spawn()
                 .unwrap()
         };
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child);
         let mut lines = Vec::new();
         if !import {
             // Kill once the loop runs (or it already exited, e.g. the disk was full).
@@ -872,8 +878,8 @@ fn sigkill_during_captures_imports_and_a_full_disk_loses_nothing() {
         std::thread::sleep(Duration::from_millis(rng.below(1500) as u64));
         let _ = child.kill();
         let status = child.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(rx.try_iter());
+        // Every line up to the end of its output (the reader ends with the pipe).
+        lines.extend(rx.iter());
         if let Some(f) = &filler {
             let _ = std::fs::remove_file(f);
         }
@@ -982,8 +988,7 @@ fn import_into_a_running_appliances_state_is_refused_naming_its_pid() {
 /// disk part is skipped and said so.
 #[test]
 fn a_full_disk_refuses_captures_the_loop_keeps_going_and_sighup_stops_for_a_reload() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::mpsc;
+    use std::io::Write;
     let t = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&t.path().join("disk"), 64 << 20);
     let state = match &disk {
@@ -1001,15 +1006,7 @@ fn a_full_disk_refuses_captures_the_loop_keeps_going_and_sighup_stops_for_a_relo
         .spawn()
         .unwrap();
     let mut keys = child.stdin.take().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let line = |prefix: &str| -> String {
         let t0 = Instant::now();
         loop {
