@@ -107,6 +107,22 @@ pub struct HttpSection {
     /// Address and port to listen on (default [`DEFAULT_HTTP_LISTEN`]; `127.0.0.1:PORT` for
     /// an ssh tunnel only).
     pub listen: Option<String>,
+    /// Largest dataset upload, MB (default [`DEFAULT_MAX_UPLOAD_MB`]).
+    pub max_upload_mb: Option<u64>,
+    /// How long a browser stays logged in, seconds (default a week).
+    pub session_s: Option<u64>,
+}
+
+/// The console's default upload limit, MB (a tarball of about 10 000 samples).
+pub const DEFAULT_MAX_UPLOAD_MB: u64 = 256;
+
+/// The console's limits from the `[http]` section (defaults where it is silent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Largest dataset upload, bytes.
+    pub max_upload: u64,
+    /// How long a login lasts.
+    pub session: std::time::Duration,
 }
 
 /// Where the console listens by default: every interface, port 8088 (8080 is mjpg-streamer's,
@@ -434,6 +450,8 @@ pub struct RunConfig {
     pub input_size: InputSize,
     /// Where the web console listens (`None`: no console).
     pub http: Option<std::net::SocketAddr>,
+    /// The console's upload limit and login lifetime.
+    pub http_options: HttpOptions,
     /// MQTT and Home Assistant (`None`: off).
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// The file's pixel limit for every decode (`None`: the environment's or the default).
@@ -465,6 +483,31 @@ pub struct Overrides {
     pub input_size: Option<InputSize>,
     /// `--http`.
     pub http: Option<std::net::SocketAddr>,
+}
+
+/// `max_upload_mb` in 1..=4096 and `session_s` in 1 s..=a year, or the defaults.
+fn http_options(
+    h: Option<&HttpSection>,
+    bad: impl Fn(&'static str, String) -> ConfigError,
+) -> Result<HttpOptions, ConfigError> {
+    let mb = h
+        .and_then(|h| h.max_upload_mb)
+        .unwrap_or(DEFAULT_MAX_UPLOAD_MB);
+    if !(1..=4096).contains(&mb) {
+        return Err(bad("http.max_upload_mb", format!("is {mb}; use 1..=4096")));
+    }
+    let week = 7 * 24 * 3600;
+    let session_s = h.and_then(|h| h.session_s).unwrap_or(week);
+    if !(1..=365 * 24 * 3600).contains(&session_s) {
+        return Err(bad(
+            "http.session_s",
+            format!("is {session_s}; use 1..=31536000 (a year)"),
+        ));
+    }
+    Ok(HttpOptions {
+        max_upload: mb << 20,
+        session: std::time::Duration::from_secs(session_s),
+    })
 }
 
 /// Default state directory.
@@ -586,6 +629,7 @@ impl RunConfig {
                 Some(m) => Some(m.check().map_err(|(key, why)| bad(key, why))?),
                 None => None,
             },
+            http_options: http_options(f.http.as_ref(), bad)?,
             max_pixels: match f.max_pixels {
                 Some(n) => Some(
                     crate::decode::parse_limit(&n.to_string()).map_err(|w| bad("max_pixels", w))?,
@@ -726,6 +770,8 @@ mod tests {
             "[http]",
             "enabled",
             "listen",
+            "max_upload_mb",
+            "session_s",
         ] {
             assert!(
                 text.contains(key),

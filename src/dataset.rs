@@ -600,17 +600,76 @@ pub fn import(
     store.set_backbone(&digest);
     // A stored record of this backbone with another length would refuse the whole batch.
     store.quarantine_mismatched(dim)?;
-    // Identical thumbnail bytes with the same label are the same sample.
-    let mut have: HashSet<(String, String)> = store
-        .samples()
-        .iter()
-        .map(|s| (s.label.clone(), s.thumb_sha256.clone()))
-        .collect();
-    let mut rep = ImportReport::default();
+    let have = known(store.samples().iter().map(|s| (&s.label, &s.thumb_sha256)));
     let mut batch: Batch = store.begin_batch()?;
+    let origin = input.display().to_string();
+    let mut rep = stage(input, &origin, emb, have, &mut batch, now_unix_ms)?;
+    rep.added = store.commit_batch(batch)?;
+    Ok(rep)
+}
+
+/// The (label, thumbnail checksum) pairs of samples a store has: an incoming sample with the
+/// same pair is the same sample (identical thumbnail bytes with the same label).
+pub fn known<'a>(
+    samples: impl Iterator<Item = (&'a String, &'a String)>,
+) -> HashSet<(String, String)> {
+    samples.map(|(l, t)| (l.clone(), t.clone())).collect()
+}
+
+fn key(s: &Incoming) -> (String, String) {
+    (s.label.clone(), crate::fsutil::sha256_hex(&s.thumb))
+}
+
+/// Read and verify the tarball `input` (named `origin` in messages) without writing or
+/// embedding anything (the first pass of an import beside the running loop): how many
+/// samples it would add to a store that has `have`, and how many it would skip.
+pub fn count_new(
+    input: &Path,
+    origin: &str,
+    backbone_digest: &str,
+    dim: usize,
+    mut have: HashSet<(String, String)>,
+) -> Result<(usize, usize), DatasetError> {
+    let (mut new, mut skipped) = (0, 0);
+    read_tar_file(input, origin, backbone_digest, dim, |s| {
+        if have.insert(key(&s)) {
+            new += 1;
+        } else {
+            skipped += 1;
+        }
+        Ok(())
+    })?;
+    Ok((new, skipped))
+}
+
+fn read_tar_file(
+    input: &Path,
+    origin: &str,
+    digest: &str,
+    dim: usize,
+    sink: impl FnMut(Incoming) -> Result<(), DatasetError>,
+) -> Result<(), DatasetError> {
+    let mut f = std::fs::File::open(input).map_err(io_err("open", input))?;
+    let len = f.metadata().map_err(io_err("read", input))?.len();
+    read_tar(&mut f, len, origin, digest, dim, sink)
+}
+
+/// Verify, embed where needed and stage into `batch` every sample of the tarball or image
+/// folder `input` (named `origin` in messages) that `have` lacks. Nothing is added to a store: the batch's owner
+/// commits it. The report's `added` is what was staged.
+pub fn stage(
+    input: &Path,
+    origin: &str,
+    emb: &mut Embedder,
+    mut have: HashSet<(String, String)>,
+    batch: &mut Batch,
+    now_unix_ms: u64,
+) -> Result<ImportReport, DatasetError> {
+    let digest = emb.backbone().id().digest.clone();
+    let dim = emb.backbone().dim();
+    let mut rep = ImportReport::default();
     let mut stage = |s: Incoming| -> Result<(), DatasetError> {
-        let key = (s.label.clone(), crate::fsutil::sha256_hex(&s.thumb));
-        if !have.insert(key) {
+        if !have.insert(key(&s)) {
             rep.skipped += 1;
             return Ok(());
         }
@@ -635,17 +694,14 @@ pub fn import(
             s.time_ms
         };
         batch.stage(&s.label, &e, &s.thumb, time_ms)?;
+        rep.added += 1;
         Ok(())
     };
     if input.is_dir() {
         read_folder(input, &mut stage)?;
     } else {
-        let mut f = std::fs::File::open(input).map_err(io_err("open", input))?;
-        let len = f.metadata().map_err(io_err("read", input))?.len();
-        let origin = input.display().to_string();
-        read_tar(&mut f, len, &origin, &digest, dim, &mut stage)?;
+        read_tar_file(input, origin, &digest, dim, &mut stage)?;
     }
-    rep.added = store.commit_batch(batch)?;
     Ok(rep)
 }
 

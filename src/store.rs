@@ -31,8 +31,11 @@
 //!
 //! Must not: decide labels, classes or when to train (the appliance core does).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -254,7 +257,9 @@ pub struct Store {
     dir: PathBuf,
     samples: Vec<Sample>,
     classes: Option<Vec<String>>,
-    next_id: u64,
+    /// The next id to give, shared with [`IdReserver`]s (a batch staged beside the running
+    /// loop reserves its ids here, so captures meanwhile never take them).
+    next_id: Arc<AtomicU64>,
     backbone: String,
     /// A committed edit whose files are not all written yet (the disk filled up half way);
     /// finished before the next edit, and by the next open at the latest.
@@ -432,7 +437,7 @@ impl Store {
             dir: dir.to_path_buf(),
             samples,
             classes: read_classes(&dir.join("classes"))?,
-            next_id,
+            next_id: Arc::new(AtomicU64::new(next_id)),
             backbone: String::new(),
             unfinished: None,
             _lock: lock,
@@ -455,7 +460,7 @@ impl Store {
     fn write_index(&self) -> Result<(), StoreError> {
         let meta = IndexMeta {
             ids: self.samples.iter().map(|s| s.id).collect(),
-            next_id: self.next_id,
+            next_id: self.next_id.load(Ordering::SeqCst),
         };
         let meta = serde_json::to_value(meta).unwrap_or_default();
         let p = self.dir.join("index");
@@ -548,6 +553,11 @@ impl Store {
         &self.samples
     }
 
+    /// A handle that reserves sample ids for a batch staged on another thread.
+    pub fn id_reserver(&self) -> IdReserver {
+        IdReserver(Arc::clone(&self.next_id))
+    }
+
     /// The state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -574,9 +584,19 @@ impl Store {
         if let Err(e) = self.finish_unfinished() {
             log::warn!("the unfinished edit is still pending: {e}");
         }
-        let id = self.next_id;
+        // Taken before anything is written: a reservation made meanwhile gets other ids.
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let give_back = || {
+            // Not committed: the id is free again unless a reservation came after it.
+            let _ = self
+                .next_id
+                .compare_exchange(id + 1, id, Ordering::SeqCst, Ordering::SeqCst);
+        };
         let thumb = self.dir.join("samples").join(format!("{id:08}.jpg"));
-        atomic_write(&thumb, thumb_jpeg).map_err(io(&thumb))?;
+        if let Err(e) = atomic_write(&thumb, thumb_jpeg) {
+            give_back();
+            return Err(io(&thumb)(e));
+        }
         let sample = Sample {
             id,
             label: label.to_string(),
@@ -589,9 +609,9 @@ impl Store {
             // Not committed: drop the thumbnail too (best effort; the next capture of this
             // id would replace it anyway).
             let _ = std::fs::remove_file(&thumb);
+            give_back();
             return Err(e);
         }
-        self.next_id += 1;
         self.samples.push(sample);
         self.refresh_index();
         Ok(id)
@@ -773,6 +793,14 @@ fn complete(dir: &Path, edit: &Edit) -> Result<(), StoreError> {
 
 /// Prefix of a batch's staging folder in the state directory (`.batch-PID`).
 const BATCH_PREFIX: &str = ".batch-";
+/// Prefix of an uploaded tarball waiting to be imported (`.upload-PID.tar`).
+const UPLOAD_PREFIX: &str = ".upload-";
+
+/// Where this process keeps a dataset upload (the web console's) while it is verified and
+/// staged; removed by the uploader, or at the next open once this process is gone.
+pub fn upload_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(format!("{UPLOAD_PREFIX}{}.tar", std::process::id()))
+}
 
 /// Leftover temp files: [`crate::fsutil::is_temp_name`], and the names earlier versions gave
 /// their temp files (`.00000042.rec.tmp1234`), matched exactly.
@@ -805,7 +833,12 @@ fn remove_abandoned_batches(dir: &Path, report: &mut OpenReport) -> Result<(), S
         let name = e.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix(BATCH_PREFIX))
+            .and_then(|n| {
+                n.strip_prefix(BATCH_PREFIX).or_else(|| {
+                    n.strip_prefix(UPLOAD_PREFIX)
+                        .and_then(|r| r.strip_suffix(".tar"))
+                })
+            })
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
@@ -814,7 +847,11 @@ fn remove_abandoned_batches(dir: &Path, report: &mut OpenReport) -> Result<(), S
             continue;
         }
         let p = e.path();
-        std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        } else {
+            remove_if_present(&p)?;
+        }
         report.temp_removed += 1;
     }
     Ok(())
@@ -837,6 +874,9 @@ fn pid_alive(pid: i32) -> bool {
 pub struct Batch {
     dir: PathBuf,
     first_id: u64,
+    /// The end of the ids reserved for it ([`Batch::begin_reserved`]); `None`: it takes the
+    /// store's next ids and nothing may be added before it is committed.
+    reserved: Option<u64>,
     staged: Vec<Sample>,
     backbone: String,
     dim: Option<usize>,
@@ -863,6 +903,12 @@ impl Batch {
         }
         self.dim = Some(embedding.len());
         let id = self.first_id + self.staged.len() as u64;
+        if self.reserved.is_some_and(|end| id >= end) {
+            return Err(StoreError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::other("more samples than ids were reserved"),
+            });
+        }
         let thumb_sha256 = crate::fsutil::sha256_hex(thumb_jpeg);
         let meta = RecMeta {
             id,
@@ -900,6 +946,58 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.staged.is_empty()
     }
+
+    /// The samples staged so far, without their embeddings.
+    pub fn infos(&self) -> Vec<SampleInfo> {
+        self.staged.iter().map(Sample::info).collect()
+    }
+
+    /// A batch staged in `state_dir` by a thread beside the store's owner (the web console's
+    /// import), holding at most the ids `ids` (from [`IdReserver::reserve`], so captures made
+    /// meanwhile never collide with it) and embeddings of `backbone`, `dim` long. The owner
+    /// adds it with [`Store::commit_batch`].
+    pub fn begin_reserved(
+        state_dir: &Path,
+        ids: Range<u64>,
+        backbone: &str,
+        dim: usize,
+    ) -> Result<Batch, StoreError> {
+        Ok(Batch {
+            dir: fresh_batch_dir(state_dir)?,
+            first_id: ids.start,
+            reserved: Some(ids.end),
+            staged: Vec::new(),
+            backbone: backbone.to_string(),
+            dim: Some(dim),
+            committed: false,
+        })
+    }
+}
+
+/// Hands out sample ids to a batch staged beside the store's owner (see
+/// [`Batch::begin_reserved`]); shares the store's counter.
+#[derive(Debug, Clone)]
+pub struct IdReserver(Arc<AtomicU64>);
+
+impl IdReserver {
+    /// `n` ids that no capture and no other batch will take.
+    pub fn reserve(&self, n: u64) -> Range<u64> {
+        let first = self.0.fetch_add(n, Ordering::SeqCst);
+        first..first + n
+    }
+}
+
+/// An empty staging folder for a batch of this process (`.batch-PID`; a leftover of an
+/// earlier batch of the same process is removed first).
+fn fresh_batch_dir(state_dir: &Path) -> Result<PathBuf, StoreError> {
+    let dir = state_dir.join(format!("{BATCH_PREFIX}{}", std::process::id()));
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&dir)(e)),
+    }
+    std::fs::create_dir(&dir).map_err(io(&dir))?;
+    Ok(dir)
 }
 
 impl Drop for Batch {
@@ -926,15 +1024,7 @@ impl Store {
     /// Start a batch of samples (see [`Batch`]). Its ids follow the store's; no other
     /// sample may be added before it is committed.
     pub fn begin_batch(&self) -> Result<Batch, StoreError> {
-        let dir = self
-            .dir
-            .join(format!("{BATCH_PREFIX}{}", std::process::id()));
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&dir)(e)),
-        }
-        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        let dir = fresh_batch_dir(&self.dir)?;
         let dim = self
             .samples
             .iter()
@@ -942,7 +1032,8 @@ impl Store {
             .map(|s| s.embedding.len());
         Ok(Batch {
             dir,
-            first_id: self.next_id,
+            first_id: self.next_id.load(Ordering::SeqCst),
+            reserved: None,
             staged: Vec::new(),
             backbone: self.backbone.clone(),
             dim,
@@ -955,7 +1046,14 @@ impl Store {
     /// Returns how many were added. A crash during the renames leaves a prefix of the batch
     /// added, each sample whole; importing again adds the rest.
     pub fn commit_batch(&mut self, mut batch: Batch) -> Result<usize, StoreError> {
-        if batch.first_id != self.next_id {
+        let clash = match batch.reserved {
+            None => batch.first_id != self.next_id.load(Ordering::SeqCst),
+            Some(_) => {
+                let ids: HashSet<u64> = self.samples.iter().map(|s| s.id).collect();
+                batch.staged.iter().any(|s| ids.contains(&s.id))
+            }
+        };
+        if clash {
             return Err(StoreError::Io {
                 path: batch.dir.clone(),
                 source: std::io::Error::other("samples were added while the batch was staged"),
@@ -979,10 +1077,12 @@ impl Store {
                 result = Err(e);
                 break;
             }
-            self.next_id = s.id + 1;
+            self.next_id.fetch_max(s.id + 1, Ordering::SeqCst);
             self.samples.push(s);
             added += 1;
         }
+        // Captures made while a reserved batch was staged have higher ids: keep id order.
+        self.samples.sort_by_key(|s| s.id);
         sync_dir(&sdir).map_err(io(&sdir))?;
         self.write_index()?;
         result?;
@@ -1385,6 +1485,60 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_batch_staged_beside_captures_takes_ids_no_capture_takes() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = Store::open(d.path()).unwrap();
+        s.add("a", &[1.0, 0.0], b"first", 1).unwrap();
+        let ids = s.id_reserver().reserve(3);
+        assert_eq!(ids, 2..5);
+        // Captures while the batch is staged (on another thread in the console) go after it.
+        assert_eq!(s.add("a", &[1.0, 1.0], b"during", 2).unwrap(), 5);
+        let mut b = Batch::begin_reserved(d.path(), ids, "", 2).unwrap();
+        for i in 0..3 {
+            b.stage("b", &[i as f32, 1.0], format!("t{i}").as_bytes(), 10 + i)
+                .unwrap();
+        }
+        assert!(
+            b.stage("b", &[9.0, 1.0], b"extra", 20).is_err(),
+            "no more than the ids reserved"
+        );
+        assert!(
+            matches!(
+                b.stage("b", &[1.0], b"short", 20),
+                Err(StoreError::Dim { .. })
+            ),
+            "the dimension it was told"
+        );
+        assert_eq!(
+            b.infos().iter().map(|i| i.id).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        assert_eq!(s.commit_batch(b).unwrap(), 3);
+        assert_eq!(
+            s.samples().iter().map(|x| x.id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5],
+            "kept in id order"
+        );
+        assert_eq!(s.add("c", &[0.5, 0.5], b"after", 3).unwrap(), 6);
+        // A refused capture takes no id.
+        assert!(s.add("bad/name", &[0.5, 0.5], b"x", 4).is_err());
+        drop(s);
+        let (s, rep) = Store::open(d.path()).unwrap();
+        assert!(!rep.index_rebuilt, "the index was written in id order");
+        assert_eq!(
+            s.ids().into_iter().collect::<Vec<_>>(),
+            (1..=6).collect::<Vec<_>>()
+        );
+        assert_eq!(s.thumbnail(3).unwrap(), b"t1");
+        // Reserved ids never committed are not reused either.
+        let r = s.id_reserver().reserve(2);
+        assert_eq!(r, 7..9);
+        let mut s = s;
+        drop(Batch::begin_reserved(d.path(), r, "", 2).unwrap());
+        assert_eq!(s.add("c", &[0.5, 0.5], b"later", 5).unwrap(), 9);
+    }
+
+    #[test]
     fn a_batch_abandoned_by_a_dead_process_is_removed_on_open() {
         let d = tempfile::tempdir().unwrap();
         let (s, _) = Store::open(d.path()).unwrap();
@@ -1393,9 +1547,17 @@ mod tests {
         let dead = d.path().join(format!("{BATCH_PREFIX}{}", i32::MAX));
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.join("00000001.rec"), b"staged").unwrap();
+        // And an upload the web console of a dead process was checking.
+        let upload = d.path().join(format!("{UPLOAD_PREFIX}{}.tar", i32::MAX));
+        std::fs::write(&upload, b"tar").unwrap();
         let (s, rep) = Store::open(d.path()).unwrap();
-        assert!(!dead.exists());
-        assert_eq!((rep.temp_removed, s.samples().len()), (1, 0));
+        assert!(!dead.exists() && !upload.exists());
+        assert_eq!((rep.temp_removed, s.samples().len()), (2, 0));
+        // This process's upload is not touched.
+        std::fs::write(upload_path(d.path()), b"tar").unwrap();
+        drop(s);
+        Store::open(d.path()).unwrap();
+        assert!(upload_path(d.path()).exists());
     }
 
     #[test]

@@ -6,8 +6,9 @@ It starts `teachcam run` on the synthetic camera (the object changes every few s
 opens the login URL, checks that the live picture updates, teaches three classes by clicking
 their buttons while the camera shows each object, checks that the page then names each
 object, ticks the heat map and checks it is drawn over the picture, asks for a class's dream
-and waits for the image, deletes a sample in the gallery and checks the store, and saves
-screenshots at desktop and phone sizes.
+and waits for the image, shows `teachcam doctor`'s checks, deletes a sample in the gallery and
+checks the store, imports a tarball downloaded before the delete through the page's file input
+(only the deleted sample comes back), and saves screenshots at desktop and phone sizes.
 
 usage: tests/browser.py TEACHCAM_BINARY OUT_DIR
 Exit 0: passed; 1: failed (the reason is printed); 77: chromium/chromedriver missing.
@@ -94,6 +95,9 @@ class WebDriver:
 
     def click(self, css):
         self.s("POST", f"/element/{self.find(css)}/click", {})
+
+    def type_into(self, css, text):
+        self.s("POST", f"/element/{self.find(css)}/value", {"text": text})
 
     def text(self, css):
         return self.s("GET", f"/element/{self.find(css)}/text")
@@ -214,7 +218,20 @@ def main():
                 "return i.dataset.cls==='ring' && i.naturalWidth===256"), timeout=300)
             print("dream of ring shown:", wd.text("#dreammsg"))
 
+            # Health: what `teachcam doctor` says, checked on the device.
+            wd.click("#doctorbtn")
+            wait("the doctor's checks", lambda: wd.js(
+                "return [...document.querySelectorAll('#doctorlist li')].some(l => l.textContent.includes('model:'))"),
+                timeout=120)
+            print("doctor checks shown:", wd.js("return document.querySelectorAll('#doctorlist li').length"))
+
+            wd.js("window.scrollTo(0, 0)")
+            time.sleep(0.3)
             wd.screenshot(os.path.join(out_dir, "web-desktop.png"))
+            # Kept to import back after the delete below.
+            tarball = os.path.join(tmp, "download.tar")
+            with open(tarball, "wb") as f:
+                f.write(api("/api/export.tar")[1])
 
             # Curate: delete one ball sample in the gallery; the store loses exactly it.
             before = [s["id"] for s in samples() if s["label"] == "ball"]
@@ -231,6 +248,17 @@ def main():
             wait("the gallery to drop it", lambda: wd.js(
                 "return document.querySelectorAll('#thumbs img').length") == len(before) - 1)
             print(f"deleted sample {victim} in the gallery; store has {len(after)} ball samples")
+
+            # Import the download taken before the delete: only the deleted sample is new.
+            wd.type_into("#importfile", tarball)
+            wd.click("#importbtn")
+            wait("the import", lambda: wd.js("return document.getElementById('importmsg').dataset.imported||''") != "",
+                 timeout=60)
+            msg = wd.text("#importmsg")
+            assert wd.js("return document.getElementById('importmsg').dataset.imported") == "1", msg
+            back = [s["id"] for s in samples() if s["label"] == "ball"]
+            assert len(back) == len(before) and victim not in back, (before, back)
+            print("imported through the page:", msg)
 
             wd.size(390, 844)
             time.sleep(1.0)

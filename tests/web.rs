@@ -28,10 +28,19 @@ impl Drop for Device {
 }
 
 fn start() -> Device {
+    start_with("")
+}
+
+/// [`start`] with `config` as the config file (its keys under the flags).
+fn start_with(config: &str) -> Device {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    let conf = dir.path().join("teachcam.toml");
+    std::fs::write(&conf, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_teachcam"))
-        .args(["run", "--state"])
+        .args(["run", "--config"])
+        .arg(&conf)
+        .arg("--state")
         .arg(&state)
         .args([
             "--camera",
@@ -627,4 +636,193 @@ fn web_heat_map_and_dream_show_what_the_live_head_sees() {
         .as_u64()
         .unwrap();
     assert!((1..=live).contains(&made_for), "{made_for} vs {live}");
+}
+
+/// POST `body` as a tarball upload to `/api/import` with `headers`.
+fn upload(d: &Device, headers: &str, body: &[u8]) -> (u16, Value) {
+    let mut req = format!(
+        "POST /api/import HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n{headers}\r\n",
+        d.addr,
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    let (status, _, b) = raw(d.addr, &req);
+    (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+/// Names in the state directory that an import leaves only while it runs.
+fn import_leftovers(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".upload-") || n.starts_with(".batch-"))
+        .collect()
+}
+
+fn wait_samples(d: &Device, n: usize) {
+    let t0 = Instant::now();
+    while json_get(d, "/api/samples")["samples"]
+        .as_array()
+        .unwrap()
+        .len()
+        < n
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{n} samples never came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn web_import_adds_a_downloaded_dataset_beside_the_running_loop() {
+    // One device is taught three samples, one of a class the other does not have.
+    let a = start();
+    let ab = a.bearer();
+    let (status, v) = post(&a, "/api/classes/add", &ab, &json!({"name": "cup"}));
+    assert_eq!(status, 200, "{v}");
+    for class in ["ball", "cup", "cup"] {
+        let (status, v) = post(&a, "/api/capture", &ab, &json!({"class": class}));
+        assert_eq!(status, 200, "{v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, _, tar) = get(&a, "/api/export.tar", &ab);
+    assert_eq!(status, 200);
+    drop(a);
+
+    // The other, running, takes the download through its page's route.
+    let d = start();
+    let b = d.bearer();
+    let (status, v) = post(&d, "/api/capture", &b, &json!({"class": "ring"}));
+    assert_eq!(status, 200, "{v}");
+    // Refused, nothing stored: without auth, cross-origin, too big (before a byte of the
+    // body), a damaged tarball, something that is not a tarball.
+    assert_eq!(upload(&d, "", &tar).0, 401);
+    let evil = format!("{b}Origin: http://evil.example\r\n");
+    assert_eq!(upload(&d, &evil, &tar).0, 403);
+    let huge = format!(
+        "POST /api/import HTTP/1.1\r\nHost: x\r\n{b}Content-Length: {}\r\n\r\n",
+        300u64 << 20
+    );
+    let (status, _, body) = raw(d.addr, huge.as_bytes());
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    // A byte inside the first thumbnail's data (the block after its tar header).
+    let mut damaged = tar.clone();
+    let name = damaged.windows(5).position(|w| w == b".jpg\0").unwrap();
+    damaged[name / 512 * 512 + 512 + 100] ^= 0x55;
+    let (status, v) = upload(&d, &b, &damaged);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("the upload"), "{v}");
+    let (status, v) = upload(&d, &b, b"not a tarball at all");
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(stored(&d.state), 1);
+    assert!(import_leftovers(&d.state).is_empty());
+
+    // One import at a time: while a slow upload holds the import, a second is refused.
+    let mut slow = TcpStream::connect(d.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        slow,
+        "POST /api/import HTTP/1.1\r\nHost: x\r\n{b}Content-Length: {}\r\n\r\n",
+        tar.len()
+    )
+    .unwrap();
+    slow.write_all(&tar[..tar.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, v) = upload(&d, &b, &tar);
+    assert_eq!(status, 409, "{v}");
+    // The first goes through once its body is whole.
+    slow.write_all(&tar[tar.len() / 2..]).unwrap();
+    let mut out = Vec::new();
+    slow.read_to_end(&mut out).unwrap();
+    let (status, _, body) = parse(&out);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["imported"], 3, "{v}");
+    assert_eq!(v["classes_added"], json!(["cup"]));
+    assert_eq!(v["skipped"], 0);
+
+    // The store, the class list and the samples listed all have them, with the capture
+    // made before; a capture after gets a fresh id.
+    assert_eq!(stored(&d.state), 4);
+    let list = json_get(&d, "/api/samples");
+    assert_eq!(list["classes"], json!(["ball", "block", "ring", "cup"]));
+    let labels: Vec<&str> = list["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["ring", "ball", "cup", "cup"]);
+    let (status, v) = post(&d, "/api/capture", &b, &json!({"class": "cup"}));
+    assert_eq!(status, 200, "{v}");
+    wait_samples(&d, 5);
+    // The same tarball again adds nothing.
+    let (status, v) = upload(&d, &b, &tar);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["imported"].as_u64(), v["skipped"].as_u64()),
+        (Some(0), Some(3))
+    );
+    assert_eq!(stored(&d.state), 5);
+    assert!(import_leftovers(&d.state).is_empty());
+    // Learned from: the head knows the imported class.
+    let t0 = Instant::now();
+    while !json_get(&d, "/api/status")["head"]["classes"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c == "cup"))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no head with cup");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The health page's checks: what `teachcam doctor` says, without the token.
+    let (status, _, body) = get(&d, "/api/doctor", &b);
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert!(
+        !text.contains(&d.token),
+        "the doctor report repeated the token"
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let areas: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["area"].as_str().unwrap())
+        .collect();
+    for area in ["config", "model", "state", "http"] {
+        assert!(areas.contains(&area), "no {area} check in {text}");
+    }
+    let model = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["area"] == "model")
+        .unwrap();
+    assert_eq!(model["status"], "ok", "{text}");
+    assert_eq!(get(&d, "/api/doctor", "").0, 401);
+}
+
+#[test]
+fn web_a_login_expires_after_the_configured_session_time() {
+    let d = start_with("[http]\nsession_s = 2\n");
+    let (status, head, _) = get(&d, &format!("/login?token={}", d.token), "");
+    assert_eq!(status, 303);
+    assert!(head.contains("max-age=2"), "{head}");
+    let value = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let cookie = format!("Cookie: {value}\r\n");
+    assert_eq!(get(&d, "/api/status", &cookie).0, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(get(&d, "/api/status", &cookie).0, 401, "expired cookie");
+    // The token itself still logs in again.
+    assert_eq!(get(&d, "/api/status", &d.bearer()).0, 200);
 }

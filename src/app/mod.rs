@@ -707,7 +707,11 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         Some(addr) => Some(crate::web::Console::bind(
             addr,
             &c.state_dir,
-            crate::web::Limits::default(),
+            crate::web::Limits {
+                max_upload: c.http_options.max_upload,
+                session_ttl: c.http_options.session,
+                ..crate::web::Limits::default()
+            },
         )?),
         None => None,
     };
@@ -759,6 +763,8 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
                 .map(|d| d.join(Precision::F32.file_name()))
                 .filter(|p| p.is_file()),
             input_size: c.input_size.get(),
+            backbone: Some(backbone.clone()),
+            config: Some(c.clone()),
         };
         // The console starts its own threads on the hub and returns.
         observers.push(Box::new(move |hub, _stop| {

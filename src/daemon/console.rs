@@ -38,6 +38,18 @@ pub fn line(event: &Event) -> Option<Line> {
         }
         Event::NothingToUndo { .. } => Out("undo: nothing stored".into()),
         Event::SamplesDeleted { ids, .. } => Out(format!("deleted {} samples", ids.len())),
+        Event::Imported {
+            samples,
+            classes_added,
+            ..
+        } => Out(if classes_added.is_empty() {
+            format!("imported {samples} samples")
+        } else {
+            format!(
+                "imported {samples} samples; new classes: {}",
+                classes_added.join(", ")
+            )
+        }),
         Event::SamplesRelabelled { ids, to, .. } => {
             Out(format!("relabelled {} samples as {to}", ids.len()))
         }

@@ -41,7 +41,7 @@ use crate::session::{
     Effect, Event, Fault, FrameReport, Guess, Input, Origin, Refusal, Session, SessionConfig,
     Source, Stages, StoreRequest, resolve_classes,
 };
-use crate::store::{Cause, Edit, Sample, SampleInfo, Store, StoreError};
+use crate::store::{Batch, Cause, Edit, Sample, SampleInfo, Store, StoreError};
 use observe::{Command, HeatMap, Hub, SampleList};
 use trainer::{Job, ThreadTrainer, Trainer};
 
@@ -168,6 +168,8 @@ pub trait Storage {
     fn apply(&mut self, edit: &Edit) -> Result<(), StoreError>;
     /// Save the live head.
     fn save_head(&mut self, head: &Head) -> Result<(), StoreError>;
+    /// Add a staged batch (an import); how many samples it added.
+    fn commit_batch(&mut self, batch: Batch) -> Result<usize, StoreError>;
     /// Every sample, with embeddings (for imprinting and fine-tuning).
     fn samples(&self) -> &[Sample];
 }
@@ -183,6 +185,9 @@ impl Storage for Store {
     }
     fn save_head(&mut self, head: &Head) -> Result<(), StoreError> {
         Store::save_head(self, head)
+    }
+    fn commit_batch(&mut self, batch: Batch) -> Result<usize, StoreError> {
+        Store::commit_batch(self, batch)
     }
     fn samples(&self) -> &[Sample] {
         Store::samples(self)
@@ -471,6 +476,32 @@ impl<'a> Shell<'a> {
             }
             StoreRequest::Edit { edit, .. } => self.parts.store.apply(edit).map(|()| None),
             StoreRequest::SaveHead { head, .. } => self.parts.store.save_head(head).map(|()| None),
+            StoreRequest::Import {
+                samples,
+                classes,
+                origin,
+            } => {
+                let Some(batch) = self.hub.take_import(origin.request) else {
+                    return Err(Refusal::Failed("the import's staged files are gone".into()));
+                };
+                if batch.len() != samples.len() {
+                    return Err(Refusal::Failed("the import's staged files changed".into()));
+                }
+                self.parts.store.commit_batch(batch).map(|_| {
+                    // The samples are in; a class list not saved now is rebuilt from their
+                    // labels at the next start.
+                    let edit = Edit {
+                        classes: classes.clone(),
+                        ..Edit::default()
+                    };
+                    if classes.is_some()
+                        && let Err(e) = self.parts.store.apply(&edit)
+                    {
+                        log::warn!("the imported classes are not saved yet: {e}");
+                    }
+                    None
+                })
+            }
         };
         result.map_err(|e| {
             // The event says what the user must know; the log keeps the path and the cause.
@@ -617,6 +648,46 @@ pub enum Ending {
 /// The exit code of `teachcam run` after SIGHUP (the unit's `RestartForceExitStatus`).
 pub const RELOAD_EXIT_CODE: i32 = 3;
 
+/// The core for this run: the stored head if it fits this backbone (else the core imprints
+/// one from the samples), the state directory's class list (seeded from the configuration
+/// the first time) and the stored samples.
+fn open_session(
+    settings: &Settings,
+    backbone: &Backbone,
+    store: &mut Store,
+    now_ms: u64,
+) -> Session {
+    let id = backbone.id();
+    store.set_backbone(&id.digest);
+    let head = store
+        .load_head()
+        .filter(|h| h.backbone.same_as(id) && h.dim == backbone.dim())
+        .map(Arc::new);
+    let labels: Vec<&str> = store.samples().iter().map(|s| s.label.as_str()).collect();
+    let (classes, seed) = resolve_classes(&settings.classes, store.classes(), &labels);
+    if seed {
+        let edit = Edit {
+            classes: Some(classes.clone()),
+            ..Edit::default()
+        };
+        if let Err(e) = store.apply(&edit) {
+            log::warn!("class list not saved yet: {e}");
+        }
+    } else if classes != settings.classes {
+        log::info!(
+            "classes from {}: {} (the state directory's list is used once it exists)",
+            store.dir().display(),
+            classes.join(", ")
+        );
+    }
+    let samples = store.samples().iter().map(Sample::info).collect();
+    let cfg = SessionConfig {
+        watchdog_every_ms: watchdog_interval_ms(),
+        ..settings.session.clone()
+    };
+    Session::new(cfg, now_ms, classes, samples, head)
+}
+
 /// Run the appliance until the duration passes or SIGTERM/SIGINT/SIGHUP arrives; each of
 /// `observers` runs on a thread of its own for the loop's lifetime.
 pub fn run(
@@ -641,36 +712,9 @@ pub fn run(
         .map_err(DaemonError::Signals)?;
     let clock = MonoClock::new();
     let id = backbone.id().clone();
-    store.set_backbone(&id.digest);
-    // The stored head if it fits this backbone; else the core imprints one from the samples.
-    let head = store
-        .load_head()
-        .filter(|h| h.backbone.same_as(&id) && h.dim == backbone.dim())
-        .map(Arc::new);
-    let labels: Vec<&str> = store.samples().iter().map(|s| s.label.as_str()).collect();
-    let (classes, seed) = resolve_classes(&settings.classes, store.classes(), &labels);
-    if seed {
-        let edit = Edit {
-            classes: Some(classes.clone()),
-            ..Edit::default()
-        };
-        if let Err(e) = store.apply(&edit) {
-            log::warn!("class list not saved yet: {e}");
-        }
-    } else if classes != settings.classes {
-        log::info!(
-            "classes from {}: {} (the state directory's list is used once it exists)",
-            store.dir().display(),
-            classes.join(", ")
-        );
-    }
-    let samples = store.samples().iter().map(Sample::info).collect();
-    let cfg = SessionConfig {
-        watchdog_every_ms: watchdog_interval_ms(),
-        ..settings.session.clone()
-    };
-    let session = Session::new(cfg, clock.now_ms(), classes, samples, head);
+    let session = open_session(settings, backbone, store, clock.now_ms());
     let (hub, actions) = Hub::new(store.dir().to_path_buf());
+    hub.set_id_reserver(store.id_reserver());
     let mut trainer = ThreadTrainer::spawn(id.clone(), settings.threshold, settings.train_budget)
         .map_err(|source| DaemonError::Thread {
         what: "fine-tune",

@@ -15,6 +15,8 @@
 //! - [`Hub::want_heatmap`] / [`Hub::heatmap`]: ask for class-activation maps of the next
 //!   frames (a viewer renews the wish; it lapses after [`HEATMAP_WISH`]) and read the newest.
 //! - [`Hub::head`]: the live head (for work on an observer's own thread, e.g. a dream).
+//! - [`Hub::reserve_ids`] / [`Hub::send_import`]: add samples verified and staged on an
+//!   observer's thread (the web console's upload); the loop only commits them.
 //!
 //! Must not: block the loop. Invariant: every lock here is held for one push or pop.
 
@@ -29,7 +31,7 @@ use crate::bus::{Bus, Latest, Subscription};
 use crate::frame::Frame;
 use crate::head::Head;
 use crate::session::{Action, Event, RequestId, Source, Stages, Status};
-use crate::store::{SampleInfo, StoreError};
+use crate::store::{Batch, IdReserver, SampleInfo, StoreError};
 
 /// An action on its way to the loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +146,10 @@ pub struct Hub {
     heat_until_ms: AtomicU64,
     /// The class a viewer asked to map, plus one (0: the predicted class).
     heat_class: AtomicU64,
+    /// The store's id counter (set by the loop once the store is open).
+    ids: Mutex<Option<IdReserver>>,
+    /// A staged import on its way to the loop, with its request id.
+    import: Mutex<Option<(RequestId, Batch)>>,
 }
 
 impl Hub {
@@ -166,6 +172,8 @@ impl Hub {
             heat_until_ms: AtomicU64::new(0),
             heat_class: AtomicU64::new(0),
             heat: Latest::new(),
+            ids: Mutex::new(None),
+            import: Mutex::new(None),
         };
         (Arc::new(hub), rx)
     }
@@ -218,6 +226,45 @@ impl Hub {
             at_ms: None,
         });
         request
+    }
+
+    /// `n` sample ids for a batch staged on an observer's thread (`None` before the loop
+    /// opened the store).
+    pub fn reserve_ids(&self, n: u64) -> Option<std::ops::Range<u64>> {
+        let ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.as_ref().map(|r| r.reserve(n))
+    }
+
+    pub(super) fn set_id_reserver(&self, ids: IdReserver) {
+        *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = Some(ids);
+    }
+
+    /// Hand a staged batch to the loop as [`Action::Import`] from `source`; the request id
+    /// its outcome (`Imported` or `ActionRefused`) carries. One import at a time: a batch
+    /// still waiting is replaced (and its files removed).
+    pub fn send_import(&self, batch: Batch, source: Source) -> RequestId {
+        let samples = batch.infos();
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        *self.import.lock().unwrap_or_else(|p| p.into_inner()) = Some((request, batch));
+        let _ = self.actions.send(Command {
+            action: Action::Import(samples),
+            source,
+            request: Some(request),
+            at_ms: None,
+        });
+        request
+    }
+
+    /// The staged batch of import request `request`, if it is still waiting.
+    pub(super) fn take_import(&self, request: Option<RequestId>) -> Option<Batch> {
+        let mut slot = self.import.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some((r, b)) if Some(r) == request => Some(b),
+            other => {
+                *slot = other;
+                None
+            }
+        }
     }
 
     /// Per-stage latency histograms of the frames embedded so far.

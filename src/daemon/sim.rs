@@ -115,6 +115,10 @@ impl Storage for FaultyStore<'_, '_> {
         self.fault()?;
         self.inner.save_head(head)
     }
+    fn commit_batch(&mut self, batch: crate::store::Batch) -> Result<usize, StoreError> {
+        self.fault()?;
+        self.inner.commit_batch(batch)
+    }
     fn samples(&self) -> &[Sample] {
         self.inner.samples()
     }

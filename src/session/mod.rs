@@ -146,6 +146,10 @@ pub enum Action {
         /// The class they belong to.
         to: String,
     },
+    /// Add these samples, verified and staged beside the loop (the web console's dataset
+    /// upload; the shell holds their files): their labels that are not classes yet become
+    /// classes at the end of the list.
+    Import(Vec<SampleInfo>),
 }
 
 /// The head's answer for one frame.
@@ -281,6 +285,15 @@ pub enum StoreRequest {
         edit: Edit,
         /// Its meaning.
         change: Change,
+        /// Who asked.
+        origin: Origin,
+    },
+    /// Add the staged samples of an import (and save the class list when it grew).
+    Import {
+        /// The samples.
+        samples: Vec<SampleInfo>,
+        /// The class list with the import's new classes, when it has any.
+        classes: Option<Vec<String>>,
         /// Who asked.
         origin: Origin,
     },
@@ -466,6 +479,15 @@ pub enum Event {
         from: String,
         /// New name.
         to: String,
+        /// Who asked.
+        origin: Origin,
+    },
+    /// Samples were imported.
+    Imported {
+        /// How many.
+        samples: usize,
+        /// Classes the import added.
+        classes_added: Vec<String>,
         /// Who asked.
         origin: Origin,
     },
@@ -1125,6 +1147,11 @@ impl Session {
                 change,
                 origin,
             })),
+            Ok(Plan::Import(samples, classes)) => fx.push(Effect::Store(StoreRequest::Import {
+                samples,
+                classes,
+                origin,
+            })),
             Ok(Plan::NothingToUndo) => fx.push(Effect::Publish(Event::NothingToUndo { origin })),
             Err(reason) => match &action {
                 Action::Capture(c) | Action::Burst { class: c, .. } => {
@@ -1246,6 +1273,7 @@ impl Session {
                     Change::Delete(samples),
                 )
             }
+            Action::Import(samples) => self.plan_import(samples)?,
             Action::RelabelSamples { ids, to } => {
                 self.class_index(to)?;
                 let samples = ids_known(ids)?;
@@ -1262,6 +1290,33 @@ impl Session {
                 )
             }
         })
+    }
+
+    /// An import adds samples of unknown ids; its new labels must be class names and fit
+    /// in [`MAX_CLASSES`].
+    fn plan_import(&self, samples: &[SampleInfo]) -> Result<Plan, String> {
+        if samples.is_empty() {
+            return Err("nothing to import".into());
+        }
+        let ids: std::collections::HashSet<u64> = self.samples.iter().map(|s| s.id).collect();
+        if let Some(s) = samples.iter().find(|s| ids.contains(&s.id)) {
+            return Err(format!("sample {} exists already", s.id));
+        }
+        let mut classes = self.classes.clone();
+        for s in samples {
+            if !classes.contains(&s.label) {
+                check_class_name(&s.label).map_err(|why| format!("class {:?} {why}", s.label))?;
+                classes.push(s.label.clone());
+            }
+        }
+        if classes.len() > MAX_CLASSES {
+            return Err(format!(
+                "the import brings {} new classes; at most {MAX_CLASSES} classes in all",
+                classes.len() - self.classes.len()
+            ));
+        }
+        let grew = (classes.len() > self.classes.len()).then_some(classes);
+        Ok(Plan::Import(samples.to_vec(), grew))
     }
 
     fn class_index(&self, name: &str) -> Result<usize, String> {
@@ -1335,14 +1390,13 @@ impl Session {
                 self.refuse_capture(now, label, refusal, origin, fx);
             }
             StoreRequest::Edit { change, origin, .. } => {
-                let reason = refusal.to_string();
-                self.last_error = Some(reason.clone());
-                self.alert(now, fx);
-                fx.push(Effect::Publish(Event::ActionRefused {
-                    action: format!("{change:?}"),
-                    reason,
-                    origin,
-                }));
+                self.refuse_edit(now, format!("{change:?}"), refusal, origin, fx);
+            }
+            StoreRequest::Import {
+                samples, origin, ..
+            } => {
+                let what = format!("Import({} samples)", samples.len());
+                self.refuse_edit(now, what, refusal, origin, fx);
             }
             StoreRequest::SaveHead { head, generation } => {
                 // Retry with backoff, unless a newer head replaced it meanwhile.
@@ -1365,6 +1419,24 @@ impl Session {
         }
     }
 
+    fn refuse_edit(
+        &mut self,
+        now: u64,
+        action: String,
+        refusal: Refusal,
+        origin: Origin,
+        fx: &mut Vec<Effect>,
+    ) {
+        let reason = refusal.to_string();
+        self.last_error = Some(reason.clone());
+        self.alert(now, fx);
+        fx.push(Effect::Publish(Event::ActionRefused {
+            action,
+            reason,
+            origin,
+        }));
+    }
+
     fn store_done(
         &mut self,
         request: StoreRequest,
@@ -1382,6 +1454,26 @@ impl Session {
                 let event = self.apply_change(change, origin);
                 self.changed(origin);
                 fx.push(Effect::Publish(event));
+            }
+            StoreRequest::Import {
+                samples,
+                classes,
+                origin,
+            } => {
+                let n = samples.len();
+                self.samples.extend(samples);
+                self.samples.sort_by_key(|s| s.id);
+                let before = self.classes.len();
+                if let Some(classes) = classes {
+                    self.classes = classes;
+                }
+                let classes_added = self.classes[before.min(self.classes.len())..].to_vec();
+                self.changed(origin);
+                fx.push(Effect::Publish(Event::Imported {
+                    samples: n,
+                    classes_added,
+                    origin,
+                }));
             }
             StoreRequest::SaveHead { .. } => {
                 self.save_delay_ms = SAVE_RETRY_MS;
@@ -1663,6 +1755,7 @@ enum Plan {
     Capture(String),
     Burst(Burst),
     Edit(Edit, Change),
+    Import(Vec<SampleInfo>, Option<Vec<String>>),
     NothingToUndo,
 }
 

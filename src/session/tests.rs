@@ -549,6 +549,73 @@ fn class_edits_are_validated_and_follow_the_store() {
 }
 
 #[test]
+fn an_import_adds_staged_samples_and_their_new_classes_once_the_store_commits() {
+    let mut r = Rig::new(&["cup", "pen"]);
+    r.act(10, Action::Capture(ClassRef::Index(0)));
+    r.take_events();
+    let gen0 = r.s.generation();
+    let info = |id, label: &str| SampleInfo {
+        id,
+        label: label.into(),
+        time_ms: 5,
+        thumb_sha256: format!("t{id}"),
+    };
+    // Staged with ids reserved past the capture; one brings a new class.
+    let staged = vec![info(3, "pen"), info(4, "mug"), info(5, "mug")];
+    r.feed(
+        20,
+        Input::Action {
+            action: Action::Import(staged.clone()),
+            origin: http(7, 20),
+        },
+    );
+    let req = r.effects.iter().find_map(|e| match e {
+        Effect::Store(StoreRequest::Import {
+            samples, classes, ..
+        }) => Some((samples.len(), classes.clone())),
+        _ => None,
+    });
+    assert_eq!(req, Some((3, Some(names(&["cup", "pen", "mug"])))));
+    assert!(matches!(
+        &r.take_events()[..],
+        [Event::Imported { samples: 3, classes_added, origin }, ..]
+            if *classes_added == names(&["mug"]) && origin.request == Some(7)
+    ));
+    assert_eq!(r.s.classes(), ["cup", "pen", "mug"]);
+    assert_eq!(
+        r.labels(),
+        vec![
+            (1, "cup".into()),
+            (3, "pen".into()),
+            (4, "mug".into()),
+            (5, "mug".into())
+        ]
+    );
+    assert!(r.s.generation() > gen0, "learned from at the next tick");
+    // Refused, nothing changed: nothing to import, an id it has, a bad label, too many classes.
+    let before = (r.s.classes().to_vec(), r.labels(), r.s.generation());
+    let too_many: Vec<SampleInfo> = (0..MAX_CLASSES as u64)
+        .map(|k| info(100 + k, &format!("c{k}")))
+        .collect();
+    for bad in [vec![], vec![info(4, "mug")], vec![info(9, "a/b")], too_many] {
+        r.act(30, Action::Import(bad));
+        let ev = r.take_events();
+        assert!(matches!(&ev[..], [Event::ActionRefused { .. }]), "{ev:?}");
+    }
+    // A store refusal (the disk filled up while renaming) is told and changes nothing.
+    r.refuse = Some(Refusal::DiskFull);
+    r.act(40, Action::Import(vec![info(10, "cup")]));
+    assert!(matches!(
+        &r.take_events()[..],
+        [Event::ActionRefused { action, .. }, ..] if action.contains("Import(1 samples)")
+    ));
+    assert_eq!(
+        (r.s.classes().to_vec(), r.labels(), r.s.generation()),
+        before
+    );
+}
+
+#[test]
 fn the_mirrors_change_only_when_the_store_acknowledges() {
     let mut r = Rig::new(&["cup"]);
     r.take_events();

@@ -3,7 +3,7 @@
 //! - The token is 32 random bytes (hex) in `STATE/http-token`, created at the first start with
 //!   mode 0600 and reused after; a token file readable by others is narrowed to 0600.
 //! - `GET /login?token=…` with the right token starts a session: a random id in an HttpOnly,
-//!   SameSite=Strict cookie, valid for [`SESSION_TTL`]; at most [`MAX_SESSIONS`] are kept
+//!   SameSite=Strict cookie, valid for [`SESSION_TTL`] (or `[http] session_s`); at most [`MAX_SESSIONS`] are kept
 //!   (the oldest goes). Sessions live in memory: a restart logs everybody out.
 //! - Scripts (curl) may instead send `Authorization: Bearer TOKEN`.
 //! - A state-changing request from another origin is refused (`Sec-Fetch-Site` or `Origin`).
@@ -25,7 +25,7 @@ use super::http::Request;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "teachcam_session";
-/// How long a login lasts.
+/// How long a login lasts by default.
 pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most sessions kept at once.
 pub const MAX_SESSIONS: usize = 64;
@@ -89,15 +89,27 @@ pub fn load_or_create_token(dir: &Path, name: &str) -> Result<String, WebError> 
 pub struct Auth {
     token: String,
     sessions: Mutex<HashMap<String, Instant>>,
+    ttl: Duration,
 }
 
 impl Auth {
-    /// Checks against `token`.
-    pub fn new(token: String) -> Self {
+    /// Checks against `token`; a login lasts `ttl`.
+    pub fn new(token: String, ttl: Duration) -> Self {
         Auth {
             token,
             sessions: Mutex::new(HashMap::new()),
+            ttl,
         }
+    }
+
+    /// The token (to keep it out of what the console shows).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// How long a login lasts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Whether `given` is the token.
@@ -105,7 +117,7 @@ impl Auth {
         constant_time_eq(given.as_bytes(), self.token.as_bytes())
     }
 
-    /// A new session (its cookie value), valid until `now + SESSION_TTL`.
+    /// A new session (its cookie value), valid until `now` plus the login's lifetime.
     pub fn start_session(&self, now: Instant) -> std::io::Result<String> {
         let id = random_hex(32)?;
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,7 +129,7 @@ impl Auth {
                 None => break,
             };
         }
-        s.insert(id.clone(), now + SESSION_TTL);
+        s.insert(id.clone(), now + self.ttl);
         Ok(id)
     }
 
@@ -180,7 +192,7 @@ mod tests {
 
     #[test]
     fn tokens_and_sessions_authenticate_and_expire() {
-        let a = Auth::new("ab".repeat(32));
+        let a = Auth::new("ab".repeat(32), SESSION_TTL);
         let t0 = Instant::now();
         assert!(!a.allowed(&req(&[]), t0));
         let bearer = format!("Bearer {}", "ab".repeat(32));
@@ -195,7 +207,7 @@ mod tests {
 
     #[test]
     fn the_session_table_is_bounded() {
-        let a = Auth::new("ab".repeat(32));
+        let a = Auth::new("ab".repeat(32), SESSION_TTL);
         let t0 = Instant::now();
         let first = a.start_session(t0).unwrap();
         for i in 1..=MAX_SESSIONS as u64 {

@@ -122,7 +122,7 @@ impl Dreams {
         let spawned = std::thread::Builder::new()
             .name("web-dream".into())
             .spawn(move || {
-                lower_priority();
+                super::lower_priority();
                 let t = Instant::now();
                 let result = Network::load(&model, size)
                     .map_err(|e| e.to_string())
@@ -207,23 +207,6 @@ fn png(rgb: &[u8], side: usize) -> Result<Vec<u8>, String> {
         )
         .map_err(|e| e.to_string())?;
     Ok(out)
-}
-
-/// Give the calling thread a lower priority than the loop's (a dream is seconds of float
-/// work; the camera must not feel it). Best effort: a refusal leaves it as it was.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: both calls take and return plain integers and touch no memory of ours;
-        // `gettid` cannot fail, and a failing `setpriority` only leaves the priority as it was.
-        let rc = unsafe {
-            let tid = libc::syscall(libc::SYS_gettid);
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
-        };
-        if rc != 0 {
-            log::debug!("web console: dream thread keeps its priority");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Live-view streams at once (more: 503).
     pub max_streams: usize,
+    /// Largest dataset upload, bytes (larger: 413 before a byte of it is read).
+    pub max_upload: u64,
+    /// How long a browser stays logged in.
+    pub session_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +48,8 @@ impl Default for Limits {
             io_timeout: Duration::from_secs(10),
             max_connections: 32,
             max_streams: 3,
+            max_upload: 256 << 20,
+            session_ttl: super::auth::SESSION_TTL,
         }
     }
 }
@@ -174,8 +180,25 @@ fn read_some(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Resul
     }
 }
 
+/// A request whose header was read, its body not yet.
+#[derive(Debug)]
+pub struct Pending {
+    /// The request (its `body` empty).
+    pub req: Request,
+    /// Its `Content-Length`.
+    pub content_length: usize,
+    /// Body bytes that came with the header.
+    already: Vec<u8>,
+}
+
 /// Read one request from `stream` within `limits`.
 pub fn read_request(stream: &mut TcpStream, limits: &Limits) -> Result<Request, Refuse> {
+    let p = read_head(stream, limits)?;
+    read_body(stream, p, limits)
+}
+
+/// Read a request's header (within [`Limits::max_header`] and its deadline).
+pub fn read_head(stream: &mut TcpStream, limits: &Limits) -> Result<Pending, Refuse> {
     let deadline = Instant::now() + limits.header_timeout;
     // One buffer of the header limit, allocated up front: nothing grows with the input.
     let mut buf = vec![0u8; limits.max_header];
@@ -189,26 +212,73 @@ pub fn read_request(stream: &mut TcpStream, limits: &Limits) -> Result<Request, 
         }
         len += read_some(stream, &mut buf[len..], deadline)?;
     };
-    let (mut req, content_length) = parse_head(&buf[..end], limits)?;
-    let already = &buf[end + 4..len];
-    if content_length > limits.max_body {
-        return Err(Refuse::BodyTooLarge);
-    }
+    let (req, content_length) = parse_head(&buf[..end], limits)?;
+    let already = buf[end + 4..len].to_vec();
     if already.len() > content_length {
         return Err(Refuse::Bad("more bytes than Content-Length"));
     }
-    let mut body = Vec::with_capacity(content_length);
-    body.extend_from_slice(already);
-    // The body gets its own deadline: the I/O timeout per read, and the header's total again.
+    Ok(Pending {
+        req,
+        content_length,
+        already,
+    })
+}
+
+/// Read the body of `p` into its request: at most [`Limits::max_body`] bytes, within the
+/// header's deadline again (the I/O timeout if longer).
+pub fn read_body(stream: &mut TcpStream, p: Pending, limits: &Limits) -> Result<Request, Refuse> {
+    if p.content_length > limits.max_body {
+        return Err(Refuse::BodyTooLarge);
+    }
+    let mut body = Vec::with_capacity(p.content_length);
+    body.extend_from_slice(&p.already);
     let deadline = Instant::now() + limits.header_timeout.max(limits.io_timeout);
     let mut chunk = [0u8; 8192];
-    while body.len() < content_length {
-        let want = (content_length - body.len()).min(chunk.len());
+    while body.len() < p.content_length {
+        let want = (p.content_length - body.len()).min(chunk.len());
         let n = read_some(stream, &mut chunk[..want], deadline)?;
         body.extend_from_slice(&chunk[..n]);
     }
+    let mut req = p.req;
     req.body = body;
     Ok(req)
+}
+
+/// The slowest upload accepted, bytes per second on average (a stalled one also ends
+/// after [`Limits::io_timeout`] without a byte).
+pub const MIN_UPLOAD_RATE: u64 = 32 * 1024;
+
+/// Why a body could not be copied.
+#[derive(Debug)]
+pub enum CopyError {
+    /// The client: too slow, gone.
+    Client(Refuse),
+    /// The destination refused (a full disk).
+    Write(io::Error),
+}
+
+/// Copy the body of `p` (whatever its length: the caller bounded it) to `w`, in 64 kB
+/// pieces; each read waits at most [`Limits::io_timeout`], the whole body at most
+/// `io_timeout` plus its length at [`MIN_UPLOAD_RATE`].
+pub fn copy_body(
+    stream: &mut TcpStream,
+    p: &Pending,
+    limits: &Limits,
+    w: &mut impl Write,
+) -> Result<u64, CopyError> {
+    let total = p.content_length as u64;
+    let end = Instant::now() + limits.io_timeout + Duration::from_secs(total / MIN_UPLOAD_RATE);
+    w.write_all(&p.already).map_err(CopyError::Write)?;
+    let mut done = p.already.len() as u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while done < total {
+        let want = (total - done).min(chunk.len() as u64) as usize;
+        let deadline = end.min(Instant::now() + limits.io_timeout);
+        let n = read_some(stream, &mut chunk[..want], deadline).map_err(CopyError::Client)?;
+        w.write_all(&chunk[..n]).map_err(CopyError::Write)?;
+        done += n as u64;
+    }
+    Ok(done)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -289,11 +359,13 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         409 => "Conflict",
+        411 => "Length Required",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        507 => "Insufficient Storage",
         _ => "",
     }
 }

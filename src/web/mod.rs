@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod dream;
 pub mod http;
+mod import;
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,7 +33,7 @@ use crate::bus::{Note, Subscription};
 use crate::daemon::observe::{Hub, STAGE_BUCKETS_US};
 use crate::frame::Frame;
 use crate::session::{Action, ClassRef, Event, FineTuneResult, MAX_BURST, Source};
-use auth::{Auth, COOKIE, SESSION_TTL};
+use auth::{Auth, COOKIE};
 pub use http::Limits;
 use http::{Request, Response};
 
@@ -83,6 +84,12 @@ pub struct Info {
     pub float_model: Option<PathBuf>,
     /// The backbone's input side.
     pub input_size: usize,
+    /// The loop's backbone, for embedding imported samples of another backbone (`None`:
+    /// imports are refused).
+    pub backbone: Option<crate::backbone::Backbone>,
+    /// The configuration this run resolved, for `teachcam doctor`'s checks on the health
+    /// page (`None`: not offered).
+    pub config: Option<crate::config::RunConfig>,
 }
 
 /// The page, its script and style: compiled in, no build step.
@@ -116,7 +123,7 @@ impl Console {
         })?;
         Ok(Console {
             listener,
-            auth: Arc::new(Auth::new(token.clone())),
+            auth: Arc::new(Auth::new(token.clone(), limits.session_ttl)),
             token,
             limits,
         })
@@ -149,6 +156,8 @@ impl Console {
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             jpeg: Mutex::new(None),
+            importing: Mutex::new(()),
+            doctor: Mutex::new(None),
         });
         let sub = shared.hub.subscribe(256);
         let s = Arc::clone(&shared);
@@ -239,6 +248,10 @@ struct Shared {
     jpeg: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
     counters: Counters,
     dreams: Arc<dream::Dreams>,
+    /// Held by the one import running.
+    importing: Mutex<()>,
+    /// The newest doctor report and when it was made (held while one is made).
+    doctor: Mutex<Option<(Instant, Value)>>,
 }
 
 /// Decrements a counter when dropped (a connection or a stream ended, however it ended).
@@ -292,28 +305,31 @@ fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
+/// Answer a request that could not be read (if the client is still there to hear it).
+fn refuse(stream: &mut TcpStream, refusal: http::Refuse) {
+    if let Some(status) = refusal.status() {
+        let msg = match refusal {
+            http::Refuse::Bad(why) => why,
+            _ => http::reason(status),
+        };
+        let _ = http::write_response(stream, &Response::error(status, msg));
+    }
+}
+
 fn serve(mut stream: TcpStream, s: &Shared) {
     let _ = stream.set_write_timeout(Some(s.limits.io_timeout));
-    let req = match http::read_request(&mut stream, &s.limits) {
-        Ok(r) => r,
-        Err(refusal) => {
-            if let Some(status) = refusal.status() {
-                let msg = match refusal {
-                    http::Refuse::Bad(why) => why,
-                    _ => http::reason(status),
-                };
-                let _ = http::write_response(&mut stream, &Response::error(status, msg));
-            }
-            return;
-        }
+    let pending = match http::read_head(&mut stream, &s.limits) {
+        Ok(p) => p,
+        Err(refusal) => return refuse(&mut stream, refusal),
     };
     let now = Instant::now();
-    if req.path == "/login" {
-        let _ = http::write_response(&mut stream, &login(s, &req, now));
+    let head = &pending.req;
+    if head.path == "/login" {
+        let _ = http::write_response(&mut stream, &login(s, head, now));
         return;
     }
-    if !s.auth.allowed(&req, now) {
-        let r = if req.method == "GET" && req.path == "/" {
+    if !s.auth.allowed(head, now) {
+        let r = if head.method == "GET" && head.path == "/" {
             Response::new(401, "text/html; charset=utf-8", LOGIN_NEEDED)
         } else {
             Response::error(
@@ -324,6 +340,16 @@ fn serve(mut stream: TcpStream, s: &Shared) {
         let _ = http::write_response(&mut stream, &r);
         return;
     }
+    // The one route whose body may be large: copied to a file, never held in memory.
+    if head.method == "POST" && head.path == "/api/import" {
+        let r = import::upload(&mut stream, s, &pending);
+        let _ = http::write_response(&mut stream, &r);
+        return;
+    }
+    let req = match http::read_body(&mut stream, pending, &s.limits) {
+        Ok(r) => r,
+        Err(refusal) => return refuse(&mut stream, refusal),
+    };
     if req.method == "GET" && req.path == "/stream.mjpg" {
         stream_mjpeg(&mut stream, s);
         return;
@@ -355,7 +381,7 @@ fn login(s: &Shared, req: &Request, now: Instant) -> Response {
                 "Set-Cookie",
                 format!(
                     "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-                    SESSION_TTL.as_secs()
+                    s.auth.ttl().as_secs()
                 ),
             ),
         Err(e) => Response::error(500, &format!("no randomness for a session: {e}")),
@@ -404,6 +430,7 @@ fn route(s: &Shared, req: &Request) -> Response {
             )
         }
         "/api/health" => Response::json(200, &health(s)),
+        "/api/doctor" => doctor(s),
         "/api/heatmap" => heatmap(s, req),
         "/api/dream" => dream_look(s, req),
         "/metrics" => Response::new(200, "text/plain; version=0.0.4", metrics(s)),
@@ -583,6 +610,12 @@ fn act(s: &Shared, action: Action) -> Response {
     // Subscribed before sending, so the outcome cannot pass unseen.
     let sub = s.hub.subscribe(256);
     let id = s.hub.send(action, Source::Http);
+    answer(&sub, id, json!({}))
+}
+
+/// Wait on `sub` (subscribed before request `id` was sent) for the request's outcome; the
+/// response, with the fields of `extra` added.
+fn answer(sub: &Subscription<Event>, id: u64, extra: Value) -> Response {
     let deadline = Instant::now() + ACTION_WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -591,7 +624,7 @@ fn act(s: &Shared, action: Action) -> Response {
         }
         match sub.next_timeout(left) {
             Some(Note::Event(e)) => {
-                if let Some(r) = outcome(&e, id) {
+                if let Some(r) = outcome(&e, id, &extra) {
                     return r;
                 }
             }
@@ -602,8 +635,8 @@ fn act(s: &Shared, action: Action) -> Response {
     }
 }
 
-/// The response for `e` if it is the outcome of request `id`.
-fn outcome(e: &Event, id: u64) -> Option<Response> {
+/// The response for `e` if it is the outcome of request `id` (with `extra`'s fields).
+fn outcome(e: &Event, id: u64, extra: &Value) -> Option<Response> {
     let (origin, status, body) = match e {
         Event::CaptureSaved { sample, origin } => (origin, 200, json!({ "saved": sample })),
         Event::CaptureRefused {
@@ -622,6 +655,15 @@ fn outcome(e: &Event, id: u64) -> Option<Response> {
             (origin, 200, json!({ "relabelled": ids, "to": to }))
         }
         Event::ClassAdded { name, origin } => (origin, 200, json!({ "added": name })),
+        Event::Imported {
+            samples,
+            classes_added,
+            origin,
+        } => (
+            origin,
+            200,
+            json!({ "imported": samples, "classes_added": classes_added }),
+        ),
         Event::ClassRenamed { from, to, origin } => {
             (origin, 200, json!({ "renamed": from, "to": to }))
         }
@@ -643,6 +685,9 @@ fn outcome(e: &Event, id: u64) -> Option<Response> {
     };
     (origin.request == Some(id)).then(|| {
         let mut body = body;
+        if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(x.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         body["request"] = json!(id);
         Response::json(status, &body)
     })
@@ -790,6 +835,40 @@ fn health(s: &Shared) -> Value {
             "max_streams": s.limits.max_streams,
         },
     })
+}
+
+/// How long a doctor report is reused (its model check loads the model again).
+pub const DOCTOR_FRESH: Duration = Duration::from_secs(30);
+
+/// `GET /api/doctor`: what `teachcam doctor` says on this device with this run's
+/// configuration (made at a lower priority, at most once per [`DOCTOR_FRESH`]; a request
+/// while one is made waits for it). The login token in its console check is not repeated.
+fn doctor(s: &Shared) -> Response {
+    let Some(config) = s.info.config.clone() else {
+        return Response::error(503, "this console was started without its configuration");
+    };
+    let mut cached = s.doctor.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, report)) = cached.as_ref()
+        && at.elapsed() < DOCTOR_FRESH
+    {
+        return Response::json(200, report);
+    }
+    lower_priority();
+    let report = crate::doctor::diagnose(Ok(config));
+    let mut v = json!(&report);
+    let token = s.auth.token();
+    if let Some(checks) = v.get_mut("checks").and_then(Value::as_array_mut) {
+        for c in checks {
+            if let Some(m) = c.get("message").and_then(Value::as_str)
+                && m.contains(token)
+            {
+                c["message"] = json!(m.replace(token, "(the token: see teachcam doctor)"));
+            }
+        }
+    }
+    v["failures"] = json!(report.failures());
+    *cached = Some((Instant::now(), v.clone()));
+    Response::json(200, &v)
 }
 
 /// A Prometheus label value with `\`, `"` and line breaks escaped.
@@ -989,6 +1068,23 @@ fn metrics(s: &Shared) -> String {
         &one(streams),
     );
     m
+}
+
+/// Give the calling thread a lower priority than the loop's (a dream or an import is
+/// seconds of work; the camera must not feel it). Best effort: a refusal leaves it as it was.
+pub(crate) fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: both calls take and return plain integers and touch no memory of ours;
+        // `gettid` cannot fail, and a failing `setpriority` only leaves the priority as it was.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid);
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+        };
+        if rc != 0 {
+            log::debug!("web console: a worker thread keeps its priority");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -200,6 +200,37 @@ async function health() {
   add("version", h.version);
 }
 
+// What `teachcam doctor` says, checked on the device (the model check loads it again: seconds).
+async function doctor() {
+  const ul = $("doctorlist");
+  ul.replaceChildren(el("li", "checking…"));
+  try {
+    const r = await api("/api/doctor");
+    ul.replaceChildren(...r.checks.map((c) => {
+      const li = el("li", (c.status === "ok" ? "ok" : c.status === "fail" ? "FAIL" : "note") + " · " + c.area + ": " + c.message);
+      li.className = c.status;
+      return li;
+    }));
+  } catch (e) { ul.replaceChildren(el("li", e.message)); }
+}
+
+// Import: the file goes up as it is; the device verifies it whole before adding anything.
+async function importFile(ev) {
+  ev.preventDefault();
+  const f = $("importfile").files[0];
+  if (!f) return;
+  const m = $("importmsg");
+  m.textContent = "uploading and checking " + f.name + "…";
+  try {
+    const r = await fetch("/api/import", { method: "POST", headers: { "Content-Type": "application/x-tar" }, body: f });
+    let j = {}; try { j = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok) throw new Error(j.error || r.statusText);
+    m.textContent = "imported " + j.imported + ", already here " + j.skipped + (j.classes_added && j.classes_added.length ? ", new classes: " + j.classes_added.join(", ") : "");
+    m.dataset.imported = String(j.imported);
+    samplesKey = "";
+  } catch (e) { m.textContent = "import refused: " + e.message; m.dataset.imported = "error"; }
+}
+
 async function tick() {
   try {
     status = await api("/api/status");
@@ -230,6 +261,8 @@ $("dream").onclick = () => {
   if (!cls) return;
   api("/api/dream", { class: cls }).then(() => dreamPoll(cls), (e) => { $("dreammsg").textContent = e.message; });
 };
+$("importform").onsubmit = importFile;
+$("doctorbtn").onclick = doctor;
 startView();
 tick();
 setInterval(tick, 1000);
