@@ -61,4 +61,5 @@ pub mod rng;
 pub mod session;
 pub mod store;
 pub mod tarball;
+#[cfg(feature = "web")]
 pub mod web;

@@ -1,3 +1,4 @@
+#![cfg(feature = "web")]
 //! The web console against the real `teachcam run` on the synthetic camera: every route, the
 //! refusals (authentication, cross-origin, traversal, sizes, slow and too many clients), and
 //! that what the API changes is what the store holds. Plain `std::net` requests, so every

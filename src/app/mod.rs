@@ -703,18 +703,7 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
     }
     // The web console binds (and makes its token) before the slow model load: a taken port
     // fails at once.
-    let console = match c.http {
-        Some(addr) => Some(crate::web::Console::bind(
-            addr,
-            &c.state_dir,
-            crate::web::Limits {
-                max_upload: c.http_options.max_upload,
-                session_ttl: c.http_options.session,
-                ..crate::web::Limits::default()
-            },
-        )?),
-        None => None,
-    };
+    let console = bind_console(&c)?;
     // With the console on, the plan also returns the last feature map, for its heat map
     // (read only while a viewer asks for it).
     let backbone = load_backbone_from(
@@ -749,29 +738,7 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
     log::info!("camera {}", camera.describe());
     let mut observers: Vec<crate::daemon::Observer> = mqtt_observer(&c)?.into_iter().collect();
     if let Some(console) = console {
-        out!("teachcam: web console at {}", console.login_url());
-        let id = backbone.id();
-        let info = crate::web::Info {
-            version: env!("CARGO_PKG_VERSION").into(),
-            camera: camera.describe(),
-            model: format!("{} {}px {}", id.precision, c.input_size.get(), id.digest),
-            state_dir: c.state_dir.clone(),
-            // The float twin beside the loaded model (the models folder was found above).
-            float_model: backbone
-                .path()
-                .parent()
-                .map(|d| d.join(Precision::F32.file_name()))
-                .filter(|p| p.is_file()),
-            input_size: c.input_size.get(),
-            backbone: Some(backbone.clone()),
-            config: Some(c.clone()),
-        };
-        // The console starts its own threads on the hub and returns.
-        observers.push(Box::new(move |hub, _stop| {
-            if let Err(e) = console.start(std::sync::Arc::clone(hub), info) {
-                log::error!("{e}");
-            }
-        }));
+        observers.push(console_observer(console, &c, camera.describe(), &backbone)?);
     }
     let ending = crate::daemon::run(
         &settings,
@@ -805,6 +772,72 @@ fn apply_pixel_limit(c: &RunConfig) {
 #[derive(Debug, thiserror::Error)]
 #[error("stopped on SIGHUP, to be started again with the configuration re-read")]
 pub struct ReloadRequested;
+
+/// The web console when the config asks for one: bound (and its token made) before the slow
+/// model load, so a taken port fails at once.
+#[cfg(feature = "web")]
+fn bind_console(c: &RunConfig) -> Result<Option<crate::web::Console>> {
+    let Some(addr) = c.http else { return Ok(None) };
+    let limits = crate::web::Limits {
+        max_upload: c.http_options.max_upload,
+        session_ttl: c.http_options.session,
+        ..crate::web::Limits::default()
+    };
+    Ok(Some(crate::web::Console::bind(addr, &c.state_dir, limits)?))
+}
+
+/// Without the `web` feature an `[http]` section or `--http` is a start-up error saying so.
+#[cfg(not(feature = "web"))]
+fn bind_console(c: &RunConfig) -> Result<Option<std::convert::Infallible>> {
+    match c.http {
+        Some(_) => anyhow::bail!(
+            "this teachcam was built without the web console (cargo feature `web`): remove [http] from the config (or --http) or use a build with it"
+        ),
+        None => Ok(None),
+    }
+}
+
+/// The console as an observer of the loop: it starts its own threads on the hub and returns.
+#[cfg(feature = "web")]
+fn console_observer(
+    console: crate::web::Console,
+    c: &RunConfig,
+    camera: String,
+    backbone: &Backbone,
+) -> Result<crate::daemon::Observer<'static>> {
+    out!("teachcam: web console at {}", console.login_url());
+    let id = backbone.id();
+    let info = crate::web::Info {
+        version: env!("CARGO_PKG_VERSION").into(),
+        camera,
+        model: format!("{} {}px {}", id.precision, c.input_size.get(), id.digest),
+        state_dir: c.state_dir.clone(),
+        // The float twin beside the loaded model (the models folder was found above).
+        float_model: backbone
+            .path()
+            .parent()
+            .map(|d| d.join(Precision::F32.file_name()))
+            .filter(|p| p.is_file()),
+        input_size: c.input_size.get(),
+        backbone: Some(backbone.clone()),
+        config: Some(c.clone()),
+    };
+    Ok(Box::new(move |hub, _stop| {
+        if let Err(e) = console.start(std::sync::Arc::clone(hub), info) {
+            log::error!("{e}");
+        }
+    }))
+}
+
+#[cfg(not(feature = "web"))]
+fn console_observer(
+    console: std::convert::Infallible,
+    _: &RunConfig,
+    _: String,
+    _: &Backbone,
+) -> Result<crate::daemon::Observer<'static>> {
+    match console {}
+}
 
 /// The MQTT link as an observer of the loop, when `[mqtt]` is configured. Its files and the
 /// device id are read now (a bad one is a start-up error naming the key); the broker is
