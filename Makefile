@@ -13,6 +13,7 @@
 #   make deploy BOARD=user@host [NO_SERVICE=1]   install on a board;  make rollback BOARD=...
 #   make bench-web  what the web console costs the loop: 3 stream viewers + 20 API req/s
 #                 (WEB_BENCH_SECONDS per phase), RSS growth, 500 idle connections
+#   make bench-web-long  the same load case alone for 5 minutes (and 5 idle minutes)
 #   make bench-stop  SIGTERM during a 12 000-sample fine-tune: time to exit
 #   make soak     10-minute memory run of the appliance loop
 #   make bench-fleet  N appliances against one MQTT broker (FLEET="--devices 6 --seconds 40")
@@ -45,7 +46,7 @@ PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
 	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
-	deploy rollback clean test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
+	deploy rollback clean bench-web-long test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
 
@@ -222,6 +223,11 @@ bench-stop: build
 bench-web: build
 	python3 bench/web_bench.py --teachcam $(BIN) --seconds $(WEB_BENCH_SECONDS) \
 		--json-out target/bench-web.json
+
+# The issue's load case alone, 5 minutes each: idle, then 3 MJPEG viewers + 20 API requests/s.
+bench-web-long: build
+	python3 bench/web_bench.py --teachcam $(BIN) --seconds 300 --load mjpeg \
+		--json-out target/bench-web-long.json
 
 soak: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --only memory --soak-seconds 600 \

@@ -16,7 +16,11 @@ RSS at start and end (/api/health), HTTP errors, and what 500 concurrent idle co
 do (refused with 503 or held until the header timeout; the console must answer afterwards).
 Standard library only.
 
-usage: bench/web_bench.py --teachcam BIN [--seconds 60] [--rounds 1] [--json-out FILE]
+usage: bench/web_bench.py --teachcam BIN [--seconds 60] [--rounds 1] [--load mjpeg,snapshot,heatmap]
+                          [--json-out FILE]
+
+--load picks the loaded phases (each follows an idle one); `make bench-web-long` runs the
+issue's case alone: idle, then 3 MJPEG viewers + 20 API requests/s, 300 s each.
 """
 
 import argparse
@@ -35,6 +39,7 @@ def main():
     ap.add_argument("--teachcam", required=True)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--load", default="mjpeg,snapshot,heatmap")
     ap.add_argument("--json-out")
     a = ap.parse_args()
 
@@ -152,10 +157,13 @@ def main():
         print(f"{name:9} loop {fps:6.2f} frames/s   viewer frames {got['n']}", flush=True)
         return fps
 
+    loads = [x for x in a.load.split(",") if x]
+    assert loads and all(x in ("mjpeg", "snapshot", "heatmap") for x in loads), a.load
     results = {"idle": [], "mjpeg": [], "snapshot": [], "heatmap": []}
     for _ in range(a.rounds):
-        for name in ["idle", "mjpeg", "idle", "snapshot", "idle", "heatmap"]:
-            results[name].append(phase(name))
+        for load in loads:
+            results["idle"].append(phase("idle"))
+            results[load].append(phase(load))
     rss1 = json.loads(get("/api/health"))["rss_bytes"]
 
     # 500 idle connections: each is refused (503) or held until the 5 s header timeout.
@@ -182,7 +190,7 @@ def main():
     dev.terminate()
     dev.wait()
 
-    mean = lambda xs: sum(xs) / len(xs)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     idle = mean(results["idle"])
     out = {
         "seconds_per_phase": a.seconds,
