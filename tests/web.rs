@@ -721,6 +721,32 @@ fn web_import_adds_a_downloaded_dataset_beside_the_running_loop() {
     assert_eq!(stored(&d.state), 1);
     assert!(import_leftovers(&d.state).is_empty());
 
+    // Verified but refused by the core (3 + 61 classes, and one more would pass 64): nothing
+    // stays behind.
+    for k in 0..61 {
+        let (status, v) = post(
+            &d,
+            "/api/classes/add",
+            &b,
+            &json!({"name": format!("x{k}")}),
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, v) = upload(&d, &b, &tar);
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("64"), "{v}");
+    assert_eq!(stored(&d.state), 1);
+    assert!(import_leftovers(&d.state).is_empty());
+    for k in 0..61 {
+        let (status, v) = post(
+            &d,
+            "/api/classes/remove",
+            &b,
+            &json!({"name": format!("x{k}")}),
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+
     // One import at a time: while a slow upload holds the import, a second is refused.
     let mut slow = TcpStream::connect(d.addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(30)))

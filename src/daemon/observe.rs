@@ -255,6 +255,12 @@ impl Hub {
         request
     }
 
+    /// Drop the staged batch of import request `request` (its files are removed) if the loop
+    /// has not taken it: for an import the core refused.
+    pub fn drop_import(&self, request: RequestId) {
+        drop(self.take_import(Some(request)));
+    }
+
     /// The staged batch of import request `request`, if it is still waiting.
     pub(super) fn take_import(&self, request: Option<RequestId>) -> Option<Batch> {
         let mut slot = self.import.lock().unwrap_or_else(|p| p.into_inner());

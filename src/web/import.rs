@@ -96,7 +96,12 @@ pub(super) fn upload(stream: &mut TcpStream, s: &Shared, p: &Pending) -> Respons
             let sub = s.hub.subscribe(256);
             let id = s.hub.send_import(batch, Source::Http);
             let extra = json!({ "skipped": rep.skipped, "embedded": rep.embedded });
-            answer(&sub, id, extra)
+            let r = answer(&sub, id, extra);
+            if r.status != 202 {
+                // Refused by the core: the loop will not take the staged files.
+                s.hub.drop_import(id);
+            }
+            r
         }
         Err(r) => r,
     }
