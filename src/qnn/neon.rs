@@ -240,64 +240,91 @@ impl NeonPointwise {
     }
 }
 
-/// The float stem's vectors on NEON (`fmla`): 4 lanes, 16 channels a block.
+/// The float stem's inner kernels on NEON (`fmla`): 16 channels (four registers) per call.
 pub(crate) struct StemNeon;
 
-impl super::stem::Lanes for StemNeon {
-    type F = float32x4_t;
-    const L: usize = 4;
+impl super::stem::Blocks for StemNeon {
+    const B: usize = 16;
 
-    #[inline(always)]
-    unsafe fn load(src: &[f32]) -> float32x4_t {
-        // SAFETY: 4 floats of a slice indexed to 4; NEON is part of every aarch64 CPU.
-        unsafe { vld1q_f32(src[..4].as_ptr()) }
-    }
-
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> float32x4_t {
-        // SAFETY: NEON is part of every aarch64 CPU.
-        unsafe { vdupq_n_f32(v) }
-    }
-
-    #[inline(always)]
-    unsafe fn fma(acc: float32x4_t, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON is part of every aarch64 CPU.
-        unsafe { vfmaq_f32(acc, a, b) }
-    }
-
-    #[inline(always)]
-    unsafe fn div(a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON is part of every aarch64 CPU.
-        unsafe { vdivq_f32(a, b) }
-    }
-
-    #[inline(always)]
-    unsafe fn clamp(v: float32x4_t, lo: float32x4_t, hi: float32x4_t) -> float32x4_t {
-        // fmaxnm/fminnm: a NaN gives the other operand, as f32::max/min do.
-        // SAFETY: NEON is part of every aarch64 CPU.
-        unsafe { vminnmq_f32(vmaxnmq_f32(v, lo), hi) }
-    }
-
-    #[inline(always)]
-    unsafe fn store(dst: &mut [f32], v: float32x4_t) {
-        // SAFETY: 4 floats of a slice indexed to 4; NEON is part of every aarch64 CPU.
-        unsafe { vst1q_f32(dst[..4].as_mut_ptr(), v) }
-    }
-
-    #[inline(always)]
-    unsafe fn store_u8(dst: &mut [u8], q: [float32x4_t; 4], zero: i32) {
-        let dst = &mut dst[..16];
-        // SAFETY: 16 bytes of a slice indexed to 16; NEON is part of every aarch64 CPU.
+    #[inline]
+    unsafe fn conv(r: super::stem::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+        let c = r.c;
+        let b: &[f32; 16] = r.conv_b[c0..c0 + 16].try_into().expect("16 biases");
+        // SAFETY (whole block): every access is of 4 floats inside a bounds-checked slice of
+        // 16 taken just before it; NEON is part of every aarch64 CPU.
         unsafe {
-            // fcvtns: round to nearest, ties to even.
-            let z = vdupq_n_s32(zero);
-            let mut ints = [vdupq_n_s32(0); 4];
-            for (i, v) in ints.iter_mut().zip(q) {
-                *i = vaddq_s32(vcvtnq_s32_f32(v), z);
+            let mut acc = [
+                vld1q_f32(b.as_ptr()),
+                vld1q_f32(b.as_ptr().add(4)),
+                vld1q_f32(b.as_ptr().add(8)),
+                vld1q_f32(b.as_ptr().add(12)),
+            ];
+            let mut t = 0;
+            for row in patch {
+                for &v in row.iter() {
+                    let w: &[f32; 16] = r.conv_w[t * c + c0..t * c + c0 + 16]
+                        .try_into()
+                        .expect("16 weights");
+                    let x = vdupq_n_f32(v);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = vfmaq_f32(*a, x, vld1q_f32(w.as_ptr().add(4 * j)));
+                    }
+                    t += 1;
+                }
             }
-            let lo8 = vqmovn_u16(vcombine_u16(vqmovun_s32(ints[0]), vqmovun_s32(ints[1])));
-            let hi8 = vqmovn_u16(vcombine_u16(vqmovun_s32(ints[2]), vqmovun_s32(ints[3])));
-            vst1q_u8(dst.as_mut_ptr(), vcombine_u8(lo8, hi8));
+            let (lo, hi) = (vdupq_n_f32(r.clip1.0), vdupq_n_f32(r.clip1.1));
+            let o: &mut [f32; 16] = (&mut o[c0..c0 + 16]).try_into().expect("16 outputs");
+            for (j, a) in acc.iter().enumerate() {
+                // fmaxnm/fminnm: a NaN gives the other operand, as f32::max/min do.
+                vst1q_f32(
+                    o.as_mut_ptr().add(4 * j),
+                    vminnmq_f32(vmaxnmq_f32(*a, lo), hi),
+                );
+            }
+        }
+    }
+
+    #[inline]
+    unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+        let c = r.c;
+        let b: &[f32; 16] = r.dw_b[c0..c0 + 16].try_into().expect("16 biases");
+        // SAFETY (whole block): as in `conv`.
+        unsafe {
+            let mut acc = [
+                vld1q_f32(b.as_ptr()),
+                vld1q_f32(b.as_ptr().add(4)),
+                vld1q_f32(b.as_ptr().add(8)),
+                vld1q_f32(b.as_ptr().add(12)),
+            ];
+            for (t, px) in taps.iter().enumerate() {
+                let x: &[f32; 16] = px[c0..c0 + 16].try_into().expect("16 inputs");
+                let w: &[f32; 16] = r.dw_w[t * c + c0..t * c + c0 + 16]
+                    .try_into()
+                    .expect("16 weights");
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = vfmaq_f32(
+                        *a,
+                        vld1q_f32(x.as_ptr().add(4 * j)),
+                        vld1q_f32(w.as_ptr().add(4 * j)),
+                    );
+                }
+            }
+            // Clip, then ONNX QuantizeLinear: divide, clamp to the u8 codes, round to nearest
+            // even (fcvtns), add the zero point.
+            let (c_lo, c_hi) = (vdupq_n_f32(r.clip2.0), vdupq_n_f32(r.clip2.1));
+            let z = r.q.zero.clamp(0, 255);
+            let (q_lo, q_hi) = (vdupq_n_f32(-z as f32), vdupq_n_f32((255 - z) as f32));
+            let (scale, zero) = (vdupq_n_f32(r.q.scale), vdupq_n_s32(z));
+            let mut q = [vdupq_n_s32(0); 4];
+            for (qi, a) in q.iter_mut().zip(&acc) {
+                let v = vminnmq_f32(vmaxnmq_f32(*a, c_lo), c_hi);
+                let v = vminnmq_f32(vmaxnmq_f32(vdivq_f32(v, scale), q_lo), q_hi);
+                *qi = vaddq_s32(vcvtnq_s32_f32(v), zero);
+            }
+            let lo8 = vqmovn_u16(vcombine_u16(vqmovun_s32(q[0]), vqmovun_s32(q[1])));
+            let hi8 = vqmovn_u16(vcombine_u16(vqmovun_s32(q[2]), vqmovun_s32(q[3])));
+            let o: &mut [u8; 16] = (&mut o[c0..c0 + 16]).try_into().expect("16 outputs");
+            vst1q_u8(o.as_mut_ptr(), vcombine_u8(lo8, hi8));
         }
     }
 }

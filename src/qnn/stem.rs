@@ -219,7 +219,7 @@ impl Stem {
                 #[cfg(target_arch = "aarch64")]
                 // SAFETY: NEON is part of every aarch64 CPU.
                 Kernel::Neon => unsafe {
-                    run_with::<Simd<super::neon::StemNeon>>(self, x, (h, w), out, scratch)
+                    run_with::<super::neon::StemNeon>(self, x, (h, w), out, scratch)
                 },
                 // SAFETY: the portable blocks need no instruction-set extension.
                 _ => unsafe { run_with::<PortableBlocks>(self, x, (h, w), out, scratch) },
@@ -253,7 +253,7 @@ unsafe fn run_avx2_fma(
     // No closure between here and the loops: a closure would not inherit this function's
     // target features, and the blocks' intrinsics would not be inlined.
     // SAFETY: the caller checked AVX2 and FMA, which `StemAvx2` needs.
-    unsafe { run_with::<Simd<super::x86::StemAvx2>>(s, x, hw, out, scratch) }
+    unsafe { run_with::<super::x86::StemAvx2>(s, x, hw, out, scratch) }
 }
 
 /// Per-thread buffers of the stem: the padded NHWC input and the ring of convolution rows.
@@ -438,114 +438,6 @@ pub(crate) trait Blocks {
     /// # Safety
     /// The CPU has this implementation's instructions.
     unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]);
-}
-
-/// One instruction set's float vectors, as the SIMD blocks ([`Simd`]) use them: `L` lanes a
-/// register, four registers a block. Every function is `#[inline(always)]` and without
-/// target features of its own, so that it compiles inside the caller that has them (the
-/// intrinsics it calls are then inlined).
-///
-/// # Safety
-/// Every function: the CPU has the implementation's instruction set. Loads and stores index
-/// the slice they are given (`[..L]` or `[..4·L]`), so a short slice panics.
-pub(crate) trait Lanes {
-    /// `L` floats.
-    type F: Copy;
-    /// Lanes per register.
-    const L: usize;
-    /// The first `L` values of `src`.
-    unsafe fn load(src: &[f32]) -> Self::F;
-    /// `v` in every lane.
-    unsafe fn splat(v: f32) -> Self::F;
-    /// `acc + a·b`, fused.
-    unsafe fn fma(acc: Self::F, a: Self::F, b: Self::F) -> Self::F;
-    /// `a / b`.
-    unsafe fn div(a: Self::F, b: Self::F) -> Self::F;
-    /// `min(max(v, lo), hi)`, a NaN `v` giving `lo` (as `f32::max` then `min` do).
-    unsafe fn clamp(v: Self::F, lo: Self::F, hi: Self::F) -> Self::F;
-    /// Store `v` into the first `L` values of `dst`.
-    unsafe fn store(dst: &mut [f32], v: Self::F);
-    /// Round each value of `q` (already within `-zero..=255 - zero`) half to even, add
-    /// `zero`, and store the `4·L` bytes into `dst`, in order.
-    unsafe fn store_u8(dst: &mut [u8], q: [Self::F; 4], zero: i32);
-}
-
-/// The first `4·L` values of `src` in four registers.
-///
-/// # Safety
-/// As [`Lanes`].
-#[inline(always)]
-unsafe fn load4<V: Lanes>(src: &[f32]) -> [V::F; 4] {
-    let l = V::L;
-    // SAFETY: the caller's contract; each load indexes its slice.
-    unsafe {
-        [
-            V::load(src),
-            V::load(&src[l..]),
-            V::load(&src[2 * l..]),
-            V::load(&src[3 * l..]),
-        ]
-    }
-}
-
-/// The stem's blocks on one instruction set's vectors: `4·L` channels (four registers) a call.
-pub(crate) struct Simd<V>(std::marker::PhantomData<V>);
-
-impl<V: Lanes> Blocks for Simd<V> {
-    const B: usize = 4 * V::L;
-
-    #[inline(always)]
-    unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
-        let (c, n, l) = (r.c, Self::B, V::L);
-        // SAFETY (whole block): every vector access is of L floats inside a slice of 4·L
-        // taken (bounds-checked) just before it, and indexes it; the instruction set is the
-        // caller's contract.
-        unsafe {
-            let mut acc = load4::<V>(&r.conv_b[c0..c0 + n]);
-            let mut t = 0;
-            for row in patch {
-                for &v in row.iter() {
-                    let w = &r.conv_w[t * c + c0..t * c + c0 + n];
-                    let x = V::splat(v);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = V::fma(*a, x, V::load(&w[l * j..]));
-                    }
-                    t += 1;
-                }
-            }
-            let (lo, hi) = (V::splat(r.clip1.0), V::splat(r.clip1.1));
-            let o = &mut o[c0..c0 + n];
-            for (j, a) in acc.iter().enumerate() {
-                V::store(&mut o[l * j..], V::clamp(*a, lo, hi));
-            }
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
-        let (c, n, l) = (r.c, Self::B, V::L);
-        // SAFETY (whole block): as in `conv`.
-        unsafe {
-            let mut acc = load4::<V>(&r.dw_b[c0..c0 + n]);
-            for (t, px) in taps.iter().enumerate() {
-                let x = &px[c0..c0 + n];
-                let w = &r.dw_w[t * c + c0..t * c + c0 + n];
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = V::fma(*a, V::load(&x[l * j..]), V::load(&w[l * j..]));
-                }
-            }
-            // Clip, then ONNX QuantizeLinear: x / scale, clamp to the u8 codes, round half
-            // to even, add the zero point.
-            let (c_lo, c_hi) = (V::splat(r.clip2.0), V::splat(r.clip2.1));
-            let z = r.q.zero.clamp(0, 255);
-            let (q_lo, q_hi) = (V::splat(-z as f32), V::splat((255 - z) as f32));
-            let scale = V::splat(r.q.scale);
-            for a in acc.iter_mut() {
-                *a = V::clamp(V::div(V::clamp(*a, c_lo, c_hi), scale), q_lo, q_hi);
-            }
-            V::store_u8(&mut o[c0..c0 + n], acc, z);
-        }
-    }
 }
 
 /// Plain Rust, one channel at a time (also the tail of the SIMD versions).

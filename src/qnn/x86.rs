@@ -517,61 +517,87 @@ fn requant_i32(acc: __m256i, scale: __m256, lo: __m256, hi: __m256, zero: __m256
     _mm256_add_epi32(_mm256_cvtps_epi32(f), zero)
 }
 
-/// The float stem's vectors on AVX2 + FMA: 8 lanes, 32 channels a block.
+/// The float stem's inner kernels on AVX2 + FMA: 32 channels (four registers) per call.
 pub(crate) struct StemAvx2;
 
-impl super::stem::Lanes for StemAvx2 {
-    type F = __m256;
-    const L: usize = 8;
+impl super::stem::Blocks for StemAvx2 {
+    const B: usize = 32;
 
-    #[inline(always)]
-    unsafe fn load(src: &[f32]) -> __m256 {
-        // SAFETY: 8 floats of a slice indexed to 8; AVX is the caller's contract.
-        unsafe { _mm256_loadu_ps(src[..8].as_ptr()) }
-    }
-
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> __m256 {
-        // SAFETY: AVX is the caller's contract.
-        unsafe { _mm256_set1_ps(v) }
-    }
-
-    #[inline(always)]
-    unsafe fn fma(acc: __m256, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: FMA is the caller's contract.
-        unsafe { _mm256_fmadd_ps(a, b, acc) }
-    }
-
-    #[inline(always)]
-    unsafe fn div(a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX is the caller's contract.
-        unsafe { _mm256_div_ps(a, b) }
-    }
-
-    #[inline(always)]
-    unsafe fn clamp(v: __m256, lo: __m256, hi: __m256) -> __m256 {
-        // max first, with the value as its first operand: a NaN becomes `lo`, as `f32::max`
-        // does in the portable code.
-        // SAFETY: AVX is the caller's contract.
-        unsafe { _mm256_min_ps(_mm256_max_ps(v, lo), hi) }
-    }
-
-    #[inline(always)]
-    unsafe fn store(dst: &mut [f32], v: __m256) {
-        // SAFETY: 8 floats of a slice indexed to 8; AVX is the caller's contract.
-        unsafe { _mm256_storeu_ps(dst[..8].as_mut_ptr(), v) }
-    }
-
-    #[inline(always)]
-    unsafe fn store_u8(dst: &mut [u8], q: [__m256; 4], zero: i32) {
-        let dst = &mut dst[..32];
-        // SAFETY: 32 bytes of a slice indexed to 32; AVX2 is the caller's contract.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn conv(r: super::stem::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+        let c = r.c;
+        let b: &[f32; 32] = r.conv_b[c0..c0 + 32].try_into().expect("32 biases");
+        // SAFETY (whole block): every load and store is of 8 floats inside a slice of 32
+        // taken (bounds-checked) just before it; AVX2 and FMA are the caller's contract.
         unsafe {
-            // vcvtps2dq rounds half to even in the default rounding mode.
-            let z = _mm256_set1_epi32(zero);
+            let mut acc = [
+                _mm256_loadu_ps(b.as_ptr()),
+                _mm256_loadu_ps(b.as_ptr().add(8)),
+                _mm256_loadu_ps(b.as_ptr().add(16)),
+                _mm256_loadu_ps(b.as_ptr().add(24)),
+            ];
+            let mut t = 0;
+            for row in patch {
+                for &v in row.iter() {
+                    let w: &[f32; 32] = r.conv_w[t * c + c0..t * c + c0 + 32]
+                        .try_into()
+                        .expect("32 weights");
+                    let x = _mm256_set1_ps(v);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(x, _mm256_loadu_ps(w.as_ptr().add(8 * j)), *a);
+                    }
+                    t += 1;
+                }
+            }
+            let (lo, hi) = (_mm256_set1_ps(r.clip1.0), _mm256_set1_ps(r.clip1.1));
+            let o: &mut [f32; 32] = (&mut o[c0..c0 + 32]).try_into().expect("32 outputs");
+            for (j, a) in acc.iter().enumerate() {
+                // max first, with the value as its first operand: a NaN becomes `lo`, as
+                // `f32::max` does in the portable code.
+                let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8 * j), v);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+        let c = r.c;
+        let b: &[f32; 32] = r.dw_b[c0..c0 + 32].try_into().expect("32 biases");
+        // SAFETY (whole block): as in `conv`: 8-float accesses inside checked 32-slices.
+        unsafe {
+            let mut acc = [
+                _mm256_loadu_ps(b.as_ptr()),
+                _mm256_loadu_ps(b.as_ptr().add(8)),
+                _mm256_loadu_ps(b.as_ptr().add(16)),
+                _mm256_loadu_ps(b.as_ptr().add(24)),
+            ];
+            for (t, px) in taps.iter().enumerate() {
+                let x: &[f32; 32] = px[c0..c0 + 32].try_into().expect("32 inputs");
+                let w: &[f32; 32] = r.dw_w[t * c + c0..t * c + c0 + 32]
+                    .try_into()
+                    .expect("32 weights");
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(x.as_ptr().add(8 * j)),
+                        _mm256_loadu_ps(w.as_ptr().add(8 * j)),
+                        *a,
+                    );
+                }
+            }
+            // Clip, then ONNX QuantizeLinear: x / scale, clamp to the u8 codes, round half
+            // to even (vcvtps2dq in the default rounding mode), add the zero point.
+            let (c_lo, c_hi) = (_mm256_set1_ps(r.clip2.0), _mm256_set1_ps(r.clip2.1));
+            let z = r.q.zero.clamp(0, 255);
+            let (q_lo, q_hi) = (_mm256_set1_ps(-z as f32), _mm256_set1_ps((255 - z) as f32));
+            let (scale, zero) = (_mm256_set1_ps(r.q.scale), _mm256_set1_epi32(z));
             let mut ints = [_mm256_setzero_si256(); 4];
-            for (i, v) in ints.iter_mut().zip(q) {
-                *i = _mm256_add_epi32(_mm256_cvtps_epi32(v), z);
+            for (i, a) in ints.iter_mut().zip(&acc) {
+                let v = _mm256_min_ps(_mm256_max_ps(*a, c_lo), c_hi);
+                let v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, scale), q_lo), q_hi);
+                *i = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero);
             }
             // i32 → u8 (values are in 0..=255): packs interleave 128-bit lanes, the permute
             // restores the order.
@@ -580,7 +606,8 @@ impl super::stem::Lanes for StemAvx2 {
             let bytes = _mm256_packus_epi16(w01, w23);
             let ordered =
                 _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-            _mm256_storeu_si256(dst.as_mut_ptr() as *mut __m256i, ordered);
+            let o: &mut [u8; 32] = (&mut o[c0..c0 + 32]).try_into().expect("32 outputs");
+            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, ordered);
         }
     }
 }
