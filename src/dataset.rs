@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::Embedder;
 use crate::frame::check_class_name;
-use crate::store::{Batch, Sample, Store, StoreError, decode_record};
+use crate::store::{Batch, Capture, Sample, Store, StoreError, decode_record};
 use crate::tarball::{self, Kind, Limits};
 
 /// Why an export or import failed; nothing was imported when an import fails.
@@ -693,7 +693,12 @@ pub fn stage(
         } else {
             s.time_ms
         };
-        batch.stage(&s.label, &e, &s.thumb, time_ms)?;
+        batch.stage(Capture {
+            label: &s.label,
+            embedding: &e,
+            thumb_jpeg: &s.thumb,
+            time_ms,
+        })?;
         rep.added += 1;
         Ok(())
     };

@@ -548,6 +548,12 @@ impl Store {
         Ok(())
     }
 
+    /// The embedding length of this backbone's samples (`None` before the first).
+    fn dim(&self) -> Option<usize> {
+        let first = self.samples.iter().find(|s| s.backbone == self.backbone);
+        first.map(|s| s.embedding.len())
+    }
+
     /// All samples, oldest first.
     pub fn samples(&self) -> &[Sample] {
         &self.samples
@@ -571,21 +577,21 @@ impl Store {
         thumb_jpeg: &[u8],
         time_ms: u64,
     ) -> Result<u64, StoreError> {
-        if let Some(first) = self.samples.iter().find(|s| s.backbone == self.backbone)
-            && first.embedding.len() != embedding.len()
-        {
-            return Err(StoreError::Dim {
-                want: first.embedding.len(),
-                got: embedding.len(),
-            });
-        }
-        check_label(label)?;
+        let capture = Capture {
+            label,
+            embedding,
+            thumb_jpeg,
+            time_ms,
+        };
+        // Checked before an id is taken; the id is set once taken, below.
+        let mut sample = capture.sample(0, &self.backbone, self.dim())?;
         // An edit left half-done by a full disk goes first (it never touches new ids).
         if let Err(e) = self.finish_unfinished() {
             log::warn!("the unfinished edit is still pending: {e}");
         }
         // Taken before anything is written: a reservation made meanwhile gets other ids.
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        sample.id = id;
         let give_back = || {
             // Not committed: the id is free again unless a reservation came after it.
             let _ = self
@@ -597,14 +603,6 @@ impl Store {
             give_back();
             return Err(io(&thumb)(e));
         }
-        let sample = Sample {
-            id,
-            label: label.to_string(),
-            time_ms,
-            embedding: embedding.to_vec(),
-            backbone: self.backbone.clone(),
-            thumb_sha256: crate::fsutil::sha256_hex(thumb_jpeg),
-        };
         if let Err(e) = write_record(&self.dir, &sample) {
             // Not committed: drop the thumbnail too (best effort; the next capture of this
             // id would replace it anyway).
@@ -739,6 +737,12 @@ fn remove_own_temps(dir: &Path) -> Result<usize, StoreError> {
 
 /// Write `s`'s record atomically (the commit point of a capture).
 fn write_record(dir: &Path, s: &Sample) -> Result<(), StoreError> {
+    let rec = dir.join("samples").join(format!("{:08}.rec", s.id));
+    atomic_write(&rec, &record_bytes(s)).map_err(io(&rec))
+}
+
+/// The record file of `s`: its metadata and embedding in the framed container.
+fn record_bytes(s: &Sample) -> Vec<u8> {
     let meta = RecMeta {
         id: s.id,
         label: s.label.clone(),
@@ -748,8 +752,42 @@ fn write_record(dir: &Path, s: &Sample) -> Result<(), StoreError> {
         backbone: s.backbone.clone(),
     };
     let meta = serde_json::to_value(meta).unwrap_or_default();
-    let rec = dir.join("samples").join(format!("{:08}.rec", s.id));
-    atomic_write(&rec, &framed::encode(REC_KIND, 1, &meta, &s.embedding)).map_err(io(&rec))
+    framed::encode(REC_KIND, 1, &meta, &s.embedding)
+}
+
+/// A capture to store: what [`Store::add`] takes and [`Batch::stage`] stages.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture<'a> {
+    /// Class name.
+    pub label: &'a str,
+    /// The backbone's embedding of the frame.
+    pub embedding: &'a [f32],
+    /// The JPEG thumbnail.
+    pub thumb_jpeg: &'a [u8],
+    /// Capture time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+impl Capture<'_> {
+    /// Sample `id` of `backbone`, after the checks every new sample gets: its embedding as
+    /// long as `dim` (that of the backbone's samples so far, if any), its label a class name.
+    fn sample(&self, id: u64, backbone: &str, dim: Option<usize>) -> Result<Sample, StoreError> {
+        let got = self.embedding.len();
+        if let Some(want) = dim
+            && want != got
+        {
+            return Err(StoreError::Dim { want, got });
+        }
+        check_label(self.label)?;
+        Ok(Sample {
+            id,
+            label: self.label.to_string(),
+            time_ms: self.time_ms,
+            embedding: self.embedding.to_vec(),
+            backbone: backbone.to_string(),
+            thumb_sha256: crate::fsutil::sha256_hex(self.thumb_jpeg),
+        })
+    }
 }
 
 /// Make the files say what `edit` says. Idempotent: a record already relabelled or deleted
@@ -885,55 +923,24 @@ pub struct Batch {
 
 impl Batch {
     /// Write one sample into the staging folder (not yet durable, not yet in the store).
-    pub fn stage(
-        &mut self,
-        label: &str,
-        embedding: &[f32],
-        thumb_jpeg: &[u8],
-        time_ms: u64,
-    ) -> Result<u64, StoreError> {
-        check_label(label)?;
-        if let Some(want) = self.dim
-            && want != embedding.len()
-        {
-            return Err(StoreError::Dim {
-                want,
-                got: embedding.len(),
-            });
-        }
-        self.dim = Some(embedding.len());
+    pub fn stage(&mut self, capture: Capture) -> Result<u64, StoreError> {
         let id = self.first_id + self.staged.len() as u64;
+        let sample = capture.sample(id, &self.backbone, self.dim)?;
         if self.reserved.is_some_and(|end| id >= end) {
             return Err(StoreError::Io {
                 path: self.dir.clone(),
                 source: std::io::Error::other("more samples than ids were reserved"),
             });
         }
-        let thumb_sha256 = crate::fsutil::sha256_hex(thumb_jpeg);
-        let meta = RecMeta {
-            id,
-            label: label.to_string(),
-            time_ms,
-            dim: embedding.len(),
-            thumb_sha256: thumb_sha256.clone(),
-            backbone: self.backbone.clone(),
-        };
-        let meta = serde_json::to_value(meta).unwrap_or_default();
+        self.dim = Some(sample.embedding.len());
         for (ext, bytes) in [
-            ("jpg", thumb_jpeg.to_vec()),
-            ("rec", framed::encode(REC_KIND, 1, &meta, embedding)),
+            ("jpg", capture.thumb_jpeg.to_vec()),
+            ("rec", record_bytes(&sample)),
         ] {
             let p = self.dir.join(format!("{id:08}.{ext}"));
             std::fs::write(&p, bytes).map_err(io(&p))?;
         }
-        self.staged.push(Sample {
-            id,
-            label: label.to_string(),
-            time_ms,
-            embedding: embedding.to_vec(),
-            backbone: self.backbone.clone(),
-            thumb_sha256,
-        });
+        self.staged.push(sample);
         Ok(id)
     }
 
@@ -1025,11 +1032,7 @@ impl Store {
     /// sample may be added before it is committed.
     pub fn begin_batch(&self) -> Result<Batch, StoreError> {
         let dir = fresh_batch_dir(&self.dir)?;
-        let dim = self
-            .samples
-            .iter()
-            .find(|s| s.backbone == self.backbone)
-            .map(|s| s.embedding.len());
+        let dim = self.dim();
         Ok(Batch {
             dir,
             first_id: self.next_id.load(Ordering::SeqCst),
@@ -1451,9 +1454,20 @@ mod tests {
         s.add("a", &[1.0, 0.0], b"first", 1).unwrap();
         // Dropped before commit: nothing added, nothing left.
         let mut b = s.begin_batch().unwrap();
-        b.stage("b", &[0.0, 1.0], b"x", 2).unwrap();
+        b.stage(Capture {
+            label: "b",
+            embedding: &[0.0, 1.0],
+            thumb_jpeg: b"x",
+            time_ms: 2,
+        })
+        .unwrap();
         assert!(matches!(
-            b.stage("b", &[0.0, 1.0, 2.0], b"y", 2),
+            b.stage(Capture {
+                label: "b",
+                embedding: &[0.0, 1.0, 2.0],
+                thumb_jpeg: b"y",
+                time_ms: 2,
+            }),
             Err(StoreError::Dim { want: 2, got: 3 })
         ));
         drop(b);
@@ -1467,8 +1481,13 @@ mod tests {
         // Committed: every sample arrives, ids continue, the reopened store agrees.
         let mut b = s.begin_batch().unwrap();
         for i in 0..5 {
-            b.stage("b", &[i as f32, 1.0], format!("t{i}").as_bytes(), 10 + i)
-                .unwrap();
+            b.stage(Capture {
+                label: "b",
+                embedding: &[i as f32, 1.0],
+                thumb_jpeg: format!("t{i}").as_bytes(),
+                time_ms: 10 + i,
+            })
+            .unwrap();
         }
         assert_eq!(b.len(), 5);
         assert_eq!(s.commit_batch(b).unwrap(), 5);
@@ -1494,17 +1513,26 @@ mod tests {
         // Captures while the batch is staged (on another thread in the console) go after it.
         assert_eq!(s.add("a", &[1.0, 1.0], b"during", 2).unwrap(), 5);
         let mut b = Batch::begin_reserved(d.path(), ids, "", 2).unwrap();
+        fn cap<'a>(embedding: &'a [f32], thumb_jpeg: &'a [u8], time_ms: u64) -> Capture<'a> {
+            Capture {
+                label: "b",
+                embedding,
+                thumb_jpeg,
+                time_ms,
+            }
+        }
         for i in 0..3 {
-            b.stage("b", &[i as f32, 1.0], format!("t{i}").as_bytes(), 10 + i)
+            let thumb = format!("t{i}");
+            b.stage(cap(&[i as f32, 1.0], thumb.as_bytes(), 10 + i))
                 .unwrap();
         }
         assert!(
-            b.stage("b", &[9.0, 1.0], b"extra", 20).is_err(),
+            b.stage(cap(&[9.0, 1.0], b"extra", 20)).is_err(),
             "no more than the ids reserved"
         );
         assert!(
             matches!(
-                b.stage("b", &[1.0], b"short", 20),
+                b.stage(cap(&[1.0], b"short", 20)),
                 Err(StoreError::Dim { .. })
             ),
             "the dimension it was told"

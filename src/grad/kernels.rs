@@ -212,45 +212,11 @@ pub fn conv_forward<T: Real>(
     y: &mut [T],
     col: &mut Vec<T>,
 ) {
-    let (oh, ow) = g
-        .out_hw()
-        .expect("geometry checked when the network was built");
-    let plane = oh * ow;
-    assert_eq!(x.len(), g.cin * g.h * g.w);
-    assert_eq!(y.len(), g.cout * plane);
+    let plane = out_plane(g);
     for (row, &b) in y.chunks_exact_mut(plane).zip(bias) {
         row.fill(b);
     }
-    if g.is_pointwise() {
-        gemm(g.cout, g.cin, plane, weight, g.cin, 1, x, T::of(1.0), y);
-    } else if g.is_depthwise() {
-        depthwise(g, weight, x, y, (oh, ow), Direction::Forward);
-    } else {
-        let (cig, cog) = (g.cin / g.group, g.cout / g.group);
-        let kk = cig * g.kh * g.kw;
-        col.resize(kk * plane, T::default());
-        for grp in 0..g.group {
-            im2col(
-                g,
-                &x[grp * cig * g.h * g.w..(grp + 1) * cig * g.h * g.w],
-                cig,
-                (oh, ow),
-                col,
-            );
-            let w = &weight[grp * cog * kk..(grp + 1) * cog * kk];
-            gemm(
-                cog,
-                kk,
-                plane,
-                w,
-                kk,
-                1,
-                col,
-                T::of(1.0),
-                &mut y[grp * cog * plane..(grp + 1) * cog * plane],
-            );
-        }
-    }
+    conv_add(g, weight, x, y, col, Direction::Forward);
 }
 
 /// Backward convolution with respect to the input: `dx += convᵀ(dy, weight)`.
@@ -261,42 +227,62 @@ pub fn conv_backward<T: Real>(
     dx: &mut [T],
     col: &mut Vec<T>,
 ) {
+    conv_add(g, weight, dy, dx, col, Direction::Backward);
+}
+
+/// Output pixels per channel.
+fn out_plane(g: &Geometry) -> usize {
+    let (oh, ow) = g
+        .out_hw()
+        .expect("geometry checked when the network was built");
+    oh * ow
+}
+
+/// `dst += conv(src)` (`Forward`: `src` the input, `dst` the output) or `dst += convᵀ(src)`
+/// (`Backward`: `src` the output's gradient, `dst` the input's), for every kind of
+/// convolution.
+fn conv_add<T: Real>(
+    g: &Geometry,
+    weight: &[T],
+    src: &[T],
+    dst: &mut [T],
+    col: &mut Vec<T>,
+    dir: Direction,
+) {
     let (oh, ow) = g
         .out_hw()
         .expect("geometry checked when the network was built");
     let plane = oh * ow;
-    assert_eq!(dx.len(), g.cin * g.h * g.w);
-    assert_eq!(dy.len(), g.cout * plane);
+    let (input, output) = (g.cin * g.h * g.w, g.cout * plane);
+    let fwd = dir == Direction::Forward;
+    assert_eq!(src.len(), if fwd { input } else { output });
+    assert_eq!(dst.len(), if fwd { output } else { input });
+    let one = T::of(1.0);
     if g.is_pointwise() {
-        // dx[cin × p] += Wᵀ[cin × cout] · dy[cout × p]: W read through transposed strides.
-        gemm(g.cin, g.cout, plane, weight, 1, g.cin, dy, T::of(1.0), dx);
+        if fwd {
+            gemm(g.cout, g.cin, plane, weight, g.cin, 1, src, one, dst);
+        } else {
+            // dx[cin × p] += Wᵀ[cin × cout] · dy[cout × p]: W read through transposed strides.
+            gemm(g.cin, g.cout, plane, weight, 1, g.cin, src, one, dst);
+        }
     } else if g.is_depthwise() {
-        depthwise(g, weight, dy, dx, (oh, ow), Direction::Backward);
+        depthwise(g, weight, src, dst, (oh, ow), dir);
     } else {
         let (cig, cog) = (g.cin / g.group, g.cout / g.group);
         let kk = cig * g.kh * g.kw;
         col.resize(kk * plane, T::default());
         for grp in 0..g.group {
             let w = &weight[grp * cog * kk..(grp + 1) * cog * kk];
-            // dcol[kk × p] = Wᵀ[kk × cog] · dy[cog × p]
-            gemm(
-                kk,
-                cog,
-                plane,
-                w,
-                1,
-                kk,
-                &dy[grp * cog * plane..(grp + 1) * cog * plane],
-                T::default(),
-                col,
-            );
-            col2im(
-                g,
-                col,
-                cig,
-                (oh, ow),
-                &mut dx[grp * cig * g.h * g.w..(grp + 1) * cig * g.h * g.w],
-            );
+            let xs = grp * cig * g.h * g.w..(grp + 1) * cig * g.h * g.w;
+            let ys = grp * cog * plane..(grp + 1) * cog * plane;
+            if fwd {
+                im2col(g, &src[xs], cig, (oh, ow), col);
+                gemm(cog, kk, plane, w, kk, 1, col, one, &mut dst[ys]);
+            } else {
+                // dcol[kk × p] = Wᵀ[kk × cog] · dy[cog × p]
+                gemm(kk, cog, plane, w, 1, kk, &src[ys], T::default(), col);
+                col2im(g, col, cig, (oh, ow), &mut dst[xs]);
+            }
         }
     }
 }
@@ -379,40 +365,32 @@ fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
 /// Lay out the receptive fields of `cig` input channels as rows of `col`:
 /// `col[(ci·kh + ky)·kw + kx][oy·ow + ox]`, zero where the tap falls in the padding.
 fn im2col<T: Real>(g: &Geometry, x: &[T], cig: usize, (oh, ow): (usize, usize), col: &mut [T]) {
-    let plane = oh * ow;
-    for ci in 0..cig {
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = &mut col[((ci * g.kh + ky) * g.kw + kx) * plane..][..plane];
-                row.fill(T::default());
-                let (oy_lo, oy_hi) = Geometry::valid(oh, g.h, g.stride.0, ky, g.pads[0]);
-                let (ox_lo, ox_hi) = Geometry::valid(ow, g.w, g.stride.1, kx, g.pads[1]);
-                for oy in oy_lo..oy_hi {
-                    let iy = oy * g.stride.0 + ky - g.pads[0];
-                    for ox in ox_lo..ox_hi {
-                        let ix = ox * g.stride.1 + kx - g.pads[1];
-                        row[oy * ow + ox] = x[(ci * g.h + iy) * g.w + ix];
-                    }
-                }
-            }
-        }
-    }
+    col[..cig * g.kh * g.kw * oh * ow].fill(T::default());
+    col_pairs(g, cig, (oh, ow), |c, i| col[c] = x[i]);
 }
 
 /// The transpose of [`im2col`]: add every column entry back onto the input pixel it came from.
 fn col2im<T: Real>(g: &Geometry, col: &[T], cig: usize, (oh, ow): (usize, usize), dx: &mut [T]) {
+    col_pairs(g, cig, (oh, ow), |c, i| dx[i] += col[c]);
+}
+
+/// Every pair of an [`im2col`] column entry and the input pixel it reads, as indices
+/// `f(col, x)` into `col` (`[kk × p]`) and the group's input (`[cig][h][w]`); entries that fall
+/// in the padding are skipped.
+#[inline(always)]
+fn col_pairs(g: &Geometry, cig: usize, (oh, ow): (usize, usize), mut f: impl FnMut(usize, usize)) {
     let plane = oh * ow;
     for ci in 0..cig {
         for ky in 0..g.kh {
             for kx in 0..g.kw {
-                let row = &col[((ci * g.kh + ky) * g.kw + kx) * plane..][..plane];
+                let row = ((ci * g.kh + ky) * g.kw + kx) * plane;
                 let (oy_lo, oy_hi) = Geometry::valid(oh, g.h, g.stride.0, ky, g.pads[0]);
                 let (ox_lo, ox_hi) = Geometry::valid(ow, g.w, g.stride.1, kx, g.pads[1]);
                 for oy in oy_lo..oy_hi {
                     let iy = oy * g.stride.0 + ky - g.pads[0];
                     for ox in ox_lo..ox_hi {
                         let ix = ox * g.stride.1 + kx - g.pads[1];
-                        dx[(ci * g.h + iy) * g.w + ix] += row[oy * ow + ox];
+                        f(row + oy * ow + ox, (ci * g.h + iy) * g.w + ix);
                     }
                 }
             }
@@ -478,16 +456,22 @@ mod tests {
         ]
     }
 
+    /// Random weights and input for `g`, and the output length.
+    fn random_layer(g: &Geometry, r: &mut Rng) -> (Vec<f32>, Vec<f32>, usize) {
+        let (oh, ow) = g.out_hw().unwrap();
+        let wlen = g.cout * (g.cin / g.group) * g.kh * g.kw;
+        let w: Vec<f32> = (0..wlen).map(|_| r.normal()).collect();
+        let x: Vec<f32> = (0..g.cin * g.h * g.w).map(|_| r.normal()).collect();
+        (w, x, g.cout * oh * ow)
+    }
+
     #[test]
     fn forward_matches_the_definition_for_every_kind() {
         let mut r = Rng::new(5);
         for g in geometries() {
-            let (oh, ow) = g.out_hw().unwrap();
-            let wlen = g.cout * (g.cin / g.group) * g.kh * g.kw;
-            let w: Vec<f32> = (0..wlen).map(|_| r.normal()).collect();
+            let (w, x, ylen) = random_layer(&g, &mut r);
             let b: Vec<f32> = (0..g.cout).map(|_| r.normal()).collect();
-            let x: Vec<f32> = (0..g.cin * g.h * g.w).map(|_| r.normal()).collect();
-            let mut y = vec![0f32; g.cout * oh * ow];
+            let mut y = vec![0f32; ylen];
             conv_forward(&g, &w, &b, &x, &mut y, &mut Vec::new());
             let want = naive(&g, &w, &b, &x);
             for (a, e) in y.iter().zip(&want) {
@@ -501,12 +485,9 @@ mod tests {
         // <conv(x), v> = <x, convᵀ(v)> for the linear part (bias 0): the defining law.
         let mut r = Rng::new(9);
         for g in geometries() {
-            let (oh, ow) = g.out_hw().unwrap();
-            let wlen = g.cout * (g.cin / g.group) * g.kh * g.kw;
-            let w: Vec<f32> = (0..wlen).map(|_| r.normal()).collect();
+            let (w, x, ylen) = random_layer(&g, &mut r);
             let zero = vec![0f32; g.cout];
-            let x: Vec<f32> = (0..g.cin * g.h * g.w).map(|_| r.normal()).collect();
-            let v: Vec<f32> = (0..g.cout * oh * ow).map(|_| r.normal()).collect();
+            let v: Vec<f32> = (0..ylen).map(|_| r.normal()).collect();
             let mut y = vec![0f32; v.len()];
             let mut col = Vec::new();
             conv_forward(&g, &w, &zero, &x, &mut y, &mut col);

@@ -15,7 +15,7 @@
 //! under qemu).
 
 use super::arith::requant;
-use super::depthwise::DwGeom;
+use super::depthwise::DwCommon;
 
 std::arch::global_asm!(
     ".fpu neon",
@@ -194,67 +194,41 @@ struct DwArgs {
 /// The NEON depthwise kernel for one layer (channels in multiples of 8).
 #[derive(Debug, Clone)]
 pub struct A32Depthwise {
-    geom: DwGeom,
-    /// `[tap][c]`, zero points subtracted.
-    w: Vec<i16>,
-    /// Folded bias (`bias - x_zero·Σw`).
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    /// One pixel of `x_zero` bytes, read for taps in the padding.
-    pad: Vec<u8>,
-    y_zero: i32,
+    /// Weights `[tap][c]`.
+    com: DwCommon,
 }
 
 impl A32Depthwise {
-    /// `None` when the channels are not a multiple of 8.
-    pub fn new(
-        geom: DwGeom,
-        w: &[i16],
-        bias: &[i32],
-        scale: &[f32],
-        x_zero: i32,
-        y_zero: i32,
-    ) -> Option<Self> {
-        let c = geom.c;
+    /// The layer as it is (weights `[tap][c]`); `None` when the channels are not a multiple
+    /// of 8.
+    pub(crate) fn new(com: DwCommon) -> Option<Self> {
+        let c = com.geom.c;
         if c == 0 || !c.is_multiple_of(8) {
             return None;
         }
-        assert!(w.len() == geom.taps() * c && bias.len() == c && scale.len() == c);
-        Some(A32Depthwise {
-            geom,
-            w: w.to_vec(),
-            bias: bias.to_vec(),
-            scale: scale.to_vec(),
-            pad: vec![x_zero as u8; c],
-            y_zero,
-        })
+        Some(A32Depthwise { com })
     }
 
     /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]`.
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
-        let g = &self.geom;
+        let p = &self.com;
+        let g = &p.geom;
         let c = g.c;
         let taps = g.taps();
         assert!(c.is_multiple_of(8));
-        let (oh, ow) = g.checked_run(
-            x,
-            (h, w),
-            out,
-            (self.w.len(), taps * c),
-            &[self.bias.len(), self.scale.len(), self.pad.len()],
-        );
-        let mut rows: Vec<*const u8> = vec![self.pad.as_ptr(); taps];
-        let k = consts(self.y_zero);
+        let (oh, ow) = p.checked_run(x, (h, w), out, taps * c);
+        let mut rows: Vec<*const u8> = vec![p.pad.as_ptr(); taps];
+        let k = consts(p.y_zero);
         for oy in 0..oh {
             for ox in 0..ow {
-                g.tap_rows(x, (h, w), (oy, ox), &self.pad, |t, r| rows[t] = r.as_ptr());
+                g.tap_rows(x, (h, w), (oy, ox), &p.pad, |t, r| rows[t] = r.as_ptr());
                 let dst = &mut out[(oy * ow + ox) * c..][..c];
                 let args = DwArgs {
                     rows: rows.as_ptr(),
                     taps,
-                    w: self.w.as_ptr(),
-                    bias: self.bias.as_ptr(),
-                    scale: self.scale.as_ptr(),
+                    w: p.w.as_ptr(),
+                    bias: p.bias.as_ptr(),
+                    scale: p.scale.as_ptr(),
                     blocks: c / 8,
                     c,
                     out: dst.as_mut_ptr(),

@@ -253,10 +253,27 @@ pub struct TractKernelInfo {
     /// tract's kernel name.
     pub name: &'static str,
     arch: Arch,
-    avx2: bool,
-    avx512vnni: bool,
-    dotprod: bool,
-    neon: bool,
+    needs: &'static [Need],
+}
+
+/// A CPU feature a tract kernel needs besides its architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Avx2,
+    Avx512Vnni,
+    DotProd,
+    Neon,
+}
+
+impl Need {
+    fn on(self, cpu: &Cpu) -> bool {
+        match self {
+            Need::Avx2 => cpu.avx2,
+            Need::Avx512Vnni => cpu.avx512vnni,
+            Need::DotProd => cpu.dotprod,
+            Need::Neon => cpu.neon,
+        }
+    }
 }
 
 impl TractKernelInfo {
@@ -267,77 +284,30 @@ impl TractKernelInfo {
             Arch::Arm => cfg!(target_arch = "arm"),
             Arch::Other => false,
         };
-        built
-            && cpu.arch == self.arch
-            && (!self.avx2 || cpu.avx2)
-            && (!self.avx512vnni || cpu.avx512vnni)
-            && (!self.dotprod || cpu.dotprod)
-            && (!self.neon || cpu.neon)
+        built && cpu.arch == self.arch && self.needs.iter().all(|n| n.on(cpu))
     }
 }
 
-const fn tk(
-    name: &'static str,
-    arch: Arch,
-    avx2: bool,
-    avx512vnni: bool,
-    dotprod: bool,
-    neon: bool,
-) -> TractKernelInfo {
-    TractKernelInfo {
-        name,
-        arch,
-        avx2,
-        avx512vnni,
-        dotprod,
-        neon,
-    }
+const fn tk(name: &'static str, arch: Arch, needs: &'static [Need]) -> TractKernelInfo {
+    TractKernelInfo { name, arch, needs }
 }
 
 /// The tract-linalg 0.23.9 int8 kernels (i8×i8 → i32) for the targets teachcam ships.
-pub const TRACT_KERNELS: [TractKernelInfo; 6] = [
-    tk("avx2_mmm_i32_8x8", Arch::X86_64, true, false, false, false),
-    tk(
-        "avx512vnni_mmm_i32_8x8",
-        Arch::X86_64,
-        true,
-        true,
-        false,
-        false,
-    ),
-    tk(
-        "avx512vnni_mmm_i32_16x16",
-        Arch::X86_64,
-        true,
-        true,
-        false,
-        false,
-    ),
-    tk(
-        "arm64simd_mmm_i32_8x8",
-        Arch::Aarch64,
-        false,
-        false,
-        false,
-        true,
-    ),
-    tk(
-        "arm64simd_mmm_i32_8x8_dot",
-        Arch::Aarch64,
-        false,
-        false,
-        true,
-        true,
-    ),
-    tk(
-        "armv7neon_mmm_i32_8x4",
-        Arch::Arm,
-        false,
-        false,
-        false,
-        true,
-    ),
-];
+pub const TRACT_KERNELS: [TractKernelInfo; 6] = {
+    use Need::*;
+    [
+        tk("avx2_mmm_i32_8x8", Arch::X86_64, &[Avx2]),
+        tk("avx512vnni_mmm_i32_8x8", Arch::X86_64, &[Avx2, Avx512Vnni]),
+        tk(
+            "avx512vnni_mmm_i32_16x16",
+            Arch::X86_64,
+            &[Avx2, Avx512Vnni],
+        ),
+        tk("arm64simd_mmm_i32_8x8", Arch::Aarch64, &[Neon]),
+        tk("arm64simd_mmm_i32_8x8_dot", Arch::Aarch64, &[DotProd, Neon]),
+        tk("armv7neon_mmm_i32_8x4", Arch::Arm, &[Neon]),
+    ]
+};
 
 /// A kernel choice with the reason for it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

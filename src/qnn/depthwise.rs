@@ -168,7 +168,7 @@ impl DepthwiseParams<'_> {
     }
 
     /// `bias - x_zero·Σ_taps w` per channel, for kernels that read raw `u8` activations.
-    pub(crate) fn folded_bias(&self, taps_by_channel: &[i16]) -> Vec<i32> {
+    fn folded_bias(&self, taps_by_channel: &[i16]) -> Vec<i32> {
         let c = self.geom.c;
         (0..c)
             .map(|ch| {
@@ -178,6 +178,59 @@ impl DepthwiseParams<'_> {
                 self.bias[ch] - self.x_zero * sum
             })
             .collect()
+    }
+}
+
+/// What every SIMD depthwise kernel keeps: they read raw `u8` activations, with the
+/// activation zero point folded into the bias and a pad row of `x_zero` bytes (module doc).
+#[derive(Debug, Clone)]
+pub(crate) struct DwCommon {
+    /// Shape.
+    pub geom: DwGeom,
+    /// Weights minus their zero points: `[tap][c]` ([`DepthwiseParams::taps_by_channel`]),
+    /// or the kernel's own packing of them.
+    pub w: Vec<i16>,
+    /// Folded bias (`bias - x_zero·Σw`) per channel.
+    pub bias: Vec<i32>,
+    /// Output scale per channel.
+    pub scale: Vec<f32>,
+    /// One pixel of `x_zero` bytes, read for taps in the padding.
+    pub pad: Vec<u8>,
+    /// Output zero point.
+    pub y_zero: i32,
+}
+
+impl DwCommon {
+    /// `p` with `w` its [`DepthwiseParams::taps_by_channel`] (`p` checked).
+    fn new(p: &DepthwiseParams, w: Vec<i16>) -> Self {
+        let c = p.geom.c;
+        assert!(w.len() == p.geom.taps() * c && p.bias.len() == c && p.scale.len() == c);
+        DwCommon {
+            geom: p.geom,
+            bias: p.folded_bias(&w),
+            w,
+            scale: p.scale.to_vec(),
+            pad: vec![p.x_zero as u8; c],
+            y_zero: p.y_zero,
+        }
+    }
+
+    /// [`DwGeom::checked_run`] on this kernel's arrays, its packed weights being `weights`
+    /// values: the output size, every length the kernel's unsafe code relies on checked.
+    pub fn checked_run(
+        &self,
+        x: &[u8],
+        (h, w): (usize, usize),
+        out: &[u8],
+        weights: usize,
+    ) -> (usize, usize) {
+        self.geom.checked_run(
+            x,
+            (h, w),
+            out,
+            (self.w.len(), weights),
+            &[self.bias.len(), self.scale.len(), self.pad.len()],
+        )
     }
 }
 
@@ -216,28 +269,15 @@ impl Depthwise {
                 y_zero: p.y_zero,
             }),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
-                let bias = p.folded_bias(&w);
-                Imp::Avx2(
-                    super::x86::Avx2Depthwise::new(p.geom, &w, &bias, p.scale, p.x_zero, p.y_zero)
-                        .ok_or_else(unavailable)?,
-                )
-            }
+            Kernel::Avx2 => Imp::Avx2(
+                super::x86::Avx2Depthwise::new(DwCommon::new(p, w)).ok_or_else(unavailable)?,
+            ),
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => {
-                let bias = p.folded_bias(&w);
-                Imp::Neon(super::neon::NeonDepthwise::new(
-                    p.geom, &w, &bias, p.scale, p.x_zero, p.y_zero,
-                ))
-            }
+            Kernel::Neon => Imp::Neon(super::neon::NeonDepthwise::new(DwCommon::new(p, w))),
             #[cfg(target_arch = "arm")]
-            Kernel::Neon if super::cpu::Cpu::detect().neon => {
-                let bias = p.folded_bias(&w);
-                Imp::A32(
-                    super::arm32::A32Depthwise::new(p.geom, &w, &bias, p.scale, p.x_zero, p.y_zero)
-                        .ok_or_else(unavailable)?,
-                )
-            }
+            Kernel::Neon if super::cpu::Cpu::detect().neon => Imp::A32(
+                super::arm32::A32Depthwise::new(DwCommon::new(p, w)).ok_or_else(unavailable)?,
+            ),
             _ => return Err(unavailable()),
         };
         Ok(Depthwise {

@@ -18,7 +18,8 @@
 
 use std::arch::aarch64::*;
 
-use super::depthwise::DwGeom;
+use super::depthwise::DwCommon;
+use super::pointwise::{PointwiseParams, PwCommon};
 
 /// Requantise 8 accumulators (bias included) to 8 bytes.
 ///
@@ -48,88 +49,57 @@ unsafe fn requant8(
 /// The NEON depthwise kernel for one layer.
 #[derive(Debug, Clone)]
 pub struct NeonDepthwise {
-    geom: DwGeom,
-    /// `[tap][c]`, zero points subtracted.
-    w: Vec<i16>,
-    /// Folded bias.
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    /// One pixel of `x_zero` bytes, read for taps in the padding.
-    pad: Vec<u8>,
-    x_zero: i32,
-    y_zero: i32,
+    /// Weights `[tap][c]`.
+    com: DwCommon,
 }
 
 impl NeonDepthwise {
-    /// Weights `[tap][c]` (zero points subtracted) and the folded bias.
-    pub fn new(
-        geom: DwGeom,
-        w: &[i16],
-        bias: &[i32],
-        scale: &[f32],
-        x_zero: i32,
-        y_zero: i32,
-    ) -> Self {
-        assert!(w.len() == geom.taps() * geom.c && bias.len() == geom.c && scale.len() == geom.c);
-        NeonDepthwise {
-            geom,
-            w: w.to_vec(),
-            bias: bias.to_vec(),
-            scale: scale.to_vec(),
-            pad: vec![x_zero as u8; geom.c],
-            x_zero,
-            y_zero,
-        }
+    /// The layer as it is (weights `[tap][c]`).
+    pub(crate) fn new(com: DwCommon) -> Self {
+        NeonDepthwise { com }
     }
 
     /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]`.
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
-        let g = &self.geom;
+        let p = &self.com;
+        let g = &p.geom;
         let c = g.c;
         let taps = g.taps();
-        let (oh, ow) = g.checked_run(
-            x,
-            (h, w),
-            out,
-            (self.w.len(), taps * c),
-            &[self.bias.len(), self.scale.len(), self.pad.len()],
-        );
-        let mut rows: Vec<&[u8]> = vec![&self.pad; taps];
-        let lo = -self.y_zero;
-        let hi = 255 - self.y_zero;
+        let (oh, ow) = p.checked_run(x, (h, w), out, taps * c);
+        let mut rows: Vec<&[u8]> = vec![&p.pad; taps];
+        let lo = -p.y_zero;
+        let hi = 255 - p.y_zero;
         let blocks = c / 8;
         for oy in 0..oh {
             for ox in 0..ow {
-                g.tap_rows(x, (h, w), (oy, ox), &self.pad, |t, r| rows[t] = r);
+                g.tap_rows(x, (h, w), (oy, ox), &p.pad, |t, r| rows[t] = r);
                 let dst = &mut out[(oy * ow + ox) * c..][..c];
                 // SAFETY: every row in `rows` and `dst` has c bytes, `w` has taps * c values,
                 // `bias` and `scale` c values (asserted above), and b * 8 + 8 <= c.
                 unsafe {
-                    let (vlo, vhi, vz) =
-                        (vdupq_n_s32(lo), vdupq_n_s32(hi), vdupq_n_s32(self.y_zero));
+                    let (vlo, vhi, vz) = (vdupq_n_s32(lo), vdupq_n_s32(hi), vdupq_n_s32(p.y_zero));
                     for b in 0..blocks {
-                        let mut a0 = vld1q_s32(self.bias.as_ptr().add(b * 8));
-                        let mut a1 = vld1q_s32(self.bias.as_ptr().add(b * 8 + 4));
+                        let mut a0 = vld1q_s32(p.bias.as_ptr().add(b * 8));
+                        let mut a1 = vld1q_s32(p.bias.as_ptr().add(b * 8 + 4));
                         for (t, row) in rows.iter().enumerate() {
                             let xv =
                                 vreinterpretq_s16_u16(vmovl_u8(vld1_u8(row.as_ptr().add(b * 8))));
-                            let wv = vld1q_s16(self.w.as_ptr().add(t * c + b * 8));
+                            let wv = vld1q_s16(p.w.as_ptr().add(t * c + b * 8));
                             a0 = vmlal_s16(a0, vget_low_s16(xv), vget_low_s16(wv));
                             a1 = vmlal_high_s16(a1, xv, wv);
                         }
-                        let q = requant8(a0, a1, self.scale.as_ptr().add(b * 8), vlo, vhi, vz);
+                        let q = requant8(a0, a1, p.scale.as_ptr().add(b * 8), vlo, vhi, vz);
                         vst1_u8(dst.as_mut_ptr().add(b * 8), q);
                     }
                 }
                 // Channels past the last block of 8 (none in MobileNets), in plain Rust.
                 for ch in blocks * 8..c {
-                    let mut acc = self.bias[ch];
+                    let mut acc = p.bias[ch];
                     for (t, row) in rows.iter().enumerate() {
-                        acc += row[ch] as i32 * self.w[t * c + ch] as i32;
+                        acc += row[ch] as i32 * p.w[t * c + ch] as i32;
                     }
-                    dst[ch] = super::arith::requant(acc, self.scale[ch], self.y_zero);
+                    dst[ch] = super::arith::requant(acc, p.scale[ch], p.y_zero);
                 }
-                let _ = self.x_zero;
             }
         }
     }
@@ -141,36 +111,26 @@ const CR: usize = 4;
 /// The NEON 1×1 kernel for cores without the dot product (see the module doc).
 #[derive(Debug, Clone)]
 pub struct NeonPointwise {
-    k: usize,
-    n: usize,
     /// `k` rounded up to 16.
     k16: usize,
     /// `[panel of 4 channels][k16 / 16][4][16]` `i8`.
     w: Vec<i8>,
-    /// Bias folded for `i8` activations (`+128·Σw`), padded to whole panels.
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    y_zero: i32,
+    /// Bias folded for `i8` activations (`+128·Σw`), bias and scales padded to whole panels.
+    com: PwCommon,
 }
 
 impl NeonPointwise {
-    /// Pack `w` (`[n][k]`); `bias` is folded for raw `u8` activations. `None` when a weight
+    /// Pack the layer `l` (its bias folded for raw `u8` activations). `None` when a weight
     /// is -128 (two products could then overflow an `i16` lane). Cores with the dot product
     /// use tract-linalg's SDOT kernel instead (README, "Kernel choice").
-    pub fn new(
-        n: usize,
-        k: usize,
-        w: &[i8],
-        bias: &[i32],
-        scale: &[f32],
-        y_zero: i32,
-    ) -> Option<Self> {
+    pub fn new(l: &PointwiseParams) -> Option<Self> {
+        let (n, k, w) = (l.n, l.k, l.w);
         if n == 0 || k == 0 || w.contains(&i8::MIN) {
             return None;
         }
-        assert!(w.len() == n * k && bias.len() == n && scale.len() == n);
         let k16 = k.div_ceil(16) * 16;
         let panels = n.div_ceil(CR);
+        let com = PwCommon::new(l, panels * CR, 128);
         let mut packed = vec![0i8; panels * k16 * CR];
         for p in 0..panels {
             for kb in 0..k16 / 16 {
@@ -188,42 +148,33 @@ impl NeonPointwise {
                 }
             }
         }
-        let mut folded: Vec<i32> = (0..n)
-            .map(|m| bias[m] + 128 * w[m * k..(m + 1) * k].iter().map(|&v| v as i32).sum::<i32>())
-            .collect();
-        folded.resize(panels * CR, 0);
-        let mut scale = scale.to_vec();
-        scale.resize(panels * CR, 0.0);
         Some(NeonPointwise {
-            k,
-            n,
             k16,
             w: packed,
-            bias: folded,
-            scale,
-            y_zero,
+            com,
         })
     }
 
     /// `x`: `[pixels][k]`, `out`: `[pixels][n]`.
     pub fn run(&self, x: &[u8], out: &mut [u8]) {
-        let (k, n, k16) = (self.k, self.n, self.k16);
-        let pixels = x.len() / k;
-        assert!(x.len() == pixels * k && out.len() == pixels * n);
-        let panels = n.div_ceil(CR);
-        assert!(
-            self.w.len() == panels * k16 * CR
-                && self.bias.len() == panels * CR
-                && self.scale.len() == panels * CR
-        );
+        let PwCommon {
+            k,
+            n,
+            ref bias,
+            ref scale,
+            y_zero,
+        } = self.com;
+        let k16 = self.k16;
+        let (pixels, panels) = self.com.checked_tiles(x, out, CR);
+        assert!(self.w.len() == panels * k16 * CR);
         // Activations of one block of 4 pixels as i8, k padded with zeros to k16.
         let mut block = vec![0i8; PR * k16];
         // SAFETY: NEON is part of every aarch64 CPU.
         let (lo, hi, zero) = unsafe {
             (
-                vdupq_n_s32(-self.y_zero),
-                vdupq_n_s32(255 - self.y_zero),
-                vdupq_n_s32(self.y_zero),
+                vdupq_n_s32(-y_zero),
+                vdupq_n_s32(255 - y_zero),
+                vdupq_n_s32(y_zero),
             )
         };
         for p0 in (0..pixels).step_by(PR) {
@@ -237,7 +188,8 @@ impl NeonPointwise {
             for panel in 0..panels {
                 // SAFETY: `block` holds PR rows of k16 values; the panel's weights are
                 // k16 * CR values from panel * k16 * CR (< w.len(), asserted); bias/scale
-                // reads are 4 values from panel * 4; output writes are `cols` bytes per row
+                // reads are 4 values from panel * 4 (whole panels, `checked_tiles`); output
+                // writes are `cols` bytes per row
                 // within out[(p0 + r) * n ..][..n] for r < rows.
                 unsafe {
                     let wp = self.w.as_ptr().add(panel * k16 * CR);
@@ -265,8 +217,8 @@ impl NeonPointwise {
                             }
                         }
                     }
-                    let bias = vld1q_s32(self.bias.as_ptr().add(panel * CR));
-                    let scale = vld1q_f32(self.scale.as_ptr().add(panel * CR));
+                    let bias = vld1q_s32(bias.as_ptr().add(panel * CR));
+                    let scale = vld1q_f32(scale.as_ptr().add(panel * CR));
                     let cols = (n - panel * CR).min(CR);
                     for (r, acc_r) in acc.iter().enumerate().take(rows) {
                         let sums = vpaddq_s32(

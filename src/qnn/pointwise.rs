@@ -33,7 +33,7 @@ pub struct PointwiseParams<'a> {
     pub y_zero: i32,
 }
 
-impl PointwiseParams<'_> {
+impl<'a> PointwiseParams<'a> {
     fn check(&self) -> Result<(), String> {
         if self.n == 0 || self.k == 0 {
             return Err("1x1 layer with no channels".into());
@@ -58,7 +58,7 @@ impl PointwiseParams<'_> {
     }
 
     /// `bias - x_zero·Σ_k w`: the bias for raw `u8` activations.
-    pub(crate) fn folded_bias(&self) -> Vec<i32> {
+    fn folded_bias(&self) -> Vec<i32> {
         (0..self.n)
             .map(|o| {
                 let sum: i32 = self.w[o * self.k..(o + 1) * self.k]
@@ -68,6 +68,76 @@ impl PointwiseParams<'_> {
                 self.bias[o] - self.x_zero * sum
             })
             .collect()
+    }
+
+    /// The same layer on raw `u8` activations: `bias` is [`Self::folded_bias`] and the
+    /// activation zero point 0. Every kernel is given this form.
+    fn with_folded_bias<'b>(&self, bias: &'b [i32]) -> PointwiseParams<'b>
+    where
+        'a: 'b,
+    {
+        PointwiseParams {
+            bias,
+            x_zero: 0,
+            ..*self
+        }
+    }
+}
+
+/// What every 1×1 kernel keeps besides its packed weights: the shape and the requantisation.
+#[derive(Debug, Clone)]
+pub(crate) struct PwCommon {
+    /// Input channels.
+    pub k: usize,
+    /// Output channels.
+    pub n: usize,
+    /// Bias per output channel, zero past `n`.
+    pub bias: Vec<i32>,
+    /// Output scale per output channel, zero past `n`.
+    pub scale: Vec<f32>,
+    /// Output zero point.
+    pub y_zero: i32,
+}
+
+impl PwCommon {
+    /// `l`'s shape and epilogue (`l` as [`PointwiseParams::with_folded_bias`] gives it), bias
+    /// and scales padded with zeros to `padded` channels (whole panels of the kernel). A kernel
+    /// that multiplies `x - shift` instead of the raw `u8` activation `x` (`i8` activations:
+    /// `x ^ 0x80`, shift 128) passes `shift`, and `shift·Σw` joins the bias.
+    pub(crate) fn new(l: &PointwiseParams, padded: usize, shift: i32) -> Self {
+        let (k, n) = (l.k, l.n);
+        assert!(l.w.len() == n * k && l.bias.len() == n && l.scale.len() == n);
+        assert!(
+            l.x_zero == 0 && padded >= n,
+            "a kernel takes the folded layer"
+        );
+        let mut bias = l.bias.to_vec();
+        if shift != 0 {
+            for (b, w) in bias.iter_mut().zip(l.w.chunks_exact(k)) {
+                *b += shift * w.iter().map(|&v| v as i32).sum::<i32>();
+            }
+        }
+        bias.resize(padded, 0);
+        let mut scale = l.scale.to_vec();
+        scale.resize(padded, 0.0);
+        PwCommon {
+            k,
+            n,
+            bias,
+            scale,
+            y_zero: l.y_zero,
+        }
+    }
+
+    /// Pixels in `x` and panels of `panel` channels, after checking the lengths a kernel's
+    /// tiles rely on: `x` is `[pixels][k]`, `out` `[pixels][n]`, and the bias and scales cover
+    /// whole panels. Panics otherwise (a caller's bug, never input).
+    pub(crate) fn checked_tiles(&self, x: &[u8], out: &[u8], panel: usize) -> (usize, usize) {
+        let pixels = x.len() / self.k;
+        assert!(x.len() == pixels * self.k && out.len() == pixels * self.n);
+        let panels = self.n.div_ceil(panel);
+        assert!(self.bias.len() == panels * panel && self.scale.len() == panels * panel);
+        (pixels, panels)
     }
 }
 
@@ -98,36 +168,22 @@ impl Pointwise {
     pub fn new(p: &PointwiseParams, kernel: Kernel) -> Result<Self, String> {
         p.check()?;
         let bias = p.folded_bias();
+        let l = &p.with_folded_bias(&bias);
         let unavailable = || format!("kernel {} is not available here", kernel.name());
         let imp = match kernel {
             Kernel::Portable => Imp::Portable(Portable {
-                k: p.k,
-                n: p.n,
                 w: p.w.to_vec(),
-                bias,
-                scale: p.scale.to_vec(),
-                y_zero: p.y_zero,
+                com: PwCommon::new(l, p.n, 0),
             }),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => Imp::Avx2(
-                super::x86::Avx2Pointwise::new(p.n, p.k, p.w, &bias, p.scale, p.y_zero)
-                    .ok_or_else(unavailable)?,
-            ),
+            Kernel::Avx2 => Imp::Avx2(super::x86::Avx2Pointwise::new(l).ok_or_else(unavailable)?),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Vnni => Imp::Vnni(
-                super::x86::VnniPointwise::new(p.n, p.k, p.w, &bias, p.scale, p.y_zero)
-                    .ok_or_else(unavailable)?,
-            ),
+            Kernel::Vnni => Imp::Vnni(super::x86::VnniPointwise::new(l).ok_or_else(unavailable)?),
             #[cfg(target_arch = "aarch64")]
-            Kernel::Neon => Imp::Neon(
-                super::neon::NeonPointwise::new(p.n, p.k, p.w, &bias, p.scale, p.y_zero)
-                    .ok_or_else(unavailable)?,
-            ),
+            Kernel::Neon => Imp::Neon(super::neon::NeonPointwise::new(l).ok_or_else(unavailable)?),
             Kernel::Tract(name) => {
                 let mk = MicroKernel::find(name).ok_or_else(unavailable)?;
-                Imp::Tract(TractPointwise::new(
-                    mk, p.n, p.k, p.w, &bias, p.scale, p.y_zero,
-                ))
+                Imp::Tract(TractPointwise::new(mk, l))
             }
             #[allow(unreachable_patterns)]
             _ => return Err(unavailable()),
@@ -180,18 +236,20 @@ impl Pointwise {
 /// that the compiler vectorises (widening multiply-adds on x86 and ARM).
 #[derive(Debug, Clone)]
 struct Portable {
-    k: usize,
-    n: usize,
     /// `[n][k]`.
     w: Vec<i8>,
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    y_zero: i32,
+    com: PwCommon,
 }
 
 impl Portable {
     fn run(&self, x: &[u8], out: &mut [u8]) {
-        let (k, n) = (self.k, self.n);
+        let PwCommon {
+            k,
+            n,
+            ref bias,
+            ref scale,
+            y_zero,
+        } = self.com;
         let pixels = x.len() / k;
         let mut acc = vec![0i32; 4 * n];
         for p0 in (0..pixels).step_by(4) {
@@ -216,9 +274,9 @@ impl Portable {
             for r in 0..rows {
                 requant_row(
                     &acc[r * n..(r + 1) * n],
-                    &self.bias,
-                    &self.scale,
-                    self.y_zero,
+                    bias,
+                    scale,
+                    y_zero,
                     &mut out[(p0 + r) * n..(p0 + r + 1) * n],
                 );
             }

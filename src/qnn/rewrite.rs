@@ -401,6 +401,12 @@ mod tests {
         }
     }
 
+    /// The op types of `m`'s nodes, in order.
+    fn op_types(m: ModelProto) -> Vec<String> {
+        let nodes = m.graph.unwrap().node;
+        nodes.into_iter().map(|n| n.op_type).collect()
+    }
+
     fn conv(x: &str, y: &str) -> NodeProto {
         node(
             "QLinearConv",
@@ -438,13 +444,7 @@ mod tests {
             (done.quantize, done.conv, done.add, done.mean),
             (1, 3, 1, 1)
         );
-        let ops: Vec<String> = m
-            .graph
-            .unwrap()
-            .node
-            .into_iter()
-            .map(|n| n.op_type)
-            .collect();
+        let ops = op_types(m);
         assert_eq!(
             ops,
             [QUANTIZE, QCONV, QCONV, QADD, QUANTIZE, QCONV, DEQUANT_MEAN]
@@ -532,13 +532,7 @@ mod tests {
         let mut m = stem_model(true);
         let done = rewrite(&mut m, &plan()).unwrap().unwrap();
         assert_eq!(done.stem, 0, "a second reader of r1 keeps the float stem");
-        let ops: Vec<String> = m
-            .graph
-            .unwrap()
-            .node
-            .into_iter()
-            .map(|n| n.op_type)
-            .collect();
+        let ops = op_types(m);
         assert_eq!(ops[..5], ["Conv", "Clip", "Conv", "Clip", QUANTIZE]);
     }
 }

@@ -210,20 +210,19 @@ impl Stem {
         assert_eq!(x.len(), self.cin * h * w, "stem input length");
         assert_eq!(out.len(), oh * ow * self.c, "stem output length");
         SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let Scratch { input, ring } = &mut *scratch;
+            let scratch = &mut *scratch.borrow_mut();
             match self.kernel {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Stem::new` accepted this kernel only where AVX2 and FMA were
                 // detected.
-                Kernel::Avx2 => unsafe { run_avx2_fma(self, x, h, w, out, input, ring) },
+                Kernel::Avx2 => unsafe { run_avx2_fma(self, x, (h, w), out, scratch) },
                 #[cfg(target_arch = "aarch64")]
                 // SAFETY: NEON is part of every aarch64 CPU.
                 Kernel::Neon => unsafe {
-                    run_with::<super::neon::StemNeon>(self, x, h, w, out, input, ring)
+                    run_with::<super::neon::StemNeon>(self, x, (h, w), out, scratch)
                 },
                 // SAFETY: the portable blocks need no instruction-set extension.
-                _ => unsafe { run_with::<PortableBlocks>(self, x, h, w, out, input, ring) },
+                _ => unsafe { run_with::<PortableBlocks>(self, x, (h, w), out, scratch) },
             }
         })
     }
@@ -247,16 +246,14 @@ fn fma_available() -> bool {
 unsafe fn run_avx2_fma(
     s: &Stem,
     x: &[f32],
-    h: usize,
-    w: usize,
+    hw: (usize, usize),
     out: &mut [u8],
-    input: &mut Vec<f32>,
-    ring: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) {
     // No closure between here and the loops: a closure would not inherit this function's
     // target features, and the blocks' intrinsics would not be inlined.
     // SAFETY: the caller checked AVX2 and FMA, which `StemAvx2` needs.
-    unsafe { run_with::<super::x86::StemAvx2>(s, x, h, w, out, input, ring) }
+    unsafe { run_with::<super::x86::StemAvx2>(s, x, hw, out, scratch) }
 }
 
 /// Per-thread buffers of the stem: the padded NHWC input and the ring of convolution rows.
@@ -287,12 +284,11 @@ thread_local! {
 unsafe fn run_with<K: Blocks>(
     s: &Stem,
     x: &[f32],
-    h: usize,
-    w: usize,
+    (h, w): (usize, usize),
     out: &mut [u8],
-    input: &mut Vec<f32>,
-    ring: &mut Vec<f32>,
+    scratch: &mut Scratch,
 ) {
+    let Scratch { input, ring } = scratch;
     let (c, cin) = (s.c, s.cin);
     let (h1, w1) = s.conv.out_size(h, w).unwrap_or((0, 0));
     let (h2, w2) = s.dw.out_size(h1, w1).unwrap_or((0, 0));
@@ -539,6 +535,15 @@ mod tests {
         (y2, (h2, w2))
     }
 
+    /// A 3×3 kernel with the same stride both ways.
+    fn k3(stride: usize, pads: [usize; 4]) -> ConvGeom {
+        ConvGeom {
+            kernel: (3, 3),
+            stride: (stride, stride),
+            pads,
+        }
+    }
+
     #[test]
     fn every_stem_kernel_computes_the_two_convolutions() {
         let mut r = crate::rng::Rng::new(5);
@@ -551,19 +556,11 @@ mod tests {
         let p = StemParams {
             cin,
             c,
-            conv: ConvGeom {
-                kernel: (3, 3),
-                stride: (2, 2),
-                pads: [0, 0, 1, 1],
-            },
+            conv: k3(2, [0, 0, 1, 1]),
             conv_w: &conv_w,
             conv_b: &conv_b,
             clip1: (0.0, 6.0),
-            dw: ConvGeom {
-                kernel: (3, 3),
-                stride: (1, 1),
-                pads: [1, 1, 1, 1],
-            },
+            dw: k3(1, [1, 1, 1, 1]),
             dw_w: &dw_w,
             dw_b: &dw_b,
             clip2: (0.0, 6.0),

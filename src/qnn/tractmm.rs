@@ -26,6 +26,7 @@ use tract_onnx::tract_core::tract_linalg;
 
 use super::arith::requant_row;
 use super::buf::AlignedBuf;
+use super::pointwise::{PointwiseParams, PwCommon};
 
 /// How a micro-kernel wants one operand laid out (tract-linalg's two int8 formats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,14 +196,10 @@ impl MicroKernel {
 #[derive(Debug, Clone)]
 pub struct TractPointwise {
     kernel: MicroKernel,
-    k: usize,
-    n: usize,
     /// Weight panels of `mr` output channels, in the kernel's A layout.
     a: AlignedBuf,
-    /// Folded bias (see the module doc), padded to whole panels.
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    y_zero: i32,
+    /// Folded bias (see the module doc), bias and scales padded to whole panels.
+    com: PwCommon,
     /// The requantisation epilogue for this CPU.
     requant: RequantRow,
 }
@@ -233,21 +230,13 @@ thread_local! {
 }
 
 impl TractPointwise {
-    /// Pack weights `w` (`[n][k]`, `i8`) for `kernel`. `bias` is the layer's bias with the
-    /// activation zero point folded as for `u8` activations (`bias - x_zero·Σw`); the shift to
-    /// `i8` activations is added here.
-    pub fn new(
-        kernel: MicroKernel,
-        n: usize,
-        k: usize,
-        w: &[i8],
-        bias: &[i32],
-        scale: &[f32],
-        y_zero: i32,
-    ) -> Self {
-        assert!(w.len() == n * k && bias.len() == n && scale.len() == n);
+    /// Pack the layer `l` for `kernel`. `l`'s bias has the activation zero point folded as
+    /// for `u8` activations (`bias - x_zero·Σw`); the shift to `i8` activations is added here.
+    pub fn new(kernel: MicroKernel, l: &PointwiseParams) -> Self {
+        let (n, k, w) = (l.n, l.k, l.w);
         let mr = kernel.mr;
         let panels = n.div_ceil(mr);
+        let com = PwCommon::new(l, panels * mr, 128);
         let pa = kernel.a.panel_bytes(k);
         let mut a = AlignedBuf::zeroed(panels * pa + 64);
         let bytes: Vec<u8> = w.iter().map(|&v| v as u8).collect();
@@ -263,23 +252,10 @@ impl TractPointwise {
                 dst,
             );
         }
-        let mut folded: Vec<i32> = (0..n)
-            .map(|m| {
-                let sum: i32 = w[m * k..(m + 1) * k].iter().map(|&v| v as i32).sum();
-                bias[m] + 128 * sum
-            })
-            .collect();
-        folded.resize(panels * mr, 0);
-        let mut scale = scale.to_vec();
-        scale.resize(panels * mr, 0.0);
         TractPointwise {
             kernel,
-            k,
-            n,
             a,
-            bias: folded,
-            scale,
-            y_zero,
+            com,
             requant: requant_for_this_cpu(),
         }
     }
@@ -291,7 +267,7 @@ impl TractPointwise {
 
     /// `x`: `[pixels][k]` `u8`; `out`: `[pixels][n]`.
     pub fn run(&self, x: &[u8], out: &mut [u8]) {
-        let (k, n) = (self.k, self.n);
+        let (k, n) = (self.com.k, self.com.n);
         assert!(k > 0 && x.len().is_multiple_of(k), "pointwise input length");
         let pixels = x.len() / k;
         assert_eq!(out.len(), pixels * n, "pointwise output length");
@@ -347,9 +323,9 @@ impl TractPointwise {
                 for r in 0..rows {
                     (self.requant)(
                         &s.acc[r * npad..r * npad + n],
-                        &self.bias,
-                        &self.scale,
-                        self.y_zero,
+                        &self.com.bias,
+                        &self.com.scale,
+                        self.com.y_zero,
                         &mut out[(p0 + r) * n..(p0 + r + 1) * n],
                     );
                 }

@@ -22,7 +22,8 @@
 
 use std::arch::x86_64::*;
 
-use super::depthwise::DwGeom;
+use super::depthwise::DwCommon;
+use super::pointwise::{PointwiseParams, PwCommon};
 
 const MR: usize = 6;
 const NR: usize = 16;
@@ -38,36 +39,19 @@ fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// Bias and scales padded to whole 16-channel panels.
-fn padded<T: Copy + Default>(v: &[T], panels: usize) -> Vec<T> {
-    let mut out = v.to_vec();
-    out.resize(panels * NR, T::default());
-    out
-}
-
 /// The VNNI 1×1 kernel: weights `[panel][k/4][16][4]`.
 #[derive(Debug, Clone)]
 pub struct VnniPointwise {
     isa: Isa,
-    k: usize,
-    n: usize,
     w: Vec<i8>,
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    y_zero: i32,
+    /// Bias and scales padded to whole panels.
+    com: PwCommon,
 }
 
 impl VnniPointwise {
-    /// Pack `w` (`[n][k]`); `bias` is folded for raw `u8` activations. `None` when the CPU
-    /// has no VNNI, or `k` is not a multiple of 4.
-    pub fn new(
-        n: usize,
-        k: usize,
-        w: &[i8],
-        bias: &[i32],
-        scale: &[f32],
-        y_zero: i32,
-    ) -> Option<Self> {
+    /// Pack the layer `l` (its bias folded for raw `u8` activations). `None` when the CPU has
+    /// no VNNI, or `k` is not a multiple of 4.
+    pub fn new(l: &PointwiseParams) -> Option<Self> {
         let isa = if std::is_x86_feature_detected!("avxvnni") && has_avx2() {
             Isa::AvxVnni
         } else if std::is_x86_feature_detected!("avx512vnni")
@@ -78,11 +62,12 @@ impl VnniPointwise {
         } else {
             return None;
         };
+        let (n, k, w) = (l.n, l.k, l.w);
         if k == 0 || !k.is_multiple_of(4) || n == 0 {
             return None;
         }
-        assert!(w.len() == n * k && bias.len() == n && scale.len() == n);
         let panels = n.div_ceil(NR);
+        let com = PwCommon::new(l, panels * NR, 0);
         let k4 = k / 4;
         let mut packed = vec![0i8; panels * k4 * NR * 4];
         for p in 0..panels {
@@ -99,27 +84,18 @@ impl VnniPointwise {
         }
         Some(VnniPointwise {
             isa,
-            k,
-            n,
             w: packed,
-            bias: padded(bias, panels),
-            scale: padded(scale, panels),
-            y_zero,
+            com,
         })
     }
 
     /// `x`: `[pixels][k]`, `out`: `[pixels][n]`.
     pub fn run(&self, x: &[u8], out: &mut [u8]) {
-        let pixels = x.len() / self.k;
-        assert!(x.len() == pixels * self.k && out.len() == pixels * self.n);
-        let panels = self.n.div_ceil(NR);
-        assert!(
-            self.w.len() == panels * (self.k / 4) * NR * 4
-                && self.bias.len() == panels * NR
-                && self.scale.len() == panels * NR
-        );
+        let (pixels, panels) = self.com.checked_tiles(x, out, NR);
+        assert!(self.w.len() == panels * (self.com.k / 4) * NR * 4);
         // SAFETY: the ISA was detected at construction; the lengths the kernel relies on are
-        // asserted just above, and the kernel indexes only within them (see `vnni_kernel`).
+        // asserted by `checked_tiles` (x, out, bias, scale) and just above (w), and the kernel
+        // indexes only within them (see `vnni_kernel`).
         unsafe {
             match self.isa {
                 Isa::AvxVnni => vnni_avx(self, x, pixels, out),
@@ -146,8 +122,8 @@ unsafe fn vnni_avx512(p: &VnniPointwise, x: &[u8], pixels: usize, out: &mut [u8]
 }
 
 /// # Safety
-/// The CPU has AVX2 (and the instructions `dot` uses); `x.len() == pixels * p.k`,
-/// `out.len() == pixels * p.n`, and `p`'s packed arrays have the lengths `VnniPointwise::run`
+/// The CPU has AVX2 (and the instructions `dot` uses); `x.len() == pixels * p.com.k`,
+/// `out.len() == pixels * p.com.n`, and `p`'s packed arrays have the lengths `VnniPointwise::run`
 /// asserts.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -155,14 +131,11 @@ unsafe fn vnni_kernel<F>(p: &VnniPointwise, x: &[u8], pixels: usize, out: &mut [
 where
     F: Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
 {
-    let (k, n) = (p.k, p.n);
+    let (k, n) = (p.com.k, p.com.n);
     let k4 = k / 4;
     let panels = n.div_ceil(NR);
     let xp = x.as_ptr();
     let op = out.as_mut_ptr();
-    let lo = _mm256_set1_ps(-p.y_zero as f32);
-    let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
-    let zero = _mm256_set1_epi32(p.y_zero);
     for panel in 0..panels {
         // SAFETY (whole block): weight reads stay below (panel + 1) * k4 * 64 <= w.len();
         // bias/scale reads below (panel + 1) * 16; activation reads below pixels * k (rows are
@@ -170,11 +143,7 @@ where
         // panel).
         unsafe {
             let wp = p.w.as_ptr().add(panel * k4 * NR * 4);
-            let b0 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR) as *const __m256i);
-            let b1 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR + 8) as *const __m256i);
-            let s0 = _mm256_loadu_ps(p.scale.as_ptr().add(panel * NR));
-            let s1 = _mm256_loadu_ps(p.scale.as_ptr().add(panel * NR + 8));
-            let cols = (n - panel * NR).min(NR);
+            let epilogue = PanelEpilogue::new(&p.com, panel);
             let mut row0 = 0;
             while row0 < pixels {
                 let rows = (pixels - row0).min(MR);
@@ -193,15 +162,72 @@ where
                         acc[r][1] = dot(acc[r][1], a, w1);
                     }
                 }
-                for (r, acc_r) in acc.iter().enumerate().take(rows) {
-                    store16(
-                        op.add((row0 + r) * n + panel * NR),
-                        cols,
-                        requant8(acc_r[0], b0, s0, lo, hi, zero),
-                        requant8(acc_r[1], b1, s1, lo, hi, zero),
-                    );
-                }
+                epilogue.store(&acc[..rows], op.add(row0 * n), n);
                 row0 += MR;
+            }
+        }
+    }
+}
+
+/// The epilogue of one panel of 16 output channels of a 1×1 kernel, in registers: its bias and
+/// scales, the layer's clamp bounds and zero point.
+#[derive(Clone, Copy)]
+struct PanelEpilogue {
+    /// First channel and channels of the panel (16 but in the last).
+    col0: usize,
+    cols: usize,
+    bias: [__m256i; 2],
+    scale: [__m256; 2],
+    lo: __m256,
+    hi: __m256,
+    zero: __m256i,
+}
+
+impl PanelEpilogue {
+    /// # Safety
+    /// The CPU has AVX2; `com`'s bias and scales cover whole panels (as
+    /// [`PwCommon::checked_tiles`] checks) and `panel < com.n.div_ceil(16)`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn new(com: &PwCommon, panel: usize) -> Self {
+        let col0 = panel * NR;
+        // SAFETY: reads 16 values from col0 of the bias and the scales (caller).
+        unsafe {
+            let (b, s) = (com.bias.as_ptr().add(col0), com.scale.as_ptr().add(col0));
+            PanelEpilogue {
+                col0,
+                cols: (com.n - col0).min(NR),
+                bias: [
+                    _mm256_loadu_si256(b as *const __m256i),
+                    _mm256_loadu_si256(b.add(8) as *const __m256i),
+                ],
+                scale: [_mm256_loadu_ps(s), _mm256_loadu_ps(s.add(8))],
+                lo: _mm256_set1_ps(-com.y_zero as f32),
+                hi: _mm256_set1_ps((255 - com.y_zero) as f32),
+                zero: _mm256_set1_epi32(com.y_zero),
+            }
+        }
+    }
+
+    /// Requantise the tile rows `acc` (16 channels each) and store them: row `r` at
+    /// `rows_out + r·n + col0`, `cols` bytes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `rows_out` starts an output row of `n` bytes followed by at least
+    /// `acc.len() - 1` more.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store(&self, acc: &[[__m256i; 2]], rows_out: *mut u8, n: usize) {
+        let e = self;
+        for (r, acc_r) in acc.iter().enumerate() {
+            // SAFETY: row r of the output (caller), `cols` bytes from col0 within it.
+            unsafe {
+                store16(
+                    rows_out.add(r * n + e.col0),
+                    e.cols,
+                    requant8(acc_r[0], e.bias[0], e.scale[0], e.lo, e.hi, e.zero),
+                    requant8(acc_r[1], e.bias[1], e.scale[1], e.lo, e.hi, e.zero),
+                );
             }
         }
     }
@@ -249,29 +275,20 @@ fn requant8(
 /// The AVX2 1×1 kernel: weights as `i16` pairs, `[panel][ceil(k/2)][16][2]`.
 #[derive(Debug, Clone)]
 pub struct Avx2Pointwise {
-    k: usize,
-    n: usize,
     w: Vec<i16>,
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    y_zero: i32,
+    /// Bias and scales padded to whole panels.
+    com: PwCommon,
 }
 
 impl Avx2Pointwise {
-    /// Pack `w` (`[n][k]`); `bias` is folded for raw `u8` activations. `None` without AVX2.
-    pub fn new(
-        n: usize,
-        k: usize,
-        w: &[i8],
-        bias: &[i32],
-        scale: &[f32],
-        y_zero: i32,
-    ) -> Option<Self> {
+    /// Pack the layer `l` (its bias folded for raw `u8` activations). `None` without AVX2.
+    pub fn new(l: &PointwiseParams) -> Option<Self> {
+        let (n, k, w) = (l.n, l.k, l.w);
         if !has_avx2() || k == 0 || n == 0 {
             return None;
         }
-        assert!(w.len() == n * k && bias.len() == n && scale.len() == n);
         let panels = n.div_ceil(NR);
+        let com = PwCommon::new(l, panels * NR, 0);
         let k2 = k.div_ceil(2);
         let mut packed = vec![0i16; panels * k2 * NR * 2];
         for p in 0..panels {
@@ -287,37 +304,24 @@ impl Avx2Pointwise {
                 }
             }
         }
-        Some(Avx2Pointwise {
-            k,
-            n,
-            w: packed,
-            bias: padded(bias, panels),
-            scale: padded(scale, panels),
-            y_zero,
-        })
+        Some(Avx2Pointwise { w: packed, com })
     }
 
     /// `x`: `[pixels][k]`, `out`: `[pixels][n]`.
     pub fn run(&self, x: &[u8], out: &mut [u8]) {
-        let pixels = x.len() / self.k;
-        assert!(x.len() == pixels * self.k && out.len() == pixels * self.n);
-        let panels = self.n.div_ceil(NR);
-        let k2 = self.k.div_ceil(2);
-        assert!(
-            self.w.len() == panels * k2 * NR * 2
-                && self.bias.len() == panels * NR
-                && self.scale.len() == panels * NR
-        );
+        let (pixels, panels) = self.com.checked_tiles(x, out, NR);
+        let k2 = self.com.k.div_ceil(2);
+        assert!(self.w.len() == panels * k2 * NR * 2);
         // Activations of one block of MR pixels, widened to i16 pairs (k padded to even).
         let mut wide = vec![0i16; MR * k2 * 2];
-        // SAFETY: AVX2 was detected at construction; lengths are asserted above and `wide`
-        // holds MR rows of 2·k2 values.
+        // SAFETY: AVX2 was detected at construction; lengths are asserted above (x, out, bias
+        // and scale by `checked_tiles`) and `wide` holds MR rows of 2·k2 values.
         unsafe { avx2_pointwise(self, x, pixels, &mut wide, out) }
     }
 }
 
 /// # Safety
-/// The CPU has AVX2 and FMA; `x.len() == pixels * p.k`, `out.len() == pixels * p.n`,
+/// The CPU has AVX2 and FMA; `x.len() == pixels * p.com.k`, `out.len() == pixels * p.com.n`,
 /// `wide.len() == MR * 2 * ceil(k/2)`, and `p`'s arrays have the lengths `run` asserts.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_pointwise(
@@ -327,12 +331,9 @@ unsafe fn avx2_pointwise(
     wide: &mut [i16],
     out: &mut [u8],
 ) {
-    let (k, n) = (p.k, p.n);
+    let (k, n) = (p.com.k, p.com.n);
     let k2 = k.div_ceil(2);
     let panels = n.div_ceil(NR);
-    let lo = _mm256_set1_ps(-p.y_zero as f32);
-    let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
-    let zero = _mm256_set1_epi32(p.y_zero);
     let op = out.as_mut_ptr();
     let mut row0 = 0;
     while row0 < pixels {
@@ -366,19 +367,7 @@ unsafe fn avx2_pointwise(
                         acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(a, w1));
                     }
                 }
-                let b0 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR) as *const __m256i);
-                let b1 = _mm256_loadu_si256(p.bias.as_ptr().add(panel * NR + 8) as *const __m256i);
-                let s0 = _mm256_loadu_ps(p.scale.as_ptr().add(panel * NR));
-                let s1 = _mm256_loadu_ps(p.scale.as_ptr().add(panel * NR + 8));
-                let cols = (n - panel * NR).min(NR);
-                for (r, acc_r) in acc.iter().enumerate().take(rows) {
-                    store16(
-                        op.add((row0 + r) * n + panel * NR),
-                        cols,
-                        requant8(acc_r[0], b0, s0, lo, hi, zero),
-                        requant8(acc_r[1], b1, s1, lo, hi, zero),
-                    );
-                }
+                PanelEpilogue::new(&p.com, panel).store(&acc[..rows], op.add(row0 * n), n);
             }
         }
         row0 += MR;
@@ -388,16 +377,10 @@ unsafe fn avx2_pointwise(
 /// The AVX2 depthwise kernel for one layer.
 #[derive(Debug, Clone)]
 pub struct Avx2Depthwise {
-    geom: DwGeom,
-    /// `[pair][block][32]`: the two taps' weights interleaved as `vpunpck{l,h}wd`
-    /// interleave the activations.
-    w: Vec<i16>,
-    /// Folded bias and scales per block, in accumulator order (see `lane_channel`).
-    bias: Vec<i32>,
-    scale: Vec<f32>,
-    /// One pixel of `x_zero` bytes, read for taps in the padding.
-    pad: Vec<u8>,
-    y_zero: i32,
+    /// Weights `[pair][block][32]`: the two taps' weights interleaved as `vpunpck{l,h}wd`
+    /// interleave the activations. Folded bias and scales per block, in accumulator order
+    /// (see `lane_channel`).
+    com: DwCommon,
 }
 
 /// Channel (within a block of 16) held by lane `j` of accumulator `half` (0: from the
@@ -407,21 +390,15 @@ fn lane_channel(half: usize, j: usize) -> usize {
 }
 
 impl Avx2Depthwise {
-    /// Pack weights (`[tap][c]`, zero points subtracted) with the folded bias. `None` without
+    /// Pack the layer's weights (`[tap][c]`) and reorder its bias and scales. `None` without
     /// AVX2 or when `c` is not a multiple of 16.
-    pub fn new(
-        geom: DwGeom,
-        w: &[i16],
-        bias: &[i32],
-        scale: &[f32],
-        x_zero: i32,
-        y_zero: i32,
-    ) -> Option<Self> {
-        let c = geom.c;
+    pub(crate) fn new(mut com: DwCommon) -> Option<Self> {
+        let c = com.geom.c;
         if !has_avx2() || c == 0 || !c.is_multiple_of(16) {
             return None;
         }
-        let taps = geom.taps();
+        let taps = com.geom.taps();
+        let (w, bias, scale) = (&com.w, &com.bias, &com.scale);
         assert!(w.len() == taps * c && bias.len() == c && scale.len() == c);
         let pairs = taps.div_ceil(2);
         let blocks = c / 16;
@@ -443,29 +420,17 @@ impl Avx2Depthwise {
                 }
             }
         }
-        Some(Avx2Depthwise {
-            geom,
-            w: packed,
-            bias: pb,
-            scale: ps,
-            pad: vec![x_zero as u8; c],
-            y_zero,
-        })
+        (com.w, com.bias, com.scale) = (packed, pb, ps);
+        Some(Avx2Depthwise { com })
     }
 
     /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]`.
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
-        let g = &self.geom;
+        let g = &self.com.geom;
         let c = g.c;
         let pairs = g.taps().div_ceil(2);
         assert!(c.is_multiple_of(16));
-        let (oh, ow) = g.checked_run(
-            x,
-            (h, w),
-            out,
-            (self.w.len(), pairs * (c / 16) * 32),
-            &[self.bias.len(), self.scale.len(), self.pad.len()],
-        );
+        let (oh, ow) = self.com.checked_run(x, (h, w), out, pairs * (c / 16) * 32);
         // SAFETY: AVX2 was detected at construction; every length the kernel relies on is
         // asserted above.
         unsafe { dw_avx2(self, x, h, w, oh, ow, out) }
@@ -485,6 +450,7 @@ unsafe fn dw_avx2(
     ow: usize,
     out: &mut [u8],
 ) {
+    let p = &p.com;
     let g = &p.geom;
     let c = g.c;
     let taps = g.taps();
