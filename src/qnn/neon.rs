@@ -253,12 +253,7 @@ impl super::stem::Blocks for StemNeon {
         // SAFETY (whole block): every access is of 4 floats inside a bounds-checked slice of
         // 16 taken just before it; NEON is part of every aarch64 CPU.
         unsafe {
-            let mut acc = [
-                vld1q_f32(b.as_ptr()),
-                vld1q_f32(b.as_ptr().add(4)),
-                vld1q_f32(b.as_ptr().add(8)),
-                vld1q_f32(b.as_ptr().add(12)),
-            ];
+            let mut acc = super::stem::load4!(vld1q_f32, b, 4);
             let mut t = 0;
             for row in patch {
                 for &v in row.iter() {
@@ -286,19 +281,13 @@ impl super::stem::Blocks for StemNeon {
 
     #[inline]
     unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
-        let c = r.c;
         let b: &[f32; 16] = r.dw_b[c0..c0 + 16].try_into().expect("16 biases");
         // SAFETY (whole block): as in `conv`.
         unsafe {
-            let mut acc = [
-                vld1q_f32(b.as_ptr()),
-                vld1q_f32(b.as_ptr().add(4)),
-                vld1q_f32(b.as_ptr().add(8)),
-                vld1q_f32(b.as_ptr().add(12)),
-            ];
+            let mut acc = super::stem::load4!(vld1q_f32, b, 4);
             for (t, px) in taps.iter().enumerate() {
                 let x: &[f32; 16] = px[c0..c0 + 16].try_into().expect("16 inputs");
-                let w: &[f32; 16] = r.dw_w[t * c + c0..t * c + c0 + 16]
+                let w: &[f32; 16] = r.dw_w[t * r.c + c0..t * r.c + c0 + 16]
                     .try_into()
                     .expect("16 weights");
                 for (j, a) in acc.iter_mut().enumerate() {

@@ -531,12 +531,7 @@ impl super::stem::Blocks for StemAvx2 {
         // SAFETY (whole block): every load and store is of 8 floats inside a slice of 32
         // taken (bounds-checked) just before it; AVX2 and FMA are the caller's contract.
         unsafe {
-            let mut acc = [
-                _mm256_loadu_ps(b.as_ptr()),
-                _mm256_loadu_ps(b.as_ptr().add(8)),
-                _mm256_loadu_ps(b.as_ptr().add(16)),
-                _mm256_loadu_ps(b.as_ptr().add(24)),
-            ];
+            let mut acc = super::stem::load4!(_mm256_loadu_ps, b, 8);
             let mut t = 0;
             for row in patch {
                 for &v in row.iter() {
@@ -564,19 +559,13 @@ impl super::stem::Blocks for StemAvx2 {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
-        let c = r.c;
         let b: &[f32; 32] = r.dw_b[c0..c0 + 32].try_into().expect("32 biases");
         // SAFETY (whole block): as in `conv`: 8-float accesses inside checked 32-slices.
         unsafe {
-            let mut acc = [
-                _mm256_loadu_ps(b.as_ptr()),
-                _mm256_loadu_ps(b.as_ptr().add(8)),
-                _mm256_loadu_ps(b.as_ptr().add(16)),
-                _mm256_loadu_ps(b.as_ptr().add(24)),
-            ];
+            let mut acc = super::stem::load4!(_mm256_loadu_ps, b, 8);
             for (t, px) in taps.iter().enumerate() {
                 let x: &[f32; 32] = px[c0..c0 + 32].try_into().expect("32 inputs");
-                let w: &[f32; 32] = r.dw_w[t * c + c0..t * c + c0 + 32]
+                let w: &[f32; 32] = r.dw_w[t * r.c + c0..t * r.c + c0 + 32]
                     .try_into()
                     .expect("32 weights");
                 for (j, a) in acc.iter_mut().enumerate() {

@@ -1355,15 +1355,22 @@ impl Session {
         fx: &mut Vec<Effect>,
     ) {
         self.errors.captures_refused += 1;
-        self.last_error = Some(format!("capture of {class:?} refused: {reason}"));
         // A burst of this requester stops at its first refusal (a full disk stays full).
         self.bursts.retain(|b| b.origin != origin);
-        self.alert(now, fx);
-        fx.push(Effect::Publish(Event::CaptureRefused {
+        let why = format!("capture of {class:?} refused: {reason}");
+        let event = Event::CaptureRefused {
             class,
             reason,
             origin,
-        }));
+        };
+        self.refuse(now, why, event, fx);
+    }
+
+    /// A refusal the user must see: the last error, an alert on the LEDs, the event.
+    fn refuse(&mut self, now: u64, why: String, event: Event, fx: &mut Vec<Effect>) {
+        self.last_error = Some(why);
+        self.alert(now, fx);
+        fx.push(Effect::Publish(event));
     }
 
     // ----------------------------------------------------------------- store
@@ -1428,13 +1435,12 @@ impl Session {
         fx: &mut Vec<Effect>,
     ) {
         let reason = refusal.to_string();
-        self.last_error = Some(reason.clone());
-        self.alert(now, fx);
-        fx.push(Effect::Publish(Event::ActionRefused {
+        let event = Event::ActionRefused {
             action,
-            reason,
+            reason: reason.clone(),
             origin,
-        }));
+        };
+        self.refuse(now, reason, event, fx);
     }
 
     fn store_done(
