@@ -25,6 +25,7 @@ issue's case alone: idle, then 3 MJPEG viewers + 20 API requests/s, 300 s each.
 
 import argparse
 import json
+import os
 import re
 import socket
 import subprocess
@@ -190,18 +191,17 @@ def main():
     dev.terminate()
     dev.wait()
 
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+    mean = lambda xs: sum(xs) / len(xs)
     idle = mean(results["idle"])
     out = {
         "seconds_per_phase": a.seconds,
         "rounds": a.rounds,
         "fps_idle": idle,
-        "fps_mjpeg": mean(results["mjpeg"]),
-        "fps_snapshot": mean(results["snapshot"]),
-        "mjpeg_vs_idle": mean(results["mjpeg"]) / idle,
-        "snapshot_vs_idle": mean(results["snapshot"]) / idle,
-        "fps_heatmap": mean(results["heatmap"]),
-        "heatmap_vs_idle": mean(results["heatmap"]) / idle,
+    }
+    for load in loads:
+        out[f"fps_{load}"] = mean(results[load])
+        out[f"{load}_vs_idle"] = mean(results[load]) / idle
+    out |= {
         "rss_start_bytes": rss0,
         "rss_end_bytes": rss1,
         "rss_growth_bytes": rss1 - rss0,
@@ -212,6 +212,7 @@ def main():
     }
     print(json.dumps(out, indent=2))
     if a.json_out:
+        os.makedirs(os.path.dirname(a.json_out) or ".", exist_ok=True)
         with open(a.json_out, "w") as f:
             json.dump(out, f, indent=2)
 

@@ -883,6 +883,23 @@ mod tests {
             .to_string();
         assert!(e.contains("http.listen"), "{e}");
         assert!(r("[http]\nport = 1\n").is_err(), "unknown keys are errors");
+        // The upload limit and the login's lifetime: defaults, values, bounds naming the key.
+        let d = r("").unwrap().http_options;
+        assert_eq!(d.max_upload, DEFAULT_MAX_UPLOAD_MB << 20);
+        assert_eq!(d.session.as_secs(), 7 * 24 * 3600);
+        let o = r("[http]\nmax_upload_mb = 8\nsession_s = 60\n")
+            .unwrap()
+            .http_options;
+        assert_eq!((o.max_upload, o.session.as_secs()), (8 << 20, 60));
+        for (text, key) in [
+            ("[http]\nmax_upload_mb = 0\n", "http.max_upload_mb"),
+            ("[http]\nmax_upload_mb = 5000\n", "http.max_upload_mb"),
+            ("[http]\nsession_s = 0\n", "http.session_s"),
+            ("[http]\nsession_s = 99999999\n", "http.session_s"),
+        ] {
+            let e = r(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]
