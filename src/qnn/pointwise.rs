@@ -132,6 +132,7 @@ impl PwCommon {
     /// Pixels in `x` and panels of `panel` channels, after checking the lengths a kernel's
     /// tiles rely on: `x` is `[pixels][k]`, `out` `[pixels][n]`, and the bias and scales cover
     /// whole panels. Panics otherwise (a caller's bug, never input).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     pub(crate) fn checked_tiles(&self, x: &[u8], out: &[u8], panel: usize) -> (usize, usize) {
         let pixels = x.len() / self.k;
         assert!(x.len() == pixels * self.k && out.len() == pixels * self.n);

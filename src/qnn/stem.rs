@@ -423,6 +423,7 @@ impl Stem {
 /// Four vector loads of a block's accumulators from `$b` (an array of 4 × `$w` floats) with
 /// the ISA's unaligned load `$load`: the stem kernels' bias set-up, written once. Expands in
 /// place (the stem with a helper function in its stead measured 13 % slower on AVX2).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! load4 {
     ($load:ident, $b:expr, $w:expr) => {
         [
@@ -433,7 +434,7 @@ macro_rules! load4 {
         ]
     };
 }
-#[allow(unused_imports)]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use load4;
 
 /// The stem's two inner kernels for one instruction set, `B` channels of one pixel at a time.
