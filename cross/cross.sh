@@ -115,7 +115,8 @@ build)
     cargo_for zigbuild --release --locked --target "$t.$GLIBC" \
         ${CROSS_FEATURES:+--no-default-features --features "$CROSS_FEATURES"}
     mkdir -p dist
-    cp "$(bin_path "$2")" "dist/teachcam-$2"
+    # DIST_NAME: another name in dist/ (make profile-arm's build with symbols).
+    cp "$(bin_path "$2")" "dist/${DIST_NAME:-teachcam-$2}"
     echo "build $2: $(( $(date +%s) - start )) s (whole cargo process)"
     ;;
 check)

@@ -206,6 +206,9 @@ pub enum Kernel {
     /// depthwise: `smlal` on widened activations; stem: `fmla`).
     #[serde(rename = "neon")]
     Neon,
+    /// teachcam's aarch64 1×1 kernel on `sdot` by element (cores with the dot product).
+    #[serde(rename = "sdot")]
+    Sdot,
     /// A tract-linalg int8 matrix-multiply micro-kernel (1×1 only), by its tract name.
     #[serde(rename = "tract")]
     Tract(&'static str),
@@ -222,6 +225,7 @@ impl Kernel {
             Kernel::Avx2 => "avx2".into(),
             Kernel::Vnni => "vnni".into(),
             Kernel::Neon => "neon".into(),
+            Kernel::Sdot => "sdot".into(),
             Kernel::Tract(n) => format!("tract:{n}"),
             Kernel::TractOps => "tract-ops".into(),
         }
@@ -239,6 +243,7 @@ impl Kernel {
             (Kernel::Vnni, Layer::Pointwise) => x86 && cpu.vnni(),
             (Kernel::Neon, Layer::Depthwise) => a64 || a32,
             (Kernel::Neon, _) => a64,
+            (Kernel::Sdot, Layer::Pointwise) => a64 && cpu.dotprod,
             (Kernel::Tract(name), Layer::Pointwise) => TRACT_KERNELS
                 .iter()
                 .any(|t| t.name == name && t.runs_on(cpu)),
@@ -342,12 +347,12 @@ pub fn default_kernel(layer: Layer, cpu: &Cpu) -> Choice {
             "AVX2+FMA: the fused direct stem measured faster than tract's im2col + matrix product",
         ),
         (Layer::Pointwise, Arch::Aarch64) if cpu.dotprod => c(
-            Kernel::Tract("arm64simd_mmm_i32_8x8_dot"),
-            "dot product: tract-linalg's sdot kernel executed fewer instructions than teachcam's smlal kernel (qemu proxy)",
+            Kernel::Sdot,
+            "dot product: teachcam's 4x16 sdot kernel (no activation packing) executed fewer instructions than tract-linalg's arm64simd_mmm_i32_8x8_dot (qemu proxy)",
         ),
         (Layer::Pointwise, Arch::Aarch64) => c(
             Kernel::Neon,
-            "no dot product: teachcam's smlal kernel executed fewer instructions than tract-linalg's arm64simd_mmm_i32_8x8 (qemu proxy)",
+            "no dot product: teachcam's smull/smlal2/sadalp kernel executed fewer instructions than tract-linalg's arm64simd_mmm_i32_8x8 (qemu proxy)",
         ),
         (Layer::Pointwise, Arch::Arm) if cpu.neon => c(
             Kernel::Tract("armv7neon_mmm_i32_8x4"),
@@ -464,6 +469,7 @@ pub fn parse_kernel(name: &str) -> Result<Kernel, String> {
         "avx2" => Kernel::Avx2,
         "vnni" => Kernel::Vnni,
         "neon" => Kernel::Neon,
+        "sdot" => Kernel::Sdot,
         "tract-ops" => Kernel::TractOps,
         other => match other.strip_prefix("tract:") {
             Some(t) => Kernel::Tract(
@@ -485,6 +491,7 @@ pub fn runnable_kernels(layer: Layer, cpu: &Cpu) -> Vec<Kernel> {
         Kernel::Avx2,
         Kernel::Vnni,
         Kernel::Neon,
+        Kernel::Sdot,
         Kernel::TractOps,
     ];
     all.extend(TRACT_KERNELS.iter().map(|t| Kernel::Tract(t.name)));
@@ -520,7 +527,7 @@ mod tests {
             dotprod: true,
             ..pi4
         };
-        assert_eq!(pw(&pi5), Kernel::Tract("arm64simd_mmm_i32_8x8_dot"));
+        assert_eq!(pw(&pi5), Kernel::Sdot);
         assert_eq!(pw(&pi4), Kernel::Neon, "a Pi 4 has no sdot");
         for cpu in [pi4, pi5] {
             assert_eq!(default_kernel(Layer::Stem, &cpu).kernel, Kernel::TractOps);
@@ -603,6 +610,7 @@ mod tests {
             Kernel::Avx2,
             Kernel::Vnni,
             Kernel::Neon,
+            Kernel::Sdot,
             Kernel::TractOps,
             Kernel::Tract("arm64simd_mmm_i32_8x8"),
         ] {

@@ -446,6 +446,10 @@ mod tests {
             (24, 1, 1, 1, [1, 1, 1, 1]),
             (40, 6, 11, 2, [1, 1, 1, 1]),
             (8, 5, 4, 1, [1, 1, 1, 1]),
+            // Row kernels (aarch64: 3×3, channels in 16s): stride 2 with many interior
+            // columns, and no padding at all.
+            (16, 9, 12, 2, [1, 1, 1, 1]),
+            (64, 6, 7, 1, [0, 0, 0, 0]),
         ] {
             let x: Vec<u8> = (0..h * w * c).map(|i| (i * 113 % 256) as u8).collect();
             let wt: Vec<i8> = (0..c * 9)

@@ -14,7 +14,7 @@
 //! | [`arith`] | the arithmetic contract (onnxruntime's), as scalar reference functions |
 //! | [`cpu`] | CPU features and the one decision of which kernel each layer type runs |
 //! | [`pointwise`], [`depthwise`], [`stem`], [`elementwise`] | the layers, each with a portable kernel |
-//! | `x86` (x86-64), `neon` (aarch64), `arm32` (armv7 NEON), [`tractmm`] (tract-linalg's micro-kernels, every target) | SIMD kernels |
+//! | `x86` (x86-64), `neon` and `sdot` (aarch64), `arm32` (armv7 NEON), [`tractmm`] (tract-linalg's micro-kernels, every target) | SIMD kernels |
 //! | [`rewrite`], [`ops`] | the graph rewrite and the tract ops |
 //!
 //! Must not: know about files, heads or cameras ([`crate::backbone`] decides when to use it).
@@ -31,6 +31,8 @@ pub mod neon;
 pub mod ops;
 pub mod pointwise;
 pub mod rewrite;
+#[cfg(target_arch = "aarch64")]
+pub mod sdot;
 pub mod stem;
 pub mod tractmm;
 #[cfg(target_arch = "x86_64")]

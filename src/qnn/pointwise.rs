@@ -151,6 +151,8 @@ enum Imp {
     Vnni(super::x86::VnniPointwise),
     #[cfg(target_arch = "aarch64")]
     Neon(super::neon::NeonPointwise),
+    #[cfg(target_arch = "aarch64")]
+    Sdot(super::sdot::SdotPointwise),
     Tract(TractPointwise),
 }
 
@@ -182,6 +184,8 @@ impl Pointwise {
             Kernel::Vnni => Imp::Vnni(super::x86::VnniPointwise::new(l).ok_or_else(unavailable)?),
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => Imp::Neon(super::neon::NeonPointwise::new(l).ok_or_else(unavailable)?),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Sdot => Imp::Sdot(super::sdot::SdotPointwise::new(l).ok_or_else(unavailable)?),
             Kernel::Tract(name) => {
                 let mk = MicroKernel::find(name).ok_or_else(unavailable)?;
                 Imp::Tract(TractPointwise::new(mk, l))
@@ -228,6 +232,8 @@ impl Pointwise {
             Imp::Vnni(p) => p.run(x, out),
             #[cfg(target_arch = "aarch64")]
             Imp::Neon(p) => p.run(x, out),
+            #[cfg(target_arch = "aarch64")]
+            Imp::Sdot(p) => p.run(x, out),
             Imp::Tract(p) => p.run(x, out),
         }
     }
@@ -336,6 +342,8 @@ pub(crate) mod tests {
             (50, 96, 16, 128, 3),
             (9, 3, 5, 17, 200),
             (33, 24, 144, 60, 128),
+            // k with 12 past its last 16 (a zero-padded block, or three blocks of 4).
+            (6, 28, 20, 5, 250),
         ] {
             let (x, w, bias, scale) = layer(pixels, k, n);
             let p = PointwiseParams {
