@@ -4,17 +4,23 @@
 //! NEON is part of every aarch64 CPU, so these need no run-time check. Each type keeps the
 //! sizes its `unsafe` loops rely on private and checks them against the slices of each call.
 //!
-//! - **Depthwise**: 8 channels per step; activations widened to `i16` (`ushll`), two
-//!   `smlal`/`smlal2` per tap into `i32` lanes. The activation zero point is folded into the
-//!   bias and padding reads a row of `x_zero` bytes (as on x86).
+//! - **Depthwise**: 3×3 layers with channels in 16s (all of MobileNet's) run a row kernel in
+//!   inline assembly: one output row, 16 channels, the 9 taps' weights held in registers as
+//!   `i16`, activations widened (`uxtl`/`uxtl2`) and multiplied into `i32` lanes (`smlal`,
+//!   `smlal2`). Other shapes and the columns whose taps reach into the left or right padding
+//!   take a per-pixel path (intrinsics, 8 channels per step). The activation zero point is
+//!   folded into the bias and padding reads `x_zero` bytes (as on x86). The row kernel is
+//!   assembly because LLVM turned the intrinsics' `smlal` into 32-bit `mla` on widened
+//!   weights, spilled to the stack (the qemu profile showed 1.6× the instructions).
 //! - **1×1 without dot product**: activations become `i8` (`x ^ 0x80`, the `128·Σw` term joins
 //!   the bias); for each pixel × channel pair, `smull` + `smlal2` multiply 16 `i8` pairs into
 //!   8 `i16` lanes (two products per lane: |x8·w| ≤ 128·127, so the pair fits `i16` — the
 //!   weights' range is checked at construction) and `sadalp` adds adjacent lanes into `i32`.
 //!   That is 16 multiply-adds per 3 instructions, against 4 per `smlal` in tract-linalg's
-//!   kernel for these cores. Tile: 4 pixels × 4 channels (16 accumulators).
-//! - Epilogue: `f32` scale, `fcvtns` (round to nearest, ties to even), clamp, zero point,
-//!   saturating narrow: [`super::arith::requant`].
+//!   kernel for these cores. Tile: 4 pixels × 4 channels (16 accumulators); one assembly call
+//!   runs every whole panel of a 4-pixel block, requantising from the registers.
+//! - Epilogue: `f32` scale, `fcvtns` (round to nearest, ties to even), zero point with
+//!   saturation, saturating narrow to `u8`: [`super::arith::requant`]'s result ([`requant4`]).
 
 use std::arch::aarch64::*;
 use std::arch::asm;
