@@ -109,6 +109,32 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
     if let Some(e) = err {
         return Err(e.into());
     }
+    // Per-frame overhead: the appliance's `Embedder` keeps tract's run state and its input
+    // tensor between frames; `run_tensor` (timed above) builds both on every call. The two,
+    // alternated in 5 rounds on the same input.
+    let mut emb = backbone.embedder();
+    emb.preprocess(&frame, w, h);
+    let (mut kept, mut rebuilt) = (Vec::new(), Vec::new());
+    let mut err = None;
+    for _ in 0..5 {
+        kept.extend(time_ms(runs.div_ceil(5), || {
+            if let Err(e) = emb.run() {
+                err = Some(e);
+            }
+        }));
+        rebuilt.extend(time_ms(runs.div_ceil(5), || {
+            if let Err(e) = backbone.run_tensor(&input) {
+                err = Some(e);
+            }
+        }));
+    }
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let (km, rm) = (
+        metrics::median_p95(&kept).0,
+        metrics::median_p95(&rebuilt).0,
+    );
     // Heads: 2 classes × 2000 examples, and 37 classes × 296 examples (the pets set's shape).
     let dim = backbone.dim();
     let mut train_ms = Vec::new();
@@ -156,6 +182,7 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
         "decode_jpeg_640x480_ms_median": dm, "decode_jpeg_640x480_ms_p95": dp,
         "preprocess_640x480_ms_median": pm, "preprocess_640x480_ms_p95": pp,
         "backbone_ms_median": bm, "backbone_ms_p95": bp,
+        "backbone_state_kept_ms_median": km, "backbone_state_rebuilt_ms_median": rm,
         "head_predict_us_median": head_us.iter().map(|(c, u)| json!({"classes": c, "us": u})).collect::<Vec<_>>(),
         "train_ms": train_ms.iter().map(|(c, n, ms)| json!({"classes": c, "examples": n, "ms": ms})).collect::<Vec<_>>(),
     });
@@ -178,6 +205,9 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
         out!("  decode 640x480 JPEG    {dm:8.2} ms median  {dp:8.2} ms p95");
         out!("  preprocess 640x480     {pm:8.2} ms median  {pp:8.2} ms p95");
         out!("  backbone               {bm:8.2} ms median  {bp:8.2} ms p95");
+        out!(
+            "  backbone, alternated:  {km:8.3} ms median with the run state kept (Embedder), {rm:.3} ms rebuilt per call"
+        );
         for (c, us) in &head_us {
             out!("  head predict {c:2} classes {us:8.1} us median");
         }
