@@ -7,7 +7,8 @@
 #                 tested under qemu (unit tests on a Cortex-A76 and a Cortex-A72), the armv7
 #                 unit tests under qemu, and the instruction-count plugin of bench-arm
 #   make setup    install the test and cross-build prerequisites (Debian packages, rustup
-#                 targets, zig + cargo-zigbuild in .venv-cross)
+#                 targets, zig + cargo-zigbuild in .venv-cross); make build and make demo
+#                 install only libclang-dev (make setup-test: the test services alone)
 #   make cross    board binaries in dist/ (aarch64 and armv7, glibc 2.27), checked
 #   make test-arm unit tests and the smoke test for aarch64 and armv7 under qemu-user
 #   make deploy BOARD=user@host [NO_SERVICE=1]   install on a board;  make rollback BOARD=...
@@ -46,7 +47,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host lint fmt eval bench bench-kernels bench-arm profile-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host setup-test lint fmt eval bench bench-kernels bench-arm profile-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean bench-web-long test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
@@ -81,7 +82,7 @@ test: setup
 test-arm-armv7-unit:
 	cross/cross.sh test armv7
 
-test-host: setup-host lint test-unit-security
+test-host: setup-test lint test-unit-security
 	$(CARGO) test --locked --all-targets
 
 # The systemd unit's exposure rating (systemd-analyze security, offline) must stay <= 3.0.
@@ -123,11 +124,11 @@ host-debug: setup-host
 	$(CARGO) build --locked
 
 # The web console in headless chromium over WebDriver; screenshots in target/ (about 40 s).
-test-browser: host-debug
+test-browser: setup-test host-debug
 	python3 tests/browser.py $(HOST_BIN) target
 
 # MQTT over TLS with a client certificate (mosquitto with require_certificate; about 15 s).
-test-mqtt-client-cert: host-debug
+test-mqtt-client-cert: setup-test host-debug
 	tests/mqtt_client_cert.sh $(HOST_BIN)
 
 test-deploy: host-debug
@@ -138,6 +139,10 @@ setup:
 
 setup-host:
 	cross/cross.sh setup-host
+
+# What the host tests need besides a build: chromium and mosquitto (not needed by build/demo).
+setup-test:
+	cross/cross.sh setup-test
 
 # Board builds: the release binary, its checks (glibc <= 2.27, tract's ARM kernels linked in).
 cross: cross-aarch64 cross-armv7
@@ -227,7 +232,7 @@ test-icount: $(ICOUNT)
 bench-daemon: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --json-out target/bench-daemon.json
 
-# README's "Looking inside" figures (dream, attack table, explain on real photos; ../shared/data).
+# docs/looking-inside.md's figures (dream, attack table, explain on real photos; ../shared/data).
 inspect-figures: build
 	python3 bench/inspect_figures.py --teachcam $(BIN) --data $(DATA)
 
@@ -236,12 +241,12 @@ WEB_BENCH_SECONDS ?= 60
 bench-stop: build
 	bench/stop_time.sh $(BIN)
 
-bench-web: build
+bench-web: setup-test build
 	python3 bench/web_bench.py --teachcam $(BIN) --seconds $(WEB_BENCH_SECONDS) \
 		--json-out target/bench-web.json
 
-# The issue's load case alone, 5 minutes each: idle, then 3 MJPEG viewers + 20 API requests/s.
-bench-web-long: build
+# The load case alone, 5 minutes each: idle, then 3 MJPEG viewers + 20 API requests/s.
+bench-web-long: setup-test build
 	python3 bench/web_bench.py --teachcam $(BIN) --seconds 300 --load mjpeg \
 		--json-out target/bench-web-long.json
 
@@ -251,12 +256,12 @@ soak: build
 
 bench-kernels: build
 	python3 bench/kernel_bench.py --teachcam $(BIN) --json-out target/bench-kernels.json
-# Many appliances against one mosquitto (issue 14; outside CI): every state change arrives,
-# broker message rate, fps against one device alone. The defaults are the issue's (20 devices,
+# Many appliances against one mosquitto (outside CI): every state change arrives,
+# broker message rate, fps against one device alone. The defaults are the design load (20 devices,
 # 5 minutes, 5 fps); on a small machine e.g. FLEET="--devices 6 --seconds 40 --fps 2".
 .PHONY: bench-fleet
 FLEET ?=
-bench-fleet: build
+bench-fleet: setup-test build
 	python3 bench/fleet_bench.py --teachcam $(BIN) $(FLEET) --json-out target/bench-fleet.json
 
 profile: build

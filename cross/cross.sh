@@ -3,9 +3,12 @@
 #
 #   cross/cross.sh setup-host            install what a host build needs (libclang, for the
 #                                        V4L2 bindings); a no-op when it is there
-#   cross/cross.sh setup                 also what the tests and cross builds need (Debian
+#   cross/cross.sh setup-test            also what the host tests need (chromium and its
+#                                        driver, mosquitto and its clients, openssl)
+#   cross/cross.sh setup                 also what the cross builds and ARM tests need (Debian
 #                                        packages, rustup targets, zig + cargo-zigbuild from PyPI
 #                                        in .venv-cross)
+#   cross/cross.sh packages STEP         the Debian packages STEP installs (no install)
 #   cross/cross.sh build  aarch64|armv7  release binary linked against glibc 2.27 (JetPack 4 /
 #                                        Ubuntu 18.04 and newer), copied to dist/
 #   cross/cross.sh check  aarch64|armv7  highest GLIBC symbol version <= 2.27, tract's ARM kernels
@@ -87,16 +90,35 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 }
 
+# The Debian packages each step needs. A build (`make build`, `make demo`) needs only
+# libclang (nokhwa's V4L2 bindings); the browser and the broker are for tests.
+packages() {
+    case "$1" in
+        setup-host) echo libclang-dev ;;
+        # tests/browser.py drives chromium; tests/mqtt.rs, the client-certificate test and
+        # make bench-fleet run a real broker, its clients, and a CA made at test time.
+        setup-test) echo chromium chromium-driver mosquitto mosquitto-clients openssl ;;
+        setup) echo clang qemu-user gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
+            openssh-server openssh-client binutils python3-venv gcc libc6-dev ;;
+    esac
+}
+
 case "${1:-}" in
+packages)
+    # What a step would install (tests check that a build installs no test service).
+    packages "${2:-}"
+    ;;
 setup-host)
-    apt_install libclang-dev
-    apt_install chromium chromium-driver # the web console's browser test (tests/browser.py)
-    # tests/mqtt.rs and make bench-fleet: a real broker, its clients, a CA made at test time.
-    apt_install mosquitto mosquitto-clients openssl
+    # shellcheck disable=SC2046
+    apt_install $(packages setup-host)
+    ;;
+setup-test)
+    # shellcheck disable=SC2046
+    apt_install $(packages setup-host) $(packages setup-test)
     ;;
 setup)
-    apt_install libclang-dev clang qemu-user gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
-        openssh-server openssh-client binutils python3-venv gcc libc6-dev
+    # shellcheck disable=SC2046
+    apt_install $(packages setup-host) $(packages setup-test) $(packages setup)
     rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf >/dev/null
     if [ ! -x "$VENV/bin/cargo-zigbuild" ] || ! cmp -s cross/requirements.txt "$VENV/.installed"; then
         python3 -m venv "$VENV"
