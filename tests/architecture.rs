@@ -251,3 +251,183 @@ fn every_module_imports_only_what_its_row_lists_and_only_downwards() {
         problems.join("\n  ")
     );
 }
+
+/// Within one module folder, which file uses which: an edge `a → b` when `a`'s code names
+/// its sibling `b` (`super::b`, `crate::module::b`, or in `mod.rs` plain `b::`), or an item
+/// `mod.rs` defines (`super::Item`: an edge to `mod`; an item `mod.rs` only re-exports with
+/// `pub use b::…` counts as `b`). `mod.rs`'s own `mod b;` and `pub use b::…` lines declare
+/// the module's shape and are not uses.
+///
+/// `mod.rs` is the module's root: Rust makes it contain its children, its children may use
+/// what it defines and it wires them together, so edges to and from `mod` are kept in the
+/// graph (for reading) but [`circles`] looks only at the circles between sibling files.
+fn file_graph(dir: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let module = dir.file_name().unwrap().to_string_lossy().to_string();
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    let skip = test_files(&files);
+    let files: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|f| f.parent() == Some(dir) && !skip.contains(f))
+        .collect();
+    let stem = |f: &Path| f.file_stem().unwrap().to_string_lossy().to_string();
+    let names: BTreeSet<String> = files.iter().map(|f| stem(f)).collect();
+    // Items mod.rs re-exports from a child: name → child.
+    let mut reexported: BTreeMap<String, String> = BTreeMap::new();
+    let mod_code = code_of(&std::fs::read_to_string(dir.join("mod.rs")).unwrap_or_default());
+    for line in mod_code.lines() {
+        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let Some((child, items)) = rest.split_once("::") else {
+            continue;
+        };
+        for item in items.trim_matches(|c| "{};".contains(c)).split(',') {
+            let item = item.trim();
+            if !item.is_empty() {
+                reexported.insert(item.to_string(), child.to_string());
+            }
+        }
+    }
+    let mut graph = BTreeMap::new();
+    for f in &files {
+        let me = stem(f);
+        let code = code_of(&std::fs::read_to_string(f).unwrap());
+        let code: String = if me == "mod" {
+            code.lines()
+                .filter(|l| {
+                    let t = l.trim_start();
+                    !(t.starts_with("pub use ")
+                        || t.starts_with("mod ")
+                        || t.starts_with("pub mod "))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            code
+        };
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut named = uses(&code, "super::");
+        named.extend(uses(&code, &format!("crate::{module}::")));
+        if me == "mod" {
+            for n in &names {
+                // `n::` at the start of a path (not `other_n::` or `x::n::`).
+                let hit = code.match_indices(&format!("{n}::")).any(|(i, _)| {
+                    code[..i]
+                        .chars()
+                        .last()
+                        .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                });
+                if hit {
+                    used.insert(n.clone());
+                }
+            }
+        }
+        for n in named {
+            if names.contains(&n) {
+                used.insert(n);
+            } else if let Some(child) = reexported.get(&n) {
+                used.insert(child.clone());
+            } else if me != "mod" && n != "super" {
+                used.insert("mod".into());
+            }
+        }
+        used.remove(&me);
+        graph.insert(me, used);
+    }
+    graph
+}
+
+/// The import circles between the sibling files of `graph` (`mod` left out: see
+/// [`file_graph`]), each as a path `a → b → … → a`.
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let graph: BTreeMap<String, BTreeSet<String>> = graph
+        .iter()
+        .filter(|(n, _)| *n != "mod")
+        .map(|(n, e)| {
+            (
+                n.clone(),
+                e.iter().filter(|m| *m != "mod").cloned().collect(),
+            )
+        })
+        .collect();
+    let graph = &graph;
+    fn visit(
+        n: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        stack: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        out: &mut Vec<String>,
+    ) {
+        if let Some(i) = stack.iter().position(|s| s == n) {
+            let mut c = stack[i..].to_vec();
+            c.push(n.to_string());
+            out.push(c.join(" → "));
+            return;
+        }
+        if done.contains(n) {
+            return;
+        }
+        stack.push(n.to_string());
+        for m in graph.get(n).into_iter().flatten() {
+            visit(m, graph, stack, done, out);
+        }
+        stack.pop();
+        done.insert(n.to_string());
+    }
+    let mut out = Vec::new();
+    let mut done = BTreeSet::new();
+    for n in graph.keys() {
+        visit(n, graph, &mut Vec::new(), &mut done, &mut out);
+    }
+    out
+}
+
+#[test]
+fn the_circle_finder_finds_circles_between_siblings_not_through_the_root() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("m");
+    std::fs::create_dir(&m).unwrap();
+    std::fs::write(
+        m.join("mod.rs"),
+        "pub mod a;\npub mod b;\npub use b::Thing;\npub struct Shared;\nfn f() { a::go() }\n",
+    )
+    .unwrap();
+    std::fs::write(m.join("a.rs"), "use super::b::X;\n").unwrap();
+    std::fs::write(m.join("b.rs"), "use super::Shared; // mod.rs\n").unwrap();
+    let g = file_graph(&m);
+    assert_eq!(g["a"], BTreeSet::from(["b".to_string()]));
+    assert_eq!(g["b"], BTreeSet::from(["mod".to_string()]));
+    assert_eq!(g["mod"], BTreeSet::from(["a".to_string()]));
+    // Through the root only: not a circle between siblings.
+    assert!(circles(&g).is_empty());
+    // b using a back (here through an item mod.rs re-exports from a) is one.
+    std::fs::write(
+        m.join("mod.rs"),
+        "pub mod a;\npub mod b;\npub use a::Thing;\n",
+    )
+    .unwrap();
+    std::fs::write(m.join("b.rs"), "fn f(_: super::Thing) {}\n").unwrap();
+    let g = file_graph(&m);
+    assert_eq!(g["b"], BTreeSet::from(["a".to_string()]));
+    assert_eq!(circles(&g), ["a → b → a"]);
+}
+
+#[test]
+fn no_module_has_an_import_circle_between_its_files() {
+    let mut problems = Vec::new();
+    for e in std::fs::read_dir(root().join("src")).unwrap() {
+        let dir = e.unwrap().path();
+        if dir.is_dir() {
+            for c in circles(&file_graph(&dir)) {
+                problems.push(format!("{}: {c}", dir.display()));
+            }
+        }
+    }
+    // And between the top-level modules, which the table orders (checked above).
+    assert!(
+        problems.is_empty(),
+        "import circles (move what both sides need into a module of its own):\n  {}",
+        problems.join("\n  ")
+    );
+}

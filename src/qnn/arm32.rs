@@ -15,7 +15,7 @@
 //! under qemu).
 
 use super::arith::requant;
-use super::depthwise::DwCommon;
+use super::layer::DwCommon;
 
 std::arch::global_asm!(
     ".fpu neon",

@@ -3,7 +3,7 @@
 //!
 //! The decision is a pure function of a [`Cpu`] feature set, so it is tested with faked sets
 //! (a Pi 4, a Pi 5, a 32-bit Pi OS, an x86 box with or without VNNI) whatever machine the
-//! tests run on. The table was filled in by measurement (README, "Kernel choice"): wall time
+//! tests run on. The table was filled in by measurement (docs/model.md, "Kernel choice per CPU"; figures in docs/measurements.md): wall time
 //! on x86-64 with features masked, guest instructions under qemu for ARM.
 //!
 //! Two environment variables change the decision, for tests and benchmarks:
@@ -323,7 +323,7 @@ pub struct Choice {
     pub why: String,
 }
 
-/// The kernel `layer` gets on `cpu` by default: the measured table (README, "Kernel choice").
+/// The kernel `layer` gets on `cpu` by default: the measured table (docs/model.md, "Kernel choice per CPU"; figures in docs/measurements.md).
 pub fn default_kernel(layer: Layer, cpu: &Cpu) -> Choice {
     let c = |kernel: Kernel, why: &str| Choice {
         kernel,

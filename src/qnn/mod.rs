@@ -26,6 +26,7 @@ pub mod buf;
 pub mod cpu;
 pub mod depthwise;
 pub mod elementwise;
+pub mod layer;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod ops;

@@ -25,8 +25,8 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::depthwise::DwCommon;
-use super::pointwise::{PointwiseParams, PwCommon};
+use super::layer::DwCommon;
+use super::layer::{PointwiseParams, PwCommon};
 
 /// Requantise 4 accumulators (bias included): `f32`, times the scale, rounded to nearest even
 /// (`fcvtns`), plus the zero point with saturation. Narrowing the result with saturation to
@@ -283,7 +283,7 @@ pub struct NeonPointwise {
 impl NeonPointwise {
     /// Pack the layer `l` (its bias folded for raw `u8` activations). `None` when a weight
     /// is -128 (two products could then overflow an `i16` lane). Cores with the dot product
-    /// use tract-linalg's SDOT kernel instead (README, "Kernel choice").
+    /// use tract-linalg's SDOT kernel instead (docs/model.md, "Kernel choice per CPU").
     pub fn new(l: &PointwiseParams) -> Option<Self> {
         let (n, k, w) = (l.n, l.k, l.w);
         if n == 0 || k == 0 || w.contains(&i8::MIN) {
@@ -568,17 +568,17 @@ unsafe fn smull_tiles(
 /// The float stem's inner kernels on NEON (`fmla`): 16 channels (four registers) per call.
 pub(crate) struct StemNeon;
 
-impl super::stem::Blocks for StemNeon {
+impl super::layer::Blocks for StemNeon {
     const B: usize = 16;
 
     #[inline]
-    unsafe fn conv(r: super::stem::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+    unsafe fn conv(r: super::layer::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
         let c = r.c;
         let b: &[f32; 16] = r.conv_b[c0..c0 + 16].try_into().expect("16 biases");
         // SAFETY (whole block): every access is of 4 floats inside a bounds-checked slice of
         // 16 taken just before it; NEON is part of every aarch64 CPU.
         unsafe {
-            let mut acc = super::stem::load4!(vld1q_f32, b, 4);
+            let mut acc = super::layer::load4!(vld1q_f32, b, 4);
             let mut t = 0;
             for row in patch {
                 for &v in row.iter() {
@@ -605,11 +605,11 @@ impl super::stem::Blocks for StemNeon {
     }
 
     #[inline]
-    unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+    unsafe fn dw(r: super::layer::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
         let b: &[f32; 16] = r.dw_b[c0..c0 + 16].try_into().expect("16 biases");
         // SAFETY (whole block): as in `conv`.
         unsafe {
-            let mut acc = super::stem::load4!(vld1q_f32, b, 4);
+            let mut acc = super::layer::load4!(vld1q_f32, b, 4);
             for (t, px) in taps.iter().enumerate() {
                 let x: &[f32; 16] = px[c0..c0 + 16].try_into().expect("16 inputs");
                 let w: &[f32; 16] = r.dw_w[t * r.c + c0..t * r.c + c0 + 16]

@@ -21,7 +21,7 @@
 
 use std::arch::asm;
 
-use super::pointwise::{PointwiseParams, PwCommon};
+use super::layer::{PointwiseParams, PwCommon};
 
 /// Pixels per tile.
 const PR: usize = 4;

@@ -12,12 +12,13 @@
 //! every aarch64 CPU).
 //!
 //! Float arithmetic in another order than tract's or onnxruntime's: results agree to float
-//! rounding, not bit for bit (the int8 section after it is exact; README, "Fidelity").
+//! rounding, not bit for bit (the int8 section after it is exact; docs/model.md, "The int8 path").
 //!
 //! Must not: pick a kernel by itself.
 
 use super::arith::{QParams, quantize};
 use super::cpu::Kernel;
+use super::layer::{Blocks, Refs};
 
 /// A 2-D float convolution's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -384,27 +385,6 @@ unsafe fn run_with<K: Blocks>(
     }
 }
 
-/// What the inner kernels read: the stem's weights and constants.
-#[derive(Clone, Copy)]
-pub(crate) struct Refs<'a> {
-    /// Channels.
-    pub c: usize,
-    /// Convolution weights `[ky][kx][ci][c]`.
-    pub conv_w: &'a [f32],
-    /// Convolution bias.
-    pub conv_b: &'a [f32],
-    /// First clip.
-    pub clip1: (f32, f32),
-    /// Depthwise weights `[tap][c]`.
-    pub dw_w: &'a [f32],
-    /// Depthwise bias.
-    pub dw_b: &'a [f32],
-    /// Second clip.
-    pub clip2: (f32, f32),
-    /// Output quantisation.
-    pub q: QParams,
-}
-
 impl Stem {
     fn refs(&self) -> Refs<'_> {
         Refs {
@@ -418,43 +398,6 @@ impl Stem {
             q: self.q,
         }
     }
-}
-
-/// Four vector loads of a block's accumulators from `$b` (an array of 4 × `$w` floats) with
-/// the ISA's unaligned load `$load`: the stem kernels' bias set-up, written once. It expands
-/// to the four loads as they were written out before (the stem measured the same with it).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-macro_rules! load4 {
-    ($load:ident, $b:expr, $w:expr) => {
-        [
-            $load($b.as_ptr()),
-            $load($b.as_ptr().add($w)),
-            $load($b.as_ptr().add(2 * $w)),
-            $load($b.as_ptr().add(3 * $w)),
-        ]
-    };
-}
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-pub(crate) use load4;
-
-/// The stem's two inner kernels for one instruction set, `B` channels of one pixel at a time.
-/// Implementations index the slices they are given (so a wrong size panics, never reads out
-/// of bounds) and may assume their instruction set.
-pub(crate) trait Blocks {
-    /// Channels per call.
-    const B: usize;
-    /// Convolution, channels `c0..c0 + B`: `o = clip1(bias + Σ_t patch_t · w_t)`, the patch
-    /// given as one slice per kernel row (the weights run over them in order).
-    ///
-    /// # Safety
-    /// The CPU has this implementation's instructions.
-    unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]);
-    /// Depthwise, channels `c0..c0 + B`: `o = quantise(clip2(bias + Σ_t tap_t · w_t))`, each
-    /// tap a pixel's `c` values.
-    ///
-    /// # Safety
-    /// The CPU has this implementation's instructions.
-    unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]);
 }
 
 /// Plain Rust, one channel at a time (also the tail of the SIMD versions).

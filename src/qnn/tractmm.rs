@@ -26,7 +26,7 @@ use tract_onnx::tract_core::tract_linalg;
 
 use super::arith::requant_row;
 use super::buf::AlignedBuf;
-use super::pointwise::{PointwiseParams, PwCommon};
+use super::layer::{PointwiseParams, PwCommon};
 
 /// How a micro-kernel wants one operand laid out (tract-linalg's two int8 formats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

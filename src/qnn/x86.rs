@@ -22,8 +22,8 @@
 
 use std::arch::x86_64::*;
 
-use super::depthwise::DwCommon;
-use super::pointwise::{PointwiseParams, PwCommon};
+use super::layer::DwCommon;
+use super::layer::{PointwiseParams, PwCommon};
 
 const MR: usize = 6;
 const NR: usize = 16;
@@ -520,18 +520,18 @@ fn requant_i32(acc: __m256i, scale: __m256, lo: __m256, hi: __m256, zero: __m256
 /// The float stem's inner kernels on AVX2 + FMA: 32 channels (four registers) per call.
 pub(crate) struct StemAvx2;
 
-impl super::stem::Blocks for StemAvx2 {
+impl super::layer::Blocks for StemAvx2 {
     const B: usize = 32;
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn conv(r: super::stem::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+    unsafe fn conv(r: super::layer::Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
         let c = r.c;
         let b: &[f32; 32] = r.conv_b[c0..c0 + 32].try_into().expect("32 biases");
         // SAFETY (whole block): every load and store is of 8 floats inside a slice of 32
         // taken (bounds-checked) just before it; AVX2 and FMA are the caller's contract.
         unsafe {
-            let mut acc = super::stem::load4!(_mm256_loadu_ps, b, 8);
+            let mut acc = super::layer::load4!(_mm256_loadu_ps, b, 8);
             let mut t = 0;
             for row in patch {
                 for &v in row.iter() {
@@ -558,11 +558,11 @@ impl super::stem::Blocks for StemAvx2 {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn dw(r: super::stem::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+    unsafe fn dw(r: super::layer::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
         let b: &[f32; 32] = r.dw_b[c0..c0 + 32].try_into().expect("32 biases");
         // SAFETY (whole block): as in `conv`: 8-float accesses inside checked 32-slices.
         unsafe {
-            let mut acc = super::stem::load4!(_mm256_loadu_ps, b, 8);
+            let mut acc = super::layer::load4!(_mm256_loadu_ps, b, 8);
             for (t, px) in taps.iter().enumerate() {
                 let x: &[f32; 32] = px[c0..c0 + 32].try_into().expect("32 inputs");
                 let w: &[f32; 32] = r.dw_w[t * r.c + c0..t * r.c + c0 + 32]

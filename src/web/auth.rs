@@ -3,7 +3,7 @@
 //! - The token is 32 random bytes (hex) in `STATE/http-token`, created at the first start with
 //!   mode 0600 and reused after; a token file readable by others is narrowed to 0600.
 //! - `GET /login?token=…` with the right token starts a session: a random id in an HttpOnly,
-//!   SameSite=Strict cookie, valid for [`SESSION_TTL`] (or `[http] session_s`); at most [`MAX_SESSIONS`] are kept
+//!   SameSite=Strict cookie, valid for [`super::http::SESSION_TTL`] (or `[http] session_s`); at most [`MAX_SESSIONS`] are kept
 //!   (the oldest goes). Sessions live in memory: a restart logs everybody out.
 //! - Scripts (curl) may instead send `Authorization: Bearer TOKEN`.
 //! - A state-changing request from another origin is refused (`Sec-Fetch-Site` or `Origin`).
@@ -25,8 +25,6 @@ use super::http::Request;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "teachcam_session";
-/// How long a login lasts by default.
-pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most sessions kept at once.
 pub const MAX_SESSIONS: usize = 64;
 
@@ -176,6 +174,7 @@ pub fn same_origin(req: &Request) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::http::SESSION_TTL;
 
     fn req(headers: &[(&str, &str)]) -> Request {
         Request {

@@ -7,7 +7,7 @@
 //! Must not: touch the loop, the store or the backbone: it reads the live head from the hub
 //! and the float network from the models folder, and lets go of both when it finishes.
 //! The head may have been trained on int8 embeddings: the dream then runs through the float
-//! twin of that backbone, which the int8 path approximates (cosine >= 0.98, see the README).
+//! twin of that backbone, which the int8 path approximates (cosine >= 0.98, docs/measurements.md).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -49,10 +49,13 @@ impl Default for Limits {
             max_connections: 32,
             max_streams: 3,
             max_upload: 256 << 20,
-            session_ttl: super::auth::SESSION_TTL,
+            session_ttl: SESSION_TTL,
         }
     }
 }
+
+/// How long a login lasts by default (`[http] session_s` overrides it).
+pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// One parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]

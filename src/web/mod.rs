@@ -1,4 +1,4 @@
-//! The web console (issue 13): a page, a JSON API, a live view and Prometheus metrics, served
+//! The web console: a page, a JSON API, a live view and Prometheus metrics, served
 //! by `teachcam run` on plain `std::net` sockets (see `http.rs` for why no framework).
 //!
 //! Owns: the listener, one short-lived thread per connection (capped), routing, the JSON the
