@@ -51,7 +51,7 @@ CONFIGS = [
 QEMU = {"aarch64": ("qemu-aarch64", "/usr/aarch64-linux-gnu"),
         "armv7": ("qemu-arm", "/usr/arm-linux-gnueabihf")}
 PRECISIONS = ["int8", "f32", "w8", "qdq", "qop"]
-# Issue 10's "done means": the int8 default's instructions per image at most this times f32's.
+# The goal for the int8 kernels: the int8 default's instructions per image at most this times f32's.
 INT8_GOAL = {"aarch64-cortex-a72": 0.8, "aarch64-cortex-a76": 0.5, "armv7-cortex-a7": 0.8}
 SMALL, LARGE = 1, 6
 FALLBACK_MACS = 300e6  # MobileNetV2 1.0 at 224, the usual published figure
@@ -66,7 +66,7 @@ BOARDS = {
     "aarch64-cortex-a76": [("Raspberry Pi 5, A76 at 2.4 GHz", 2.4, (1.2, 2.5))],
     "armv7-cortex-a7": [("Raspberry Pi 2, A7 at 0.9 GHz", 0.9, (0.5, 1.0))],
 }
-# Published MobileNetV2 1.0/224 latencies of other runtimes (issue 10, docs/FIELD_NOTES):
+# Published MobileNetV2 1.0/224 latencies of other runtimes (public figures):
 # (config, precision ours to compare, board label, clock GHz, threads, ms, source). The Jetson
 # Nano's A57 is compared with the A72 count: same kernels in tract (kind generic, no dot product).
 ANCHORS = [
@@ -160,7 +160,7 @@ def print_tables(rows, est, anc, macs, macs_source):
     for r in rows:
         if r["precision"] == "int8" and r["config"] in INT8_GOAL:
             goal = INT8_GOAL[r["config"]]
-            print(f"int8 / f32 on {r['config']}: {r['ratio_to_f32']:.2f}x (issue 10 goal "
+            print(f"int8 / f32 on {r['config']}: {r['ratio_to_f32']:.2f}x (goal "
                   f"<= {goal}x: {'met' if r['ratio_to_f32'] <= goal else 'not met'})")
     print("\nPAPER ESTIMATE of one-thread board ms = instructions / (assumed IPC x clock); "
           "an estimate, not a measurement")

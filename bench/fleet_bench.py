@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make bench-fleet`: many `teachcam run` processes against one mosquitto (issue 14).
+"""`make bench-fleet`: many `teachcam run` processes against one mosquitto.
 
 Each device has its own state directory and device id, a synthetic camera (the object changes
 every 1.5 s) and scripted presses that teach ball, block and ring in its first 4 s; all publish

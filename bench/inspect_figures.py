@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make inspect-figures`: the figures behind README's "Looking inside" section.
+"""`make inspect-figures`: the figures behind docs/looking-inside.md.
 
     python3 bench/inspect_figures.py --teachcam target/release/teachcam --data ../shared/data
 

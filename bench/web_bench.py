@@ -20,7 +20,7 @@ usage: bench/web_bench.py --teachcam BIN [--seconds 60] [--rounds 1] [--load mjp
                           [--json-out FILE]
 
 --load picks the loaded phases (each follows an idle one); `make bench-web-long` runs the
-issue's case alone: idle, then 3 MJPEG viewers + 20 API requests/s, 300 s each.
+load case alone: idle, then 3 MJPEG viewers + 20 API requests/s, 300 s each.
 """
 
 import argparse

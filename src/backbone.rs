@@ -20,7 +20,7 @@ use crate::preprocess::Plan;
 pub const INPUT_SIZE: usize = 224;
 
 /// Input sides a backbone can be loaded at (`--input-size`): smaller is faster and less
-/// accurate (the network is fully convolutional; README has the trade-off measured).
+/// accurate (the network is fully convolutional; docs/measurements.md has the trade-off measured).
 pub const INPUT_SIZES: [usize; 3] = [160, 192, 224];
 
 /// Which of the shipped model variants to run. The default is chosen for the CPU this runs on
@@ -62,7 +62,7 @@ impl Precision {
 
     /// The default precision for a CPU with `cpu`'s features, and why: `int8` where its kernels
     /// measured faster than tract's float path (x86-64 with AVX2, aarch64 with the dot
-    /// product, armv7 with NEON: README, "Kernel choice per CPU"), else `f32` (aarch64 without
+    /// product, armv7 with NEON: docs/model.md, "Kernel choice per CPU"), else `f32` (aarch64 without
     /// the dot product, where int8 measured no faster, and CPUs where int8 would run portable
     /// loops).
     pub fn for_cpu(cpu: &crate::qnn::cpu::Cpu) -> (Precision, &'static str) {

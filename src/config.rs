@@ -98,7 +98,7 @@ pub struct ModelSection {
     pub input_size: Option<usize>,
 }
 
-/// `[http]`: the web console (issue 13).
+/// `[http]`: the web console.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {

@@ -1290,7 +1290,7 @@ mod tests {
         ));
     }
 
-    /// Issue 12 defect 1: one writer per state directory, and the refusal names the holder.
+    /// One writer per state directory, and the refusal names the holder.
     #[test]
     fn a_second_writer_is_refused_naming_the_holder_until_the_first_closes() {
         let d = tempfile::tempdir().unwrap();
@@ -1307,7 +1307,7 @@ mod tests {
         drop(s);
     }
 
-    /// Issue 12 defects 2 and 12: a checksum-valid record with an unusable embedding is
+    /// A checksum-valid record with an unusable embedding is
     /// quarantined at open (never loaded); quarantine never overwrites an earlier one, moves
     /// the thumbnail along, and the quarantined ids are never given again.
     #[test]

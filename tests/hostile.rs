@@ -1,5 +1,5 @@
-//! Hostile inputs and real faults (issue 12): each test drives the real executable the way
-//! the probe that found a defect did, and asserts what a user must get instead. Inputs are
+//! Hostile inputs and real faults: each test drives the real executable the way a hostile
+//! probe would, and asserts what a user must get instead. Inputs are
 //! made here (synthetic scenes, crafted files); nothing outside the repository is read except
 //! `/etc/passwd` (as a file that is not a tarball) and `/dev/null`.
 //!
@@ -97,7 +97,7 @@ fn head(dir: &Path) -> (PathBuf, PathBuf) {
     (data, h)
 }
 
-/// #6, #7: truncated images and decompression bombs are refused with the file named, in
+/// Truncated images and decompression bombs are refused with the file named, in
 /// classify, embed and image-folder import; the pixel limit is configurable.
 #[test]
 fn truncated_images_and_pixel_bombs_are_refused_by_name() {
@@ -222,7 +222,7 @@ fn run_measured(cmd: &mut Command) -> (Output, u64) {
     (o, ru.ru_maxrss as u64 * 1024)
 }
 
-/// #8, #16 and the minor items on datasets: a non-UTF-8 class folder is named, never
+/// Datasets: a non-UTF-8 class folder is named, never
 /// dropped; dangling links are named; what `synth` writes (train/ and val/) imports.
 #[test]
 fn image_folders_name_what_they_cannot_use_and_the_split_layout_imports() {
@@ -259,7 +259,7 @@ fn image_folders_name_what_they_cannot_use_and_the_split_layout_imports() {
     assert_eq!(ids(&state).len(), 9, "refused imports added nothing");
 }
 
-/// #15: a `dir:` camera over a tree with link cycles starts at once and shows each image
+/// A `dir:` camera over a tree with link cycles starts at once and shows each image
 /// once (doctor and run both walk it).
 #[test]
 fn a_dir_camera_with_link_cycles_terminates_and_counts_each_image_once() {
@@ -291,7 +291,7 @@ fn a_dir_camera_with_link_cycles_terminates_and_counts_each_image_once() {
     assert!(text(&o).contains("(6 images)"), "{}", text(&o));
 }
 
-/// #4: `--out` and `--status` never replace a device or a link; a link is followed.
+/// `--out` and `--status` never replace a device or a link; a link is followed.
 #[test]
 fn outputs_never_replace_devices_and_follow_links() {
     let t = tempfile::tempdir().unwrap();
@@ -420,7 +420,7 @@ fn swap_embedding(e: &mut [(String, Vec<u8>)], k: usize, emb: &[f32]) {
     set_manifest(e, &m);
 }
 
-/// #2 (import), #3, #11 and the import minor items: crafted tarballs are refused whole,
+/// Imports: crafted tarballs are refused whole,
 /// nothing is added, nothing of the input is echoed, memory stays bounded.
 #[test]
 fn crafted_tarballs_are_refused_whole_and_nothing_is_added() {
@@ -650,7 +650,7 @@ impl Drop for SmallDisk {
     }
 }
 
-/// #9: hostile numbers for every numeric flag: a clear error (exit 2) or a normal run, never
+/// Hostile numbers for every numeric flag: a clear error (exit 2) or a normal run, never
 /// a panic (exit 101).
 #[test]
 fn hostile_numbers_in_flags_never_panic() {
@@ -746,7 +746,7 @@ fn hostile_numbers_in_flags_never_panic() {
     assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
 }
 
-/// #9, the cases whose validation lives in the command-line layer (core's checked value
+/// Hostile numbers, the cases whose validation lives in the command-line layer (core's checked value
 /// types; `synth` counts are bounded so a huge one is refused instead of writing forever).
 #[test]
 fn hostile_numbers_handled_in_the_cli_layer() {
@@ -932,7 +932,7 @@ fn sigkill_during_captures_imports_and_a_full_disk_loses_nothing() {
     );
 }
 
-/// #1: one writer per state directory. While `run` has the state open, `dataset import` into
+/// One writer per state directory. While `run` has the state open, `dataset import` into
 /// it is refused, naming the running process's id, and changes nothing; after the appliance
 /// stops, the same import succeeds.
 #[test]
@@ -981,7 +981,7 @@ fn import_into_a_running_appliances_state_is_refused_naming_its_pid() {
     assert!(o.contains("imported 6 samples"), "{o}");
 }
 
-/// #14 through the real binary, and SIGHUP: with the state on a full disk a press is refused
+/// A full disk through the real binary, and SIGHUP: with the state on a full disk a press is refused
 /// (console line, status counters, `last_error`) while the loop keeps recognising; freed, the
 /// next press is stored. SIGHUP then stops it cleanly with exit code 3 (the unit restarts on
 /// it), the status file carrying the time of its last write. Without a tmpfs (not root), the
@@ -1102,7 +1102,7 @@ fn a_full_disk_refuses_captures_the_loop_keeps_going_and_sighup_stops_for_a_relo
     assert_eq!(ids(&state).len(), stored);
 }
 
-/// #13: a valid record that merely cannot be read (EACCES) is not quarantined: the start
+/// A valid record that merely cannot be read (EACCES) is not quarantined: the start
 /// fails naming it (after retries), the record stays where it is, and once it is readable
 /// again every sample is there. As root the program runs as `nobody` (root reads anything).
 #[test]

@@ -1,5 +1,5 @@
 #!/bin/bash
-# TLS client-certificate authentication (issue 14): mosquitto on 127.0.0.1 with
+# TLS client-certificate authentication: mosquitto on 127.0.0.1 with
 # `require_certificate true` and a CA made here; `teachcam run` with `client_cert`/`client_key`
 # must connect and publish, and without them must be refused with the broker's reason in the
 # status file, running on. Usage: tests/mqtt_client_cert.sh TEACHCAM_BINARY

@@ -245,7 +245,7 @@ mod tests {
         );
     }
 
-    /// Defect 10 of issue 12: dropping the trainer (what SIGTERM does) during a fine-tune
+    /// Dropping the trainer (what SIGTERM does) during a fine-tune
     /// with a 10-minute budget returns within a couple of epochs, not at the budget.
     #[test]
     fn dropping_the_trainer_stops_a_long_fine_tune_at_once() {

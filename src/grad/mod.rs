@@ -5,8 +5,8 @@
 //!
 //! tract has no backward pass, so this reads the same ONNX file (`models/mobilenetv2_f32.onnx`,
 //! checksum-verified like every model) and runs it with its own kernels ([`kernels`]; matrix
-//! products by `matrixmultiply`, already in the build through tract's ndarray). README's
-//! "Looking inside" section has the measurements behind this choice over an autodiff library.
+//! products by `matrixmultiply`, already in the build through tract's ndarray). docs/looking-inside.md
+//! has the measurements behind this choice over an autodiff library.
 //!
 //! Owns: parsing that op set from an ONNX graph (anything else is refused by node name),
 //! shape inference, forward, backward. Weights are constants: only input gradients exist.

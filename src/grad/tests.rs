@@ -382,7 +382,7 @@ fn the_shipped_model_forward_matches_tract_and_its_gradient_matches_finite_diffe
 #[test]
 fn the_shipped_model_agrees_with_candle_on_one_gradient() {
     // An independent runtime: candle-core 0.11.1 (reverse mode through the same ONNX graph
-    // rebuilt op by op, in a scratch crate measured for README's comparison, not part of the
+    // rebuilt op by op, in a scratch crate measured for the comparison in docs/looking-inside.md, not part of the
     // repository) printed, for this input and this score, score −0.868974 and an input
     // gradient of norm 2.644841e-1.
     let net = Network::load(&shipped_f32(), 224).unwrap();

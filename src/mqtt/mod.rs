@@ -1,4 +1,4 @@
-//! MQTT and Home Assistant (issue 14): the appliance talks to a broker it does not own.
+//! MQTT and Home Assistant: the appliance talks to a broker it does not own.
 //!
 //! Owns: the `[mqtt]` configuration and its checks ([`MqttSection`] → [`MqttConfig`]), the
 //! device id kept in the state directory, the topic layout ([`Topics`]), every payload

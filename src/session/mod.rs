@@ -73,9 +73,9 @@ pub enum Source {
     Keyboard,
     /// A scripted press (tests, demos).
     Script,
-    /// The web console (issue 13).
+    /// The web console.
     Http,
-    /// An MQTT command (issue 14).
+    /// An MQTT command.
     Mqtt,
     /// The program itself (tests, start-up).
     Internal,
