@@ -2,6 +2,7 @@
 //! in-memory "shell" answers the store and imprint requests so whole sequences can be run.
 
 use super::*;
+use crate::store::Edit;
 
 fn head(classes: &[&str], samples: usize) -> Arc<Head> {
     Arc::new(Head {
