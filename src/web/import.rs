@@ -26,7 +26,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::http::{self, CopyError, Pending, Response};
-use super::{Shared, answer, auth, disk_free_bytes, lower_priority};
+use super::metrics::disk_free_bytes;
+use super::reply::answer;
+use super::{Shared, auth, lower_priority};
 use crate::dataset::{self, DatasetError};
 use crate::session::Source;
 use crate::store::{Batch, Cause};
