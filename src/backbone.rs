@@ -23,6 +23,105 @@ pub const INPUT_SIZE: usize = 224;
 /// accurate (the network is fully convolutional; docs/measurements.md has the trade-off measured).
 pub const INPUT_SIZES: [usize; 3] = [160, 192, 224];
 
+/// Which network the backbone is: each ships as its own model files with its own digests, so
+/// heads and stored samples made with one are never mixed with the other's embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BackboneKind {
+    /// MobileNetV2 1.0 (ImageNet, top blocks tuned on dog breeds): 300 M multiply-adds at 224.
+    #[serde(rename = "mobilenetv2")]
+    MobileNetV2,
+    /// EfficientNet-Lite2 (ImageNet): 575 M multiply-adds at 224, stronger features for few
+    /// examples (docs/measurements.md, "Backbones").
+    #[serde(rename = "efficientnet-lite2")]
+    EfficientNetLite2,
+}
+
+impl BackboneKind {
+    /// Every shipped backbone, in the order tables print them.
+    pub const ALL: [BackboneKind; 2] = [BackboneKind::MobileNetV2, BackboneKind::EfficientNetLite2];
+
+    /// The backbone used when none is chosen (`--backbone`, `[model] backbone`).
+    pub const DEFAULT: BackboneKind = BackboneKind::MobileNetV2;
+
+    /// Name on the command line, in files and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::MobileNetV2 => "mobilenetv2",
+            BackboneKind::EfficientNetLite2 => "efficientnet-lite2",
+        }
+    }
+
+    /// The model files' common prefix in the models directory.
+    fn file_prefix(self) -> &'static str {
+        match self {
+            BackboneKind::MobileNetV2 => "mobilenetv2",
+            BackboneKind::EfficientNetLite2 => "efficientnet_lite2",
+        }
+    }
+
+    /// Whether a file for `precision` ships with this backbone (EfficientNet-Lite2 has no
+    /// `qdq` file: it is a measurement variant, and `int8` runs the `qop` file).
+    pub fn ships(self, precision: Precision) -> bool {
+        !(self == BackboneKind::EfficientNetLite2 && precision == Precision::Qdq)
+    }
+
+    /// File name of `precision`'s variant of this backbone inside the models directory.
+    pub fn file_name(self, precision: Precision) -> String {
+        format!("{}_{}.onnx", self.file_prefix(), precision.file_suffix())
+    }
+}
+
+impl Default for BackboneKind {
+    fn default() -> Self {
+        BackboneKind::DEFAULT
+    }
+}
+
+impl fmt::Display for BackboneKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackboneKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        BackboneKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!("unknown backbone {s:?}; choose one of mobilenetv2, efficientnet-lite2")
+            })
+    }
+}
+
+/// Which backbone to load: network, precision and input side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    /// The network.
+    pub kind: BackboneKind,
+    /// Its precision.
+    pub precision: Precision,
+    /// Input side in pixels (one of [`INPUT_SIZES`]).
+    pub input_size: usize,
+}
+
+impl Spec {
+    /// `kind` at `precision` and the native input size.
+    pub fn new(kind: BackboneKind, precision: Precision) -> Self {
+        Spec {
+            kind,
+            precision,
+            input_size: INPUT_SIZE,
+        }
+    }
+
+    /// The same at another input side.
+    pub fn sized(self, input_size: usize) -> Self {
+        Spec { input_size, ..self }
+    }
+}
+
 /// Which of the shipped model variants to run. The default is chosen for the CPU this runs on
 /// ([`Precision::for_cpu`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -91,13 +190,13 @@ impl Precision {
         }
     }
 
-    /// File name of this variant inside the models directory.
-    pub fn file_name(self) -> &'static str {
+    /// The model file's suffix for this variant (`int8` runs the `qop` file).
+    fn file_suffix(self) -> &'static str {
         match self {
-            Precision::F32 => "mobilenetv2_f32.onnx",
-            Precision::W8 => "mobilenetv2_w8.onnx",
-            Precision::Qdq => "mobilenetv2_qdq.onnx",
-            Precision::Qop | Precision::Int8 => "mobilenetv2_qop.onnx",
+            Precision::F32 => "f32",
+            Precision::W8 => "w8",
+            Precision::Qdq => "qdq",
+            Precision::Qop | Precision::Int8 => "qop",
         }
     }
 
@@ -177,6 +276,16 @@ pub enum ModelError {
         path: PathBuf,
         /// Underlying error.
         source: std::io::Error,
+    },
+    /// A precision this backbone has no file for.
+    #[error(
+        "backbone {kind} ships no {precision} variant; choose --precision int8, qop, w8 or f32"
+    )]
+    NotShipped {
+        /// The backbone.
+        kind: BackboneKind,
+        /// The precision asked for.
+        precision: Precision,
     },
     /// An input size the backbone is not offered at.
     #[error("input size {size} is not offered; choose one of 160, 192, 224")]
@@ -282,6 +391,9 @@ pub struct BackboneId {
     pub precision: String,
     /// Input side in pixels; `None` in files written before it was recorded.
     pub input_size: Option<usize>,
+    /// The network; `None` for a model file loaded by path and in files written before it
+    /// was recorded (those were all MobileNetV2).
+    pub kind: Option<BackboneKind>,
 }
 
 impl BackboneId {
@@ -298,7 +410,11 @@ impl BackboneId {
 
 impl fmt::Display for BackboneId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}", self.short(), self.precision)?;
+        write!(f, "{} (", self.short())?;
+        if let Some(k) = self.kind {
+            write!(f, "{k}, ")?;
+        }
+        f.write_str(&self.precision)?;
         if let Some(px) = self.input_size {
             write!(f, ", {px} px")?;
         }
@@ -417,6 +533,7 @@ pub struct Backbone {
     path: PathBuf,
     id: BackboneId,
     precision: Option<Precision>,
+    kind: Option<BackboneKind>,
     dim: usize,
     size: usize,
     /// The int8 path's kernel for each layer type (`None` for tract's own operators).
@@ -434,37 +551,33 @@ impl fmt::Debug for Backbone {
 }
 
 impl Backbone {
-    /// Load the shipped variant `precision` from `models_dir`, verifying its checksum.
-    pub fn load(models_dir: &Path, precision: Precision) -> Result<Self, ModelError> {
-        Self::load_sized(models_dir, precision, INPUT_SIZE)
+    /// Load the shipped variant `spec` from `models_dir`, verifying its checksum.
+    pub fn load(models_dir: &Path, spec: Spec) -> Result<Self, ModelError> {
+        Self::load_spec(models_dir, spec, false)
     }
 
-    /// [`Backbone::load`] for a `size`×`size` input (one of [`INPUT_SIZES`]).
-    pub fn load_sized(
-        models_dir: &Path,
-        precision: Precision,
-        size: usize,
-    ) -> Result<Self, ModelError> {
-        let path = models_dir.join(precision.file_name());
-        let mut b = Self::load_with(&path, precision == Precision::Int8, size)?;
-        b.precision = Some(precision);
-        b.id.precision = precision.name().to_string();
-        Ok(b)
-    }
-
-    /// [`Backbone::load_sized`] whose plan also returns the last feature map, for
+    /// [`Backbone::load`] whose plan also returns the last feature map, for
     /// [`Embedder::embed_with_map`] (class-activation maps: `teachcam explain`). The
     /// embedding is unchanged; the map costs one more output of a tensor the pass computes
     /// anyway.
-    pub fn load_sized_with_map(
-        models_dir: &Path,
-        precision: Precision,
-        size: usize,
-    ) -> Result<Self, ModelError> {
-        let path = models_dir.join(precision.file_name());
-        let mut b = Self::load_inner(&path, precision == Precision::Int8, size, true)?;
-        b.precision = Some(precision);
-        b.id.precision = precision.name().to_string();
+    pub fn load_with_map(models_dir: &Path, spec: Spec) -> Result<Self, ModelError> {
+        Self::load_spec(models_dir, spec, true)
+    }
+
+    fn load_spec(models_dir: &Path, spec: Spec, with_map: bool) -> Result<Self, ModelError> {
+        if !spec.kind.ships(spec.precision) {
+            return Err(ModelError::NotShipped {
+                kind: spec.kind,
+                precision: spec.precision,
+            });
+        }
+        let path = models_dir.join(spec.kind.file_name(spec.precision));
+        let int8 = spec.precision == Precision::Int8;
+        let mut b = Self::load_inner(&path, int8, spec.input_size, with_map)?;
+        b.precision = Some(spec.precision);
+        b.kind = Some(spec.kind);
+        b.id.precision = spec.precision.name().to_string();
+        b.id.kind = Some(spec.kind);
         Ok(b)
     }
 
@@ -572,8 +685,10 @@ impl Backbone {
                 digest,
                 precision: "custom".into(),
                 input_size: Some(size),
+                kind: None,
             },
             precision: None,
+            kind: None,
             dim,
             size,
             kernels,
@@ -608,6 +723,11 @@ impl Backbone {
     /// Shipped variant, when loaded through [`Backbone::load`].
     pub fn precision(&self) -> Option<Precision> {
         self.precision
+    }
+
+    /// Shipped network, when loaded through [`Backbone::load`].
+    pub fn kind(&self) -> Option<BackboneKind> {
+        self.kind
     }
 
     /// Number of nodes in the optimised graph (for `info`).
@@ -656,13 +776,13 @@ impl Backbone {
         Ok(view.iter().copied().collect())
     }
 
-    /// True when the plan also returns the feature map ([`Backbone::load_sized_with_map`]).
+    /// True when the plan also returns the feature map ([`Backbone::load_with_map`]).
     pub fn has_map(&self) -> bool {
         self.map.is_some()
     }
 
     /// Run the network on a preprocessed NCHW input; the embedding and the last feature map.
-    /// Fails when the backbone was not loaded with [`Backbone::load_sized_with_map`].
+    /// Fails when the backbone was not loaded with [`Backbone::load_with_map`].
     pub fn run_tensor_with_map(&self, input: &[f32]) -> Result<(Vec<f32>, FeatureMap), ModelError> {
         let err = |message: String| ModelError::Tract {
             path: self.path.clone(),
@@ -862,7 +982,7 @@ impl Embedder {
     }
 
     /// [`Embedder::run`], also returning the last feature map when the backbone was loaded
-    /// with it ([`Backbone::load_sized_with_map`]); `None` otherwise. Same pass, same state.
+    /// with it ([`Backbone::load_with_map`]); `None` otherwise. Same pass, same state.
     pub fn run_with_map(&mut self) -> Result<(Vec<f32>, Option<FeatureMap>), ModelError> {
         let out = self.run_outputs()?;
         let view = out[0]
@@ -877,7 +997,7 @@ impl Embedder {
     }
 
     /// Preprocess and embed one packed RGB8 frame, also returning the last feature map (the
-    /// backbone must come from [`Backbone::load_sized_with_map`]). One backbone pass: what a
+    /// backbone must come from [`Backbone::load_with_map`]). One backbone pass: what a
     /// per-frame class-activation map ([`crate::inspect::explain`]) needs.
     pub fn embed_with_map(
         &mut self,

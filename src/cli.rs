@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::backbone::Precision;
+use crate::backbone::{BackboneKind, Precision, Spec};
 use crate::camera::CameraSpec;
 use crate::config::values::{Fps, InputSize, L2, Seconds, Threshold, ValSplit};
 use crate::gpio::GpioSpec;
@@ -31,6 +31,10 @@ pub struct Global {
     /// first of models/ next to the binary, ../share/teachcam/models, ./models).
     #[arg(long, global = true, value_name = "DIR")]
     pub models: Option<PathBuf>,
+    /// Backbone network: mobilenetv2 or efficientnet-lite2 (default: see `info`). Heads and
+    /// stored samples record the backbone they were made with.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub backbone: Option<BackboneKind>,
     /// Backbone precision: int8 (default), w8, f32, qdq or qop.
     #[arg(long, global = true, value_name = "P")]
     pub precision: Option<Precision>,
@@ -118,6 +122,16 @@ impl Global {
     /// The input size asked for, or the default.
     pub fn input_size(&self) -> usize {
         self.input_size.unwrap_or(InputSize::DEFAULT).get()
+    }
+
+    /// The backbone asked for, or the default.
+    pub fn backbone(&self) -> BackboneKind {
+        self.backbone.unwrap_or_default()
+    }
+
+    /// The backbone to load: network, precision and input size as asked for.
+    pub fn spec(&self) -> Spec {
+        Spec::new(self.backbone(), self.precision()).sized(self.input_size())
     }
 }
 

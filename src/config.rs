@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::backbone::Precision;
+use crate::backbone::{BackboneKind, Precision, Spec};
 use crate::camera::CameraSpec;
 use crate::frame::check_class_name;
 use crate::gpio::{GpioSpec, Line, Wiring};
@@ -92,6 +92,8 @@ pub struct TrainSection {
 pub struct ModelSection {
     /// Models directory.
     pub dir: Option<PathBuf>,
+    /// Backbone network: mobilenetv2 or efficientnet-lite2.
+    pub backbone: Option<String>,
     /// Backbone precision: int8, w8, f32, qdq or qop.
     pub precision: Option<String>,
     /// Side of the square model input: 224, 192 or 160.
@@ -444,6 +446,8 @@ pub struct RunConfig {
     pub train_budget: Budget,
     /// Models directory (None = search).
     pub models: Option<PathBuf>,
+    /// Backbone network.
+    pub backbone: BackboneKind,
     /// Backbone precision.
     pub precision: Precision,
     /// Model input side in pixels.
@@ -456,6 +460,13 @@ pub struct RunConfig {
     pub mqtt: Option<crate::mqtt::MqttConfig>,
     /// The file's pixel limit for every decode (`None`: the environment's or the default).
     pub max_pixels: Option<u64>,
+}
+
+impl RunConfig {
+    /// The backbone to load.
+    pub fn spec(&self) -> Spec {
+        Spec::new(self.backbone, self.precision).sized(self.input_size.get())
+    }
 }
 
 /// Flags given on the command line (each overrides the file); already checked by their types.
@@ -477,6 +488,8 @@ pub struct Overrides {
     pub gpio: Option<GpioSpec>,
     /// `--models`.
     pub models: Option<PathBuf>,
+    /// `--backbone`.
+    pub backbone: Option<BackboneKind>,
     /// `--precision`.
     pub precision: Option<Precision>,
     /// `--input-size`.
@@ -548,6 +561,11 @@ impl RunConfig {
             (None, Some(s)) => s.parse().map_err(|e: String| bad("model.precision", e))?,
             (None, None) => Precision::default(),
         };
+        let backbone = match (cli.backbone, f.model.backbone.as_deref()) {
+            (Some(k), _) => k,
+            (None, Some(s)) => s.parse().map_err(|e: String| bad("model.backbone", e))?,
+            (None, None) => BackboneKind::default(),
+        };
         let input_size = match cli.input_size {
             Some(s) => s,
             None => from_file(f.model.input_size, InputSize::new, |w| {
@@ -612,6 +630,7 @@ impl RunConfig {
             train_budget: from_file(f.train.budget_s, Budget::new, |w| bad("train.budget_s", w))?
                 .unwrap_or(Budget::DEFAULT),
             models: cli.models.or(f.model.dir),
+            backbone,
             precision,
             input_size,
             http: match (cli.http, &f.http) {
@@ -766,6 +785,7 @@ mod tests {
             "budget_s",
             "[model]",
             "dir",
+            "backbone",
             "precision",
             "[http]",
             "enabled",
@@ -819,6 +839,7 @@ mod tests {
             ("[gpio]\nhold_ms = 10", "`gpio.hold_ms`"),
             ("[train]\nbudget_s = 0", "`train.budget_s`"),
             ("[model]\nprecision = \"int4\"", "`model.precision`"),
+            ("[model]\nbackbone = \"resnet50\"", "`model.backbone`"),
             ("[model]\ninput_size = 100", "`model.input_size`"),
             ("classes = [\"cat\", \"cat\"]", "`classes`"),
             ("classes = [\"a/b\"]", "`classes`"),

@@ -112,11 +112,11 @@ fn check_model(r: &mut Report, c: &RunConfig) -> Option<String> {
             return None;
         }
     };
-    let path = dir.join(c.precision.file_name());
+    let path = dir.join(c.backbone.file_name(c.precision));
     match backbone::verify_model(&path) {
         Ok(_) => {
             let t = std::time::Instant::now();
-            match Backbone::load_sized(&dir, c.precision, c.input_size.get()) {
+            match Backbone::load(&dir, c.spec()) {
                 Ok(b) => {
                     r.push(
                         "model",

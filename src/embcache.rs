@@ -35,6 +35,8 @@ struct Meta {
     precision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     input_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backbone: Option<crate::backbone::BackboneKind>,
     classes: Vec<String>,
     items: Vec<CachedItem>,
 }
@@ -91,6 +93,7 @@ impl EmbeddingSet {
             backbone_sha256: self.backbone.digest.clone(),
             precision: self.backbone.precision.clone(),
             input_size: self.backbone.input_size,
+            backbone: self.backbone.kind,
             classes: self.classes.clone(),
             items: self.items.clone(),
         };
@@ -135,6 +138,7 @@ impl EmbeddingSet {
                 digest: meta.backbone_sha256,
                 precision: meta.precision,
                 input_size: meta.input_size,
+                kind: meta.backbone,
             },
             classes: meta.classes,
             items: meta.items,
@@ -154,6 +158,7 @@ mod tests {
                 digest: "ab".into(),
                 precision: "w8".into(),
                 input_size: Some(224),
+                kind: None,
             },
             classes: vec!["x".into(), "y".into()],
             items: vec![

@@ -257,6 +257,7 @@ fn write_seed_corpus() {
             digest: "ab".repeat(32),
             precision: "int8".into(),
             input_size: Some(224),
+            kind: None,
         },
         info: Default::default(),
     };
@@ -267,6 +268,7 @@ fn write_seed_corpus() {
             digest: "cd".repeat(32),
             precision: "int8".into(),
             input_size: Some(224),
+            kind: None,
         },
         classes: vec!["a".into(), "b".into()],
         items: vec![

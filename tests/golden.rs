@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use teachcam::backbone::{Backbone, Precision};
+use teachcam::backbone::{Backbone, BackboneKind, Precision, Spec};
 use teachcam::imagefolder::load_rgb;
 
 fn golden() -> serde_json::Value {
@@ -41,7 +41,11 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn preprocessing_matches_the_export_script() {
     let g = golden();
-    let b = Backbone::load(&models(), Precision::W8).unwrap();
+    let b = Backbone::load(
+        &models(),
+        Spec::new(BackboneKind::MobileNetV2, Precision::W8),
+    )
+    .unwrap();
     let mut e = b.embedder();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
     let images = g["images"].as_array().unwrap();
@@ -78,7 +82,7 @@ fn embeddings_match_onnxruntime_for_every_variant() {
     let g = golden();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
     for p in Precision::ALL {
-        let b = Backbone::load(&models(), p).unwrap();
+        let b = Backbone::load(&models(), Spec::new(BackboneKind::MobileNetV2, p)).unwrap();
         assert_eq!(b.dim(), 1280);
         // The int8 path runs the QOperator file; its identity is derived from the file's.
         let file = if p == Precision::Int8 {
@@ -86,7 +90,10 @@ fn embeddings_match_onnxruntime_for_every_variant() {
         } else {
             p.name()
         };
-        let file_sha = teachcam::backbone::verify_model(&models().join(p.file_name())).unwrap();
+        let file_sha = teachcam::backbone::verify_model(
+            &models().join(BackboneKind::MobileNetV2.file_name(p)),
+        )
+        .unwrap();
         assert_eq!(file_sha, g["models"][file]["sha256"].as_str().unwrap());
         assert_eq!(b.id().digest == file_sha, p != Precision::Int8);
         assert_eq!(

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::{check_writable_parent, load_backbone_from, load_head_for};
-use crate::backbone::{self, Backbone, Precision};
+use crate::backbone::{self, Backbone, Precision, Spec};
 use crate::cli::{AttackArgs, DreamArgs, ExplainArgs, FeaturesArgs, Global};
 use crate::frame::Frame;
 use crate::grad::Network;
@@ -61,7 +61,8 @@ fn load_rgb(path: &Path) -> Result<Frame> {
 
 /// The float backbone (tract) and the differentiable copy of it, with a head trained on it.
 fn float_models(g: &Global, head_path: &Path) -> Result<(Backbone, Network, Head)> {
-    let b = load_backbone_from(g.models.as_deref(), Precision::F32, g.input_size(), false)?;
+    let spec = Spec::new(g.backbone(), Precision::F32).sized(g.input_size());
+    let b = load_backbone_from(g.models.as_deref(), spec, false)?;
     let head = load_head_for(head_path, b.id(), b.dim()).with_context(|| {
         format!(
             "{} must be trained on the f32 backbone for gradients (teachcam train ... --precision f32)",
@@ -85,7 +86,8 @@ fn int8_verdict(
     w: usize,
     h: usize,
 ) -> Result<(usize, Vec<f32>)> {
-    let b = load_backbone_from(g.models.as_deref(), Precision::Int8, g.input_size(), false)?;
+    let spec = Spec::new(g.backbone(), Precision::Int8).sized(g.input_size());
+    let b = load_backbone_from(g.models.as_deref(), spec, false)?;
     let head = load_head_for(head_path, b.id(), b.dim())?;
     let e = b.embedder().embed(rgb, w, h)?;
     let p = head.predict(&e);
@@ -97,7 +99,7 @@ pub(super) fn explain(g: &Global, a: &ExplainArgs) -> Result<()> {
     let head = Head::load(&a.head)?;
     let img = load_rgb(&a.image)?;
     let dir = backbone::find_models_dir(g.models.as_deref())?;
-    let b = Backbone::load_sized_with_map(&dir, g.precision(), g.input_size())?;
+    let b = Backbone::load_with_map(&dir, g.spec())?;
     head.check_backbone(&a.head, b.id(), b.dim())?;
     let explainer = Explainer::new(&head);
     let mut emb = b.embedder();
@@ -147,7 +149,10 @@ pub(super) fn explain(g: &Global, a: &ExplainArgs) -> Result<()> {
 
 pub(super) fn features(g: &Global, a: &FeaturesArgs) -> Result<()> {
     let dir = backbone::find_models_dir(g.models.as_deref())?;
-    let net = Network::load(&dir.join(Precision::F32.file_name()), g.input_size())?;
+    let net = Network::load(
+        &dir.join(g.backbone().file_name(Precision::F32)),
+        g.input_size(),
+    )?;
     let layers = net.layers();
     let list = || -> Result<()> {
         for (i, l) in layers.iter().enumerate() {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::backbone::{self, Backbone, BackboneId, Precision};
+use crate::backbone::{self, Backbone, BackboneId, Precision, Spec};
 use crate::cli::{
     ClassifyArgs, Cli, Command, DatasetAction, DoctorArgs, EmbedArgs, EvalArgs, Global, RunArgs,
     RunCmd, SynthArgs, TrainArgs,
@@ -77,28 +77,24 @@ fn cmd_synth(a: &SynthArgs) -> Result<()> {
 }
 
 fn load_backbone(g: &Global) -> Result<Backbone> {
-    load_backbone_from(g.models.as_deref(), g.precision(), g.input_size(), false)
+    load_backbone_from(g.models.as_deref(), g.spec(), false)
 }
 
 /// Find, verify and load the backbone, logging how long it took; `with_map`: its plan also
-/// returns the last feature map ([`Backbone::load_sized_with_map`]).
-fn load_backbone_from(
-    models: Option<&Path>,
-    precision: Precision,
-    input_size: usize,
-    with_map: bool,
-) -> Result<Backbone> {
+/// returns the last feature map ([`Backbone::load_with_map`]).
+fn load_backbone_from(models: Option<&Path>, spec: Spec, with_map: bool) -> Result<Backbone> {
     let dir = backbone::find_models_dir(models)?;
     let t = Instant::now();
     let b = if with_map {
-        Backbone::load_sized_with_map(&dir, precision, input_size)?
+        Backbone::load_with_map(&dir, spec)?
     } else {
-        Backbone::load_sized(&dir, precision, input_size)?
+        Backbone::load(&dir, spec)?
     };
     log::info!(
-        "loaded {} ({}{}) in {:.0} ms",
+        "loaded {} ({} {}{}) in {:.0} ms",
         b.path().display(),
-        precision,
+        spec.kind,
+        spec.precision,
         if with_map {
             ", with its feature map"
         } else {
@@ -607,7 +603,7 @@ fn int8_kernels_json() -> Result<serde_json::Value> {
 
 fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
     let dir = backbone::find_models_dir(g.models.as_deref())?;
-    let path = dir.join(g.precision().file_name());
+    let path = dir.join(g.backbone().file_name(g.precision()));
     let check = backbone::verify_model(&path);
     let size = std::fs::metadata(&path).map(|m| m.len()).ok();
     let v = json!({
@@ -615,6 +611,8 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         "tract_version": TRACT_VERSION,
         "model_path": path.to_string_lossy(),
         "models_dir": dir.to_string_lossy(),
+        "backbone": g.backbone().name(),
+        "default_backbone": backbone::BackboneKind::DEFAULT.name(),
         "precision": g.precision().name(),
         "model_bytes": size,
         "model_sha256": check.as_ref().ok(),
@@ -635,8 +633,9 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
             std::env::consts::ARCH
         );
         out!(
-            "model      {} ({}, {} bytes)",
+            "model      {} ({} {}, {} bytes)",
             path.display(),
+            g.backbone(),
             g.precision(),
             size.unwrap_or(0)
         );
@@ -668,6 +667,7 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
             fps: a.fps,
             gpio: a.gpio.clone(),
             models: g.models.clone(),
+            backbone: g.backbone,
             precision: g.precision,
             input_size: g.input_size,
             http: a.http,
@@ -706,13 +706,8 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
     let console = bind_console(&c)?;
     // With the console on, the plan also returns the last feature map, for its heat map
     // (read only while a viewer asks for it).
-    let backbone = load_backbone_from(
-        c.models.as_deref(),
-        c.precision,
-        c.input_size.get(),
-        console.is_some(),
-    )?;
-    // Samples taught with another backbone (the precision or input size changed) are
+    let backbone = load_backbone_from(c.models.as_deref(), c.spec(), console.is_some())?;
+    // Samples taught with another backbone (the network, precision or input size changed) are
     // re-embedded from their thumbnails, so what was taught is kept across a model change.
     crate::dataset::reembed_stale(&mut store, &mut backbone.embedder())?;
     let settings = crate::daemon::Settings {
@@ -810,13 +805,19 @@ fn console_observer(
     let info = crate::web::Info {
         version: env!("CARGO_PKG_VERSION").into(),
         camera,
-        model: format!("{} {}px {}", id.precision, c.input_size.get(), id.digest),
+        model: format!(
+            "{} {} {}px {}",
+            c.backbone,
+            id.precision,
+            c.input_size.get(),
+            id.digest
+        ),
         state_dir: c.state_dir.clone(),
         // The float twin beside the loaded model (the models folder was found above).
         float_model: backbone
             .path()
             .parent()
-            .map(|d| d.join(Precision::F32.file_name()))
+            .map(|d| d.join(c.backbone.file_name(Precision::F32)))
             .filter(|p| p.is_file()),
         input_size: c.input_size.get(),
         backbone: Some(backbone.clone()),

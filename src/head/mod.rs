@@ -120,6 +120,8 @@ struct Meta {
     precision: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     input_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backbone: Option<crate::backbone::BackboneKind>,
     info: TrainInfo,
 }
 
@@ -232,6 +234,7 @@ impl Head {
             backbone_sha256: self.backbone.digest.clone(),
             precision: self.backbone.precision.clone(),
             input_size: self.backbone.input_size,
+            backbone: self.backbone.kind,
             info: self.info.clone(),
         };
         // Plain data: serialisation cannot fail.
@@ -304,6 +307,7 @@ impl Head {
                 digest: meta.backbone_sha256,
                 precision: meta.precision,
                 input_size: meta.input_size,
+                kind: meta.backbone,
             },
             info: meta.info,
         })
@@ -330,10 +334,17 @@ impl Head {
         }
         if !self.backbone.same_as(loaded) {
             let head = &self.backbone;
-            // Name the flag that actually differs: the input size when both are known and
-            // differ, else the precision.
-            let fix = match (head.input_size, loaded.input_size) {
-                (Some(h), Some(l)) if h != l => format!(
+            // Name the flag that actually differs: the network, else the input size when
+            // both are known and differ, else the precision. Heads written before the
+            // network was recorded were all MobileNetV2's.
+            let head_kind = head
+                .kind
+                .unwrap_or(crate::backbone::BackboneKind::MobileNetV2);
+            let fix = match (loaded.kind, head.input_size, loaded.input_size) {
+                (Some(l), _, _) if l != head_kind => format!(
+                    "retrain it (teachcam --backbone {l} train ...) or run with --backbone {head_kind}"
+                ),
+                (_, Some(h), Some(l)) if h != l => format!(
                     "retrain it (teachcam --input-size {l} train ...) or run with --input-size {h}"
                 ),
                 _ => format!(
@@ -378,6 +389,7 @@ mod tests {
             digest: digit.repeat(64),
             precision: precision.into(),
             input_size: Some(size),
+            kind: Some(crate::backbone::BackboneKind::MobileNetV2),
         }
     }
 

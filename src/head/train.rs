@@ -857,6 +857,7 @@ mod tests {
             digest: "h".into(),
             precision: "w8".into(),
             input_size: None,
+            kind: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use super::attack::{AttackConfig, attack};
 use super::dream::{DreamConfig, dream};
 use super::explain::Explainer;
-use crate::backbone::{Backbone, Precision};
+use crate::backbone::{Backbone, BackboneKind, Precision, Spec};
 use crate::grad::Network;
 use crate::head::Head;
 use crate::rng::Rng;
@@ -42,7 +42,7 @@ fn explain_maps_sum_to_the_score_for_every_precision() {
     let head = random_head(3, 1);
     let ex = Explainer::new(&head);
     for p in Precision::ALL {
-        let b = Backbone::load_sized_with_map(models(), p, 224).unwrap();
+        let b = Backbone::load_with_map(models(), Spec::new(BackboneKind::MobileNetV2, p)).unwrap();
         let mut emb = b.embedder();
         let (e, map) = emb.embed_with_map(&rgb, w, h).unwrap();
         assert_eq!((map.h, map.w, map.c), (7, 7, 1280), "{p}");
@@ -55,7 +55,7 @@ fn explain_maps_sum_to_the_score_for_every_precision() {
             assert_eq!(map2.as_ref(), Some(&map), "{p}");
         }
         // The extra output changes nothing about the embedding.
-        let plain = Backbone::load_sized(models(), p, 224).unwrap();
+        let plain = Backbone::load(models(), Spec::new(BackboneKind::MobileNetV2, p)).unwrap();
         assert_eq!(plain.embedder().embed(&rgb, w, h).unwrap(), e, "{p}");
         // The map pools to the embedding (qdq fake-quantises the pooled vector once more:
         // within its quantisation step).
