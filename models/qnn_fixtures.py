@@ -7,14 +7,23 @@ Two kinds of case, all deterministic (seeded numpy, 1-thread onnxruntime, ORT_EN
 in the benchmark):
 
 * layer cases: one ``QLinearConv`` (1x1, or depthwise 3x3 with the strides and paddings
-  MobileNetV2 uses), or a ``DequantizeLinear``/``Add``/``QuantizeLinear`` chain where the
-  second add reads the first one's float sum (as QOperator residual chains do), on seeded
-  random data with zero points and scales chosen so that some outputs saturate. Tensors are
-  stored flat in NHWC order, the layout teachcam's kernels use.
-* body cases: the shipped ``models/mobilenetv2_qop.onnx`` from its first ``QuantizeLinear``
-  to the pooled embedding, run on a formula input (so Rust can regenerate it bit for bit) at
-  small sizes; recorded are the per-channel integer sums of the final ``u8`` tensor, which
-  pin every integer result of the network.
+  MobileNetV2 uses, or depthwise 5x5 with EfficientNet-Lite2's: stride 1 pads [2,2,2,2],
+  stride 2 TF-same pads [1,1,2,2], on even, odd and tiny inputs), or a
+  ``DequantizeLinear``/``Add``/``QuantizeLinear`` chain where the second add reads the
+  first one's float sum (as QOperator residual chains do), on seeded random data with zero
+  points and scales chosen so that some outputs saturate. Tensors are stored flat in NHWC
+  order, the layout teachcam's kernels use.
+* body cases: a shipped QOperator model from its first ``QuantizeLinear`` to the pooled
+  embedding, run on a formula input (so Rust can regenerate it bit for bit) at small sizes;
+  recorded are the per-channel integer sums of the final ``u8`` tensor, which pin every
+  integer result of the network. The ``models/mobilenetv2_qop.onnx`` cases carry no
+  ``model`` field (cut at ``expanded_conv_depthwise_relu``, final tensor
+  ``Conv_1_quantized``); the others name their ``model``, the ``cut`` tensor (the float
+  input of the int8 section, [1,32,h,w]), the ``final_quantized`` tensor and the
+  ``rewrite`` counts teachcam's rewrite reports on the cut graph.
+
+The cases added for EfficientNet-Lite2 come from their own seeded generator, after the
+original ones, so the original cases regenerate unchanged.
 
 Used by ``make qnn-fixtures``; the output is committed and read by the unit tests in
 ``src/qnn/tests.rs`` on every architecture.
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +41,13 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import qop_check  # noqa: E402  (the Python mirror of teachcam's int8 rewrite rules)
+
 ROOT = Path(__file__).resolve().parent.parent
 CUT = "expanded_conv_depthwise_relu"  # float input of the int8 section in the shipped model
+LITE2_MODEL = "efficientnet_lite2_qop.onnx"
+LITE2_CUT = "b0_dw_relu"  # its float input of the int8 section (the first depthwise's ReLU6)
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -137,25 +152,44 @@ def formula_input(h: int, w: int) -> np.ndarray:
             * np.float32(6.0)).reshape(1, 32, h, w)
 
 
-def body_case(h: int, w: int) -> dict:
-    m = onnx.load(str(ROOT / "models" / "mobilenetv2_qop.onnx"))
+def body_case(h: int, w: int, model: str = "mobilenetv2_qop.onnx", cut: str = CUT,
+              name: str | None = None) -> dict:
+    m = onnx.load(str(ROOT / "models" / model))
     g = m.graph
-    start = next(i for i, n in enumerate(g.node) if n.input and n.input[0] == CUT)
+    start = next(i for i, n in enumerate(g.node) if n.input and n.input[0] == cut)
     keep = list(g.node)[start:]
     del g.node[:]
     g.node.extend(keep)
+    # The final u8 tensor: what the DequantizeLinear in front of GlobalAveragePool reads.
+    producer = {o: n for n in g.node for o in n.output}
+    pool = next(n for n in g.node if n.op_type == "GlobalAveragePool")
+    dq = producer[pool.input[0]]
+    assert dq.op_type == "DequantizeLinear", dq.op_type
+    final, zero_name = dq.input[0], dq.input[2]
+    first_q = g.node[0]
+    assert first_q.op_type == "QuantizeLinear" and first_q.input[0] == cut, first_q
     del g.input[:]
-    g.input.append(helper.make_tensor_value_info(CUT, TensorProto.FLOAT, [1, 32, h, w]))
+    g.input.append(helper.make_tensor_value_info(cut, TensorProto.FLOAT, [1, 32, h, w]))
     del g.value_info[:]
+    # What teachcam's rewrite makes of the cut graph (its only output still the embedding).
+    chk = qop_check.check(m)
+    if chk["problems"]:
+        raise SystemExit(f"{model} cut at {cut}: teachcam's rewrite would refuse it: {chk['problems']}")
+    counts = {k: chk["counts"][k] for k in ("quantize", "conv", "add", "mean")}
     del g.output[:]
-    g.output.append(helper.make_tensor_value_info("Conv_1_quantized", TensorProto.UINT8, None))
+    g.output.append(helper.make_tensor_value_info(final, TensorProto.UINT8, None))
     g.output.append(helper.make_tensor_value_info("embedding", TensorProto.FLOAT, None))
-    q, emb = session(m).run(None, {CUT: formula_input(h, w)})
-    zero = next(numpy_helper.to_array(t) for t in g.initializer if t.name == "Conv_1_zero_point")
+    q, emb = session(m).run(None, {cut: formula_input(h, w)})
+    zero = next(numpy_helper.to_array(t) for t in g.initializer if t.name == zero_name)
     sums = q.astype(np.int64).sum(axis=(2, 3))[0] - int(zero) * q.shape[2] * q.shape[3]
-    return {"name": f"body_{h}x{w}", "kind": "body", "h": h, "w": w,
-            "out_hw": [int(q.shape[2]), int(q.shape[3])],
-            "sums": [int(v) for v in sums], "embedding": [float(v) for v in emb.ravel()]}
+    case = {"name": name or f"body_{h}x{w}", "kind": "body", "h": h, "w": w}
+    if model != "mobilenetv2_qop.onnx":
+        case.update({"model": model, "cut": cut, "final_quantized": final, "rewrite": counts})
+    if np.count_nonzero(sums) <= 100:
+        raise SystemExit(f"{case['name']}: only {np.count_nonzero(sums)} non-zero channel sums")
+    case.update({"out_hw": [int(q.shape[2]), int(q.shape[3])],
+                 "sums": [int(v) for v in sums], "embedding": [float(v) for v in emb.ravel()]})
+    return case
 
 
 def main() -> int:
@@ -172,6 +206,17 @@ def main() -> int:
         add_case(rng, 300),
         body_case(32, 32),
         body_case(24, 40),
+    ]
+    # EfficientNet-Lite2: its own generator, so the cases above stay as they were.
+    rng = np.random.default_rng(20261205)
+    cases += [
+        conv_case(rng, "dw5_s1_same_c24", 24, 24, 6, 7, 5, 1, (2, 2, 2, 2), 5, 0, True),
+        conv_case(rng, "dw5_s2_tf_same_c40", 40, 40, 6, 8, 5, 2, (1, 1, 2, 2), 0, 0, True),
+        conv_case(rng, "dw5_s2_tf_same_odd_c48", 48, 48, 7, 9, 5, 2, (1, 1, 2, 2), 17, 3, True),
+        conv_case(rng, "dw5_s1_same_c72", 72, 72, 5, 6, 5, 1, (2, 2, 2, 2), 0, 128, True),
+        conv_case(rng, "dw5_s1_tiny_c24", 24, 24, 2, 3, 5, 1, (2, 2, 2, 2), 200, 0, True),
+        body_case(32, 32, LITE2_MODEL, LITE2_CUT, "lite2_body_32x32"),
+        body_case(28, 36, LITE2_MODEL, LITE2_CUT, "lite2_body_28x36"),
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"onnxruntime": ort.__version__, "generator": "models/qnn_fixtures.py"}

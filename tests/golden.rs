@@ -77,61 +77,83 @@ fn preprocessing_matches_the_export_script() {
     }
 }
 
+/// What golden.json holds for `kind`: per image its embeddings by variant, and the files.
+fn golden_for<'a>(
+    g: &'a serde_json::Value,
+    im: &'a serde_json::Value,
+    kind: BackboneKind,
+) -> (&'a serde_json::Value, &'a serde_json::Value) {
+    match kind {
+        BackboneKind::MobileNetV2 => (&im["embeddings"], &g["models"]),
+        k => (
+            &im["embeddings_by_backbone"][k.name()],
+            &g["models_by_backbone"][k.name()],
+        ),
+    }
+}
+
 #[test]
-fn embeddings_match_onnxruntime_for_every_variant() {
+fn embeddings_match_onnxruntime_for_every_variant_of_every_backbone() {
     let g = golden();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
-    for p in Precision::ALL {
-        let b = Backbone::load(&models(), Spec::new(BackboneKind::MobileNetV2, p)).unwrap();
-        assert_eq!(b.dim(), 1280);
-        // The int8 path runs the QOperator file; its identity is derived from the file's.
-        let file = if p == Precision::Int8 {
-            "qop"
-        } else {
-            p.name()
-        };
-        let file_sha = teachcam::backbone::verify_model(
-            &models().join(BackboneKind::MobileNetV2.file_name(p)),
-        )
-        .unwrap();
-        assert_eq!(file_sha, g["models"][file]["sha256"].as_str().unwrap());
-        assert_eq!(b.id().digest == file_sha, p != Precision::Int8);
-        assert_eq!(
-            (b.id().precision.as_str(), b.id().input_size),
-            (p.name(), Some(224))
-        );
-        let mut e = b.embedder();
-        for im in g["images"].as_array().unwrap() {
-            let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
-            let got = e.embed(&img.rgb, img.width, img.height).unwrap();
-            let want = floats(&im["embeddings"][file]);
-            let cos = cosine(&got, &want);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let max_diff = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            match p {
-                Precision::F32 | Precision::W8 => {
-                    assert!(cos >= 0.9999, "{p} {}: cosine {cos}", im["file"]);
-                    assert!(
-                        max_diff <= 1e-3 * scale,
-                        "{p} {}: max diff {max_diff}",
-                        im["file"]
-                    );
+    let mut checked = 0;
+    for kind in BackboneKind::ALL {
+        for p in Precision::ALL.into_iter().filter(|&p| kind.ships(p)) {
+            let b = Backbone::load(&models(), Spec::new(kind, p)).unwrap();
+            assert_eq!(b.dim(), 1280);
+            assert_eq!(b.id().kind, Some(kind));
+            // The int8 path runs the QOperator file; its identity is derived from the file's.
+            let file = if p == Precision::Int8 {
+                "qop"
+            } else {
+                p.name()
+            };
+            let file_sha =
+                teachcam::backbone::verify_model(&models().join(kind.file_name(p))).unwrap();
+            let images = g["images"].as_array().unwrap();
+            let (_, files) = golden_for(&g, &images[0], kind);
+            assert_eq!(
+                file_sha,
+                files[file]["sha256"].as_str().unwrap(),
+                "{kind} {p}"
+            );
+            assert_eq!(b.id().digest == file_sha, p != Precision::Int8);
+            assert_eq!(
+                (b.id().precision.as_str(), b.id().input_size),
+                (p.name(), Some(224))
+            );
+            let mut e = b.embedder();
+            for im in images {
+                let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
+                let got = e.embed(&img.rgb, img.width, img.height).unwrap();
+                let want = floats(&golden_for(&g, im, kind).0[file]);
+                let cos = cosine(&got, &want);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let max_diff = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                let what = format!("{kind} {p} {}", im["file"]);
+                match p {
+                    Precision::F32 | Precision::W8 => {
+                        assert!(cos >= 0.9999, "{what}: cosine {cos}");
+                        assert!(max_diff <= 1e-3 * scale, "{what}: max diff {max_diff}");
+                    }
+                    Precision::Qdq | Precision::Qop => {
+                        assert!(cos >= 0.99, "{what}: cosine {cos}");
+                    }
+                    Precision::Int8 => {
+                        // Integer arithmetic identical to onnxruntime's (pinned exactly by
+                        // the unit tests in src/qnn); what differs is the float prefix (stem
+                        // and first depthwise layer), which can move a few values of the
+                        // first quantised tensor across a rounding boundary.
+                        eprintln!("{what}: cosine {cos} max diff {max_diff}");
+                        assert!(cos >= 0.995, "{what}: cosine {cos}");
+                    }
                 }
-                Precision::Qdq | Precision::Qop => {
-                    assert!(cos >= 0.99, "{p} {}: cosine {cos}", im["file"]);
-                }
-                Precision::Int8 => {
-                    // Integer arithmetic identical to onnxruntime's (pinned exactly by the
-                    // unit tests in src/qnn); what differs is the float prefix (stem and first
-                    // depthwise layer, computed by tract), which can move a few values of the
-                    // first quantised tensor across a rounding boundary.
-                    eprintln!("int8 {}: cosine {cos} max diff {max_diff}", im["file"]);
-                    assert!(cos >= 0.995, "{p} {}: cosine {cos}", im["file"]);
-                }
+                checked += 1;
             }
         }
     }
+    assert_eq!(checked, 4 * (5 + 4), "every image, every shipped variant");
 }

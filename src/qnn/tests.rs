@@ -194,13 +194,17 @@ fn formula_input(h: usize, w: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The shipped QOperator model cut at the float input of its int8 section, on `plan`'s
-/// kernels.
-fn int8_section(h: usize, w: usize, plan: &KernelPlan) -> std::sync::Arc<TypedRunnableModel> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mobilenetv2_qop.onnx");
+/// A shipped QOperator model (the body case `c` names it; MobileNetV2's when it does not)
+/// cut at the float input of its int8 section, on `plan`'s kernels.
+fn int8_section(c: &Value, plan: &KernelPlan) -> std::sync::Arc<TypedRunnableModel> {
+    let (h, w) = (n(&c["h"]), n(&c["w"]));
+    let file = c["model"].as_str().unwrap_or("mobilenetv2_qop.onnx");
+    let cut = c["cut"].as_str().unwrap_or("expanded_conv_depthwise_relu");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(file);
     let mut proto = tract_onnx::onnx().proto_model_for_path(&path).unwrap();
     let g = proto.graph.as_mut().unwrap();
-    let cut = "expanded_conv_depthwise_relu";
     let start = g
         .node
         .iter()
@@ -211,10 +215,19 @@ fn int8_section(h: usize, w: usize, plan: &KernelPlan) -> std::sync::Arc<TypedRu
     input.name = cut.into();
     g.input = vec![input];
     let (model, done) = super::model_for_proto(proto, plan).unwrap();
+    let want = match c.get("rewrite") {
+        Some(r) => (
+            n(&r["quantize"]),
+            n(&r["conv"]),
+            n(&r["add"]),
+            n(&r["mean"]),
+        ),
+        None => (1, 50, 10, 1),
+    };
     assert_eq!(
         (done.quantize, done.conv, done.add, done.mean),
-        (1, 50, 10, 1),
-        "rewrite of the shipped model"
+        want,
+        "rewrite of {file}"
     );
     model
         .with_input_fact(0, f32::fact([1, 32, h, w]).into())
@@ -252,9 +265,21 @@ fn body_cases_match(kernels: &KernelPlan) {
         kernels.pointwise.kernel.name(),
         kernels.depthwise.kernel.name()
     );
+    let models: std::collections::BTreeSet<&str> = cases("body")
+        .iter()
+        .map(|c| c["model"].as_str().unwrap_or("mobilenetv2_qop.onnx"))
+        .map(|m| {
+            if m.starts_with("efficientnet") {
+                "lite2"
+            } else {
+                "mnv2"
+            }
+        })
+        .collect();
+    assert_eq!(models.len(), 2, "body cases of both shipped int8 models");
     for c in cases("body") {
         let (h, w) = (n(&c["h"]), n(&c["w"]));
-        let plan = int8_section(h, w, kernels);
+        let plan = int8_section(&c, kernels);
         let x = Tensor::from_shape(&[1, 32, h, w], &formula_input(h, w)).unwrap();
         let out = plan.run(tvec!(x.into())).unwrap();
         let emb: Vec<f32> = out[0]
