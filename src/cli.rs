@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// Serve the web console on ADDRESS:PORT (overrides `[http]`; port 0 picks a free one).
     #[arg(long, value_name = "ADDRESS:PORT")]
     pub http: Option<std::net::SocketAddr>,
+    /// Frames one press captures, 1..=20 (overrides `[train] burst`; default 5).
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u32>,
 }
 
 /// `dataset` subcommands.
@@ -193,6 +196,93 @@ pub struct EvalArgs {
     pub jobs: Option<usize>,
 }
 
+/// `fewshot`.
+#[derive(Debug, Args)]
+pub struct FewshotArgs {
+    /// Image folder with train/ and val/.
+    pub dataset: PathBuf,
+    /// Presses per class to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5,10")]
+    pub presses: Vec<usize>,
+    /// Random draws of which photos are pressed.
+    #[arg(long, default_value_t = 5)]
+    pub draws: usize,
+    /// Frames per press in the burst modes.
+    #[arg(long, default_value_t = 5)]
+    pub burst: usize,
+    /// Training variations per stored sample in the augment modes.
+    #[arg(long, default_value_t = 4)]
+    pub augment: usize,
+    /// Modes to measure (plain, augment, burst, burst+augment; default all).
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
+    pub modes: Vec<PressMode>,
+    /// Presses per taught class in the open-set measurement.
+    #[arg(long, default_value_t = 5)]
+    pub open_set_presses: usize,
+    /// The head's "unknown" threshold (the device's default).
+    #[arg(long, default_value_t = Threshold::DEFAULT)]
+    pub threshold: Threshold,
+    /// Seed of the draws and the variations.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Parallel embedding threads (default: all cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// What a press yields in `fewshot` (the command's module doc has the protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PressMode {
+    /// One frame per press, nothing added.
+    Plain,
+    /// One frame per press, training variations added.
+    Augment,
+    /// A burst of frames per press.
+    Burst,
+    /// A burst per press, training variations added.
+    BurstAugment,
+}
+
+impl PressMode {
+    /// Every mode, in table order.
+    pub const ALL: [PressMode; 4] = [
+        PressMode::Plain,
+        PressMode::Augment,
+        PressMode::Burst,
+        PressMode::BurstAugment,
+    ];
+
+    /// Its name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PressMode::Plain => "plain",
+            PressMode::Augment => "augment",
+            PressMode::Burst => "burst",
+            PressMode::BurstAugment => "burst+augment",
+        }
+    }
+
+    /// Whether a press is a burst of frames.
+    pub fn burst(self) -> bool {
+        matches!(self, PressMode::Burst | PressMode::BurstAugment)
+    }
+
+    /// Whether training adds variations of the stored samples.
+    pub fn augment(self) -> bool {
+        matches!(self, PressMode::Augment | PressMode::BurstAugment)
+    }
+}
+
+fn parse_mode(s: &str) -> Result<PressMode, String> {
+    PressMode::ALL
+        .into_iter()
+        .find(|m| m.name() == s)
+        .ok_or_else(|| format!("unknown mode {s:?}; choose plain, augment, burst or burst+augment"))
+}
+
 /// `classify`.
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
@@ -292,6 +382,10 @@ pub enum Command {
     Eval(EvalArgs),
     /// Classify image files.
     Classify(ClassifyArgs),
+    /// What a few presses teach: accuracy over presses per class, several random draws, with
+    /// and without bursts and training variations, and how often an untaught thing is
+    /// called "unknown" (a photo set with train/ and val/).
+    Fewshot(FewshotArgs),
     /// Time preprocessing, backbone and head on this machine (1 thread; see --threads).
     Bench(BenchArgs),
     /// Show the model, precision, CPU features and versions.

@@ -78,12 +78,19 @@ pub struct GpioSection {
     pub repeat_ms: Option<u64>,
 }
 
+/// Most frames one press may capture (`[train] burst`).
+pub const MAX_PRESS_FRAMES: u32 = 20;
+
 /// `[train]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     /// Time budget of one background fine-tune, seconds.
     pub budget_s: Option<f64>,
+    /// Frames one press captures (a short burst): 1..=20.
+    pub burst: Option<u32>,
+    /// Milliseconds between a press's frames: 50..=2000.
+    pub burst_every_ms: Option<u64>,
 }
 
 /// `[model]`.
@@ -444,6 +451,10 @@ pub struct RunConfig {
     pub timing: crate::gpio::debounce::Timing,
     /// Fine-tune budget.
     pub train_budget: Budget,
+    /// Frames one press captures.
+    pub press_frames: u32,
+    /// Milliseconds between a press's frames.
+    pub press_every_ms: u64,
     /// Models directory (None = search).
     pub models: Option<PathBuf>,
     /// Backbone network.
@@ -496,6 +507,8 @@ pub struct Overrides {
     pub input_size: Option<InputSize>,
     /// `--http`.
     pub http: Option<std::net::SocketAddr>,
+    /// `--burst`.
+    pub burst: Option<u32>,
 }
 
 /// `max_upload_mb` in 1..=4096 and `session_s` in 1 s..=a year, or the defaults.
@@ -629,6 +642,34 @@ impl RunConfig {
             },
             train_budget: from_file(f.train.budget_s, Budget::new, |w| bad("train.budget_s", w))?
                 .unwrap_or(Budget::DEFAULT),
+            press_frames: match cli.burst.or(f.train.burst) {
+                None => crate::session::PRESS_FRAMES,
+                Some(n) if (1..=MAX_PRESS_FRAMES).contains(&n) => n,
+                Some(n) => {
+                    let key = if cli.burst.is_some() {
+                        "--burst"
+                    } else {
+                        "train.burst"
+                    };
+                    return Err(bad(
+                        key,
+                        format!("must be 1..={MAX_PRESS_FRAMES} frames, got {n}"),
+                    ));
+                }
+            },
+            press_every_ms: match f.train.burst_every_ms {
+                None => crate::session::PRESS_EVERY_MS,
+                Some(ms) if (crate::session::MIN_BURST_MS..=2000).contains(&ms) => ms,
+                Some(ms) => {
+                    return Err(bad(
+                        "train.burst_every_ms",
+                        format!(
+                            "must be {}..=2000 ms, got {ms}",
+                            crate::session::MIN_BURST_MS
+                        ),
+                    ));
+                }
+            },
             models: cli.models.or(f.model.dir),
             backbone,
             precision,
@@ -783,6 +824,8 @@ mod tests {
             "repeat_ms",
             "[train]",
             "budget_s",
+            "burst",
+            "burst_every_ms",
             "[model]",
             "dir",
             "backbone",
@@ -838,6 +881,8 @@ mod tests {
             ("[gpio]\nleds = [16, 13]", "`gpio`"),
             ("[gpio]\nhold_ms = 10", "`gpio.hold_ms`"),
             ("[train]\nbudget_s = 0", "`train.budget_s`"),
+            ("[train]\nburst = 0", "`train.burst`"),
+            ("[train]\nburst_every_ms = 10", "`train.burst_every_ms`"),
             ("[model]\nprecision = \"int4\"", "`model.precision`"),
             ("[model]\nbackbone = \"resnet50\"", "`model.backbone`"),
             ("[model]\ninput_size = 100", "`model.input_size`"),

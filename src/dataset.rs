@@ -698,6 +698,8 @@ pub fn stage(
             embedding: &e,
             thumb_jpeg: &s.thumb,
             time_ms,
+            // Imported samples are each their own press (a dataset keeps no presses).
+            press: None,
         })?;
         rep.added += 1;
         Ok(())

@@ -12,7 +12,7 @@
 pub const UNKNOWN: &str = "unknown";
 
 /// Longest side of a stored thumbnail, pixels.
-pub const THUMB_SIDE: u32 = 160;
+pub const THUMB_SIDE: u32 = 320;
 
 /// Quality of every JPEG this program writes (thumbnails, synthetic datasets).
 pub const JPEG_QUALITY: u8 = 85;
@@ -195,10 +195,10 @@ mod tests {
 
     #[test]
     fn thumbnails_are_small_jpegs_that_decode() {
-        let f = Frame::new(320, 240, vec![128; 320 * 240 * 3], "grey").unwrap();
+        let f = Frame::new(640, 480, vec![128; 640 * 480 * 3], "grey").unwrap();
         let t = thumbnail_jpeg(&f).unwrap();
         let back = decode_jpeg(&t, "back").unwrap();
-        assert_eq!((back.width, back.height), (160, 120));
+        assert_eq!((back.width, back.height), (320, 240));
         assert!(decode_jpeg(b"not a jpeg", "x").is_err());
         // Small frames are kept at their size.
         let s = Frame::new(8, 6, vec![9; 8 * 6 * 3], "s").unwrap();

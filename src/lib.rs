@@ -23,6 +23,7 @@
 //! | [`tarball`] | the bounded, validating tar reader behind `dataset import` |
 //! | [`metrics`] | accuracy, confusion, latency summaries |
 //! | [`demo`] | synthetic scenes for demos and tests |
+//! | [`augment`] | image variations of a captured frame for training |
 //! | [`linalg`] | dot/axpy kernels with CPU-feature dispatch |
 //! | [`mqtt`] | MQTT and Home Assistant: config, topics, payloads, the link threads |
 //! | [`bus`] | bounded per-subscriber event queues, newest-only slots |
@@ -32,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod augment;
 pub mod backbone;
 pub mod bus;
 pub mod camera;

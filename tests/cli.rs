@@ -299,6 +299,10 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_capture() {
                 "--duration",
                 "60",
                 "-q",
+                // One frame a press: a capture every 90 ms, so at most one is in flight at
+                // the kill (bursts put several in one poll).
+                "--burst",
+                "1",
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()

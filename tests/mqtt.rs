@@ -327,7 +327,9 @@ fn spawn_run(
         &cfg,
         format!(
             "state_dir = {state:?}\nstatus_file = {status:?}\nclasses = [\"ball\", \"block\", \"ring\"]\n\
-             [camera]\nuri = {camera:?}\nfps = {fps}\n[gpio]\nuri = {gpio:?}\n[mqtt]\n{mqtt}\n",
+             [camera]\nuri = {camera:?}\nfps = {fps}\n[gpio]\nuri = {gpio:?}\n\
+             # One frame a press: these tests count a sample per command.\n\
+             [train]\nburst = 1\n[mqtt]\n{mqtt}\n",
             state = s(state),
             status = s(&state.join("status.json")),
         ),

@@ -148,6 +148,7 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
                 dim,
                 data: &x,
                 labels: &y,
+                groups: None,
             },
             None,
             names,

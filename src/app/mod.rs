@@ -42,6 +42,7 @@ macro_rules! out_part {
 }
 
 mod bench;
+mod fewshot;
 // `explain`, `features`, `dream`, `attack`: their glue.
 mod inspect_cmds;
 
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => cmd_eval(g, a),
         Command::Classify(a) => cmd_classify(g, a),
         Command::Bench(a) => bench::cmd_bench(g, a),
+        Command::Fewshot(a) => fewshot::cmd_fewshot(g, a),
         Command::Info(a) => cmd_info(g, a.json),
         Command::Run(a) => cmd_run(g, a),
         Command::Doctor(a) => cmd_doctor(g, a),
@@ -346,11 +348,13 @@ fn cmd_train(g: &Global, a: &TrainArgs) -> Result<()> {
             dim: tr.dim,
             data: &tr.data,
             labels: &labels,
+            groups: None,
         },
         va.as_ref().zip(val_labels.as_ref()).map(|(v, l)| Examples {
             dim: v.dim,
             data: &v.data,
             labels: l,
+            groups: None,
         }),
         tr.classes.clone(),
         &tr.backbone,
@@ -671,6 +675,7 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
             precision: g.precision,
             input_size: g.input_size,
             http: a.http,
+            burst: a.burst,
         },
     )
 }
@@ -727,6 +732,9 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
             smoothing: c.smoothing.get(),
             // The camera is lost after 3 s, or three frame periods at low rates.
             camera_timeout_ms: 3000.max(3 * c.camera_opts.period_ms()),
+            press_frames: c.press_frames,
+            // A burst's frames are distinct frames: no faster than the camera delivers them.
+            press_every_ms: c.press_every_ms.max(c.camera_opts.period_ms()),
             ..crate::session::SessionConfig::default()
         },
     };

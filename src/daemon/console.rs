@@ -33,6 +33,13 @@ pub fn line(event: &Event) -> Option<Line> {
         Event::CaptureRefused { class, reason, .. } => {
             Out(format!("capture refused: class={class}: {reason}"))
         }
+        // A burst's press is undone whole: `samples=N` says how many went.
+        Event::Undone { sample, ids, .. } if ids.len() > 1 => Out(format!(
+            "undo id={} class={} samples={}",
+            sample.id,
+            sample.label,
+            ids.len()
+        )),
         Event::Undone { sample, .. } => {
             Out(format!("undo id={} class={}", sample.id, sample.label))
         }
@@ -129,6 +136,7 @@ mod tests {
             label: "cup".into(),
             time_ms: 0,
             thumb_sha256: String::new(),
+            press: 12,
         };
         let out = |e: Event| match line(&e) {
             Some(Line::Out(s)) => s,
@@ -142,8 +150,20 @@ mod tests {
             "captured id=12 class=cup"
         );
         assert_eq!(
-            out(Event::Undone { sample, origin }),
+            out(Event::Undone {
+                sample: sample.clone(),
+                ids: vec![12],
+                origin
+            }),
             "undo id=12 class=cup"
+        );
+        assert_eq!(
+            out(Event::Undone {
+                sample,
+                ids: vec![8, 9, 10, 11, 12],
+                origin
+            }),
+            "undo id=12 class=cup samples=5"
         );
         let imprinted = out(Event::HeadSwapped {
             version: 2,

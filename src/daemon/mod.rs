@@ -163,6 +163,7 @@ pub trait Storage {
         embedding: &[f32],
         thumb: &[u8],
         time_ms: u64,
+        press: Option<u64>,
     ) -> Result<SampleInfo, StoreError>;
     /// Apply a journaled edit.
     fn apply(&mut self, edit: &Edit) -> Result<(), StoreError>;
@@ -175,8 +176,15 @@ pub trait Storage {
 }
 
 impl Storage for Store {
-    fn add(&mut self, l: &str, e: &[f32], t: &[u8], ms: u64) -> Result<SampleInfo, StoreError> {
-        let id = Store::add(self, l, e, t, ms)?;
+    fn add(
+        &mut self,
+        l: &str,
+        e: &[f32],
+        t: &[u8],
+        ms: u64,
+        press: Option<u64>,
+    ) -> Result<SampleInfo, StoreError> {
+        let id = Store::add_to_press(self, l, e, t, ms, press)?;
         let added = Store::samples(self).iter().find(|s| s.id == id);
         added.map(Sample::info).ok_or(StoreError::NoSample(id))
     }
@@ -458,7 +466,7 @@ impl<'a> Shell<'a> {
 
     fn store(&mut self, request: &StoreRequest) -> Result<Option<SampleInfo>, Refusal> {
         let result = match request {
-            StoreRequest::Capture { label, .. } => {
+            StoreRequest::Capture { label, press, .. } => {
                 let Some((frame, embedding)) = &self.last else {
                     return Err(Refusal::NoFrame);
                 };
@@ -471,7 +479,7 @@ impl<'a> Shell<'a> {
                 let time = self.parts.clock.unix_ms();
                 self.parts
                     .store
-                    .add(label, embedding, thumb, time)
+                    .add(label, embedding, thumb, time, *press)
                     .map(Some)
             }
             StoreRequest::Edit { edit, .. } => self.parts.store.apply(edit).map(|()| None),

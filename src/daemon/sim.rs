@@ -103,9 +103,16 @@ impl FaultyStore<'_, '_> {
 }
 
 impl Storage for FaultyStore<'_, '_> {
-    fn add(&mut self, l: &str, e: &[f32], t: &[u8], ms: u64) -> Result<SampleInfo, StoreError> {
+    fn add(
+        &mut self,
+        l: &str,
+        e: &[f32],
+        t: &[u8],
+        ms: u64,
+        press: Option<u64>,
+    ) -> Result<SampleInfo, StoreError> {
         self.fault()?;
-        Storage::add(self.inner, l, e, t, ms)
+        Storage::add(self.inner, l, e, t, ms, press)
     }
     fn apply(&mut self, edit: &Edit) -> Result<(), StoreError> {
         self.fault()?;
@@ -266,8 +273,11 @@ fn five_minutes_of_faults_never_stop_the_loop_and_lose_nothing_acknowledged() {
                 Refusal::ReadOnly => refused_ro += 1,
                 _ => {}
             },
-            Event::Undone { sample, .. } => {
-                expect.remove(&sample.id);
+            // A press goes whole (bursts: every frame of it).
+            Event::Undone { ids, .. } => {
+                for id in ids {
+                    expect.remove(id);
+                }
             }
             Event::ClassRenamed { from, to, .. } => {
                 for l in expect.values_mut().filter(|l| *l == from) {
@@ -394,7 +404,12 @@ fn observers_see_frames_snapshots_and_the_outcome_of_their_own_requests() {
     let mut trainer = InlineTrainer::new(id.clone(), TrainConfig::default());
     let mut lamps = Lamps::default();
     let classes: Vec<String> = ["ball", "block"].map(String::from).to_vec();
-    let session = Session::new(SessionConfig::default(), 0, classes, Vec::new(), None);
+    // One frame a press: the test follows each request to its one sample.
+    let cfg = SessionConfig {
+        press_frames: 1,
+        ..SessionConfig::default()
+    };
+    let session = Session::new(cfg, 0, classes, Vec::new(), None);
     let (hub, actions) = Hub::new(dir.path().to_path_buf());
     let parts = Parts {
         camera: &mut camera,

@@ -25,6 +25,9 @@ pub struct Job {
     pub data: Vec<f32>,
     /// Index into `classes` per row.
     pub labels: Vec<usize>,
+    /// The press each row came from: rows of one press (a burst's frames, a sample's
+    /// variations) are held out together when training selects its settings.
+    pub groups: Vec<u64>,
     /// The classes that have samples, in class-list order.
     pub classes: Vec<String>,
 }
@@ -53,6 +56,7 @@ impl Job {
                 if s.embedding.len() == job.dim {
                     job.data.extend_from_slice(&s.embedding);
                     job.labels.push(k);
+                    job.groups.push(s.press);
                 }
             }
         }
@@ -64,6 +68,7 @@ impl Job {
             dim: self.dim,
             data: &self.data,
             labels: &self.labels,
+            groups: (self.groups.len() == self.labels.len()).then_some(&self.groups[..]),
         }
     }
 
@@ -216,6 +221,7 @@ mod tests {
             embedding: e.to_vec(),
             backbone: String::new(),
             thumb_sha256: String::new(),
+            press: id,
         }
     }
 

@@ -114,6 +114,10 @@ pub struct Examples<'a> {
     pub data: &'a [f32],
     /// One label per row.
     pub labels: &'a [usize],
+    /// A group per row, or `None` for a group per row: rows of one group (the frames of one
+    /// press and the variations made from them) are held out together when training selects
+    /// its settings, so a near-copy of a held-out row never sits in the training rows.
+    pub groups: Option<&'a [u64]>,
 }
 
 /// One grid point's outcome.
@@ -421,19 +425,44 @@ fn fit(prob: &Problem, init: Params, l2: f32, epochs: usize, seed: u64) -> Fitte
     best
 }
 
-/// Stratified k-fold assignment: per class, shuffled rows dealt round-robin into `k` folds.
-/// Returns, per fold, (training rows, held-out rows).
+/// The groups of each class: per class, its rows gathered by group in order of first
+/// appearance (each row its own group when `groups` is `None`).
+fn class_groups(y: &[usize], groups: Option<&[u64]>, c: usize) -> Vec<Vec<Vec<usize>>> {
+    let mut out: Vec<Vec<Vec<usize>>> = vec![Vec::new(); c];
+    let mut seen: std::collections::HashMap<(usize, u64), usize> = Default::default();
+    for (i, &l) in y.iter().enumerate() {
+        match groups {
+            None => out[l].push(vec![i]),
+            Some(g) => {
+                let n = out[l].len();
+                let slot = *seen.entry((l, g[i])).or_insert(n);
+                if slot == n {
+                    out[l].push(Vec::new());
+                }
+                out[l][slot].push(i);
+            }
+        }
+    }
+    out
+}
+
+/// Stratified, grouped k-fold assignment: per class, its shuffled groups dealt round-robin
+/// into `k` folds (a group's rows share a fold). Returns, per fold, (training rows, held-out
+/// rows).
 fn stratified_folds(
     y: &[usize],
+    groups: Option<&[u64]>,
     c: usize,
     k: usize,
     rng: &mut Rng,
 ) -> Vec<(Vec<usize>, Vec<usize>)> {
     let mut fold_of = vec![0usize; y.len()];
-    for mut idx in by_class(y, c) {
-        rng.shuffle(&mut idx);
-        for (j, i) in idx.into_iter().enumerate() {
-            fold_of[i] = j % k;
+    for mut gs in class_groups(y, groups, c) {
+        rng.shuffle(&mut gs);
+        for (j, g) in gs.into_iter().enumerate() {
+            for i in g {
+                fold_of[i] = j % k;
+            }
         }
     }
     (0..k)
@@ -482,6 +511,13 @@ fn validate(ex: &Examples, classes: &[String]) -> Result<(), TrainError> {
             ex.dim
         )));
     }
+    if ex.groups.is_some_and(|g| g.len() != ex.labels.len()) {
+        return Err(TrainError::Shape(format!(
+            "{} groups for {} rows",
+            ex.groups.map_or(0, <[u64]>::len),
+            ex.labels.len()
+        )));
+    }
     if let Some(&bad) = ex.labels.iter().find(|&&l| l >= classes.len()) {
         return Err(TrainError::Shape(format!(
             "label {bad} but only {} classes",
@@ -504,12 +540,17 @@ fn validate(ex: &Examples, classes: &[String]) -> Result<(), TrainError> {
 }
 
 /// Number of cross-validation folds for a held-out fraction: each fold holds out about
-/// `holdout` of every class. `None` when there is too little data to hold anything out.
-fn fold_count(y: &[usize], c: usize, holdout: f32) -> Option<usize> {
+/// `holdout` of every class's groups. `None` when there is too little data to hold anything
+/// out.
+fn fold_count(y: &[usize], groups: Option<&[u64]>, c: usize, holdout: f32) -> Option<usize> {
     if holdout <= 0.0 {
         return None;
     }
-    let smallest = by_class(y, c).iter().map(Vec::len).min().unwrap_or(0);
+    let smallest = class_groups(y, groups, c)
+        .iter()
+        .map(Vec::len)
+        .min()
+        .unwrap_or(0);
     let k = ((1.0 / holdout).round() as usize)
         .clamp(2, 10)
         .min(smallest);
@@ -571,9 +612,9 @@ pub fn train(
     let all: Vec<usize> = (0..train.labels.len()).collect();
     let val = val.filter(|v| !v.labels.is_empty());
     let folds: Vec<(Vec<usize>, Option<Vec<usize>>)> =
-        match (&val, fold_count(train.labels, c, cfg.holdout)) {
+        match (&val, fold_count(train.labels, train.groups, c, cfg.holdout)) {
             (Some(_), _) => vec![(all.clone(), None)],
-            (None, Some(k)) => stratified_folds(train.labels, c, k, &mut rng)
+            (None, Some(k)) => stratified_folds(train.labels, train.groups, c, k, &mut rng)
                 .into_iter()
                 .map(|(tr, ho)| (tr, Some(ho)))
                 .collect(),
@@ -874,6 +915,7 @@ mod tests {
             dim: 64,
             data: &x,
             labels: &y,
+            groups: None,
         };
         let (head, rep) = train(ex, None, names(4), &bid(), &TrainConfig::default()).unwrap();
         assert!(rep.train_accuracy > 0.97, "{rep:?}");
@@ -902,6 +944,7 @@ mod tests {
             dim: 16,
             data: &x,
             labels: &y,
+            groups: None,
         };
         let cfg = TrainConfig {
             seed: 5,
@@ -925,6 +968,7 @@ mod tests {
             dim: 32,
             data: &x,
             labels: &y,
+            groups: None,
         };
         let h = imprint_head(ex, names(3), &bid(), 0.5).unwrap();
         let (probe, py) = blobs(3, 30, 32, 0.3, 3);
@@ -955,6 +999,7 @@ mod tests {
             dim: 16,
             data: &x,
             labels: &y,
+            groups: None,
         };
         let (h, _) = train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap();
         let probe: Vec<f32> = c1.iter().map(|m| m + 0.3 * r.normal()).collect();
@@ -968,6 +1013,7 @@ mod tests {
             dim: 32,
             data: &x,
             labels: &y,
+            groups: None,
         };
         let norm = |l2: f32| {
             let cfg = TrainConfig {
@@ -992,6 +1038,7 @@ mod tests {
             dim: 2,
             data: &[],
             labels: &[],
+            groups: None,
         };
         assert_eq!(
             train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap_err(),
@@ -1001,6 +1048,7 @@ mod tests {
             dim: 2,
             data: &[1.0, 0.0],
             labels: &[0],
+            groups: None,
         };
         assert_eq!(
             train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap_err(),
@@ -1010,6 +1058,7 @@ mod tests {
             dim: 0,
             data: &[],
             labels: &[0],
+            groups: None,
         };
         assert!(matches!(
             train(ex, None, names(1), &bid(), &TrainConfig::default()),
@@ -1026,6 +1075,7 @@ mod tests {
                 dim: 8,
                 data: &x,
                 labels: &y,
+                groups: None,
             };
             let e = train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap_err();
             assert_eq!(
@@ -1044,6 +1094,7 @@ mod tests {
             dim: 8,
             data: &x,
             labels: &y,
+            groups: None,
         };
         let mut v = x.clone();
         v[0] = f32::NAN;
@@ -1051,6 +1102,7 @@ mod tests {
             dim: 8,
             data: &v,
             labels: &y,
+            groups: None,
         };
         assert_eq!(
             train(ex, Some(val), names(2), &bid(), &TrainConfig::default()).unwrap_err(),
@@ -1061,5 +1113,50 @@ mod tests {
         );
         let (_, r) = train(ex, None, names(2), &bid(), &TrainConfig::default()).unwrap();
         assert!(r.holdout_accuracy.is_some_and(f32::is_finite));
+    }
+
+    #[test]
+    fn grouped_folds_hold_a_group_out_whole_and_count_groups_not_rows() {
+        // Two classes, each 4 presses of 3 frames: rows of a press must share a fold.
+        let y: Vec<usize> = (0..24).map(|i| i / 12).collect();
+        let g: Vec<u64> = (0..24).map(|i| (i / 3) as u64).collect();
+        let k = fold_count(&y, Some(&g), 2, 0.2).unwrap();
+        assert_eq!(k, 4, "4 groups per class, not 12 rows");
+        assert_eq!(fold_count(&y, None, 2, 0.2), Some(5));
+        let folds = stratified_folds(&y, Some(&g), 2, k, &mut Rng::new(3));
+        let mut held = [0; 24];
+        for (tr, ho) in &folds {
+            assert_eq!(tr.len() + ho.len(), 24);
+            for &i in ho {
+                held[i] += 1;
+                // Every row of the group is held out with it, none left in training.
+                assert!(ho.contains(&(i / 3 * 3)) && ho.contains(&(i / 3 * 3 + 2)));
+                assert!(!tr.iter().any(|&t| g[t] == g[i]));
+            }
+            // Stratified: each fold holds out one press of each class.
+            assert_eq!(ho.iter().filter(|&&i| y[i] == 0).count(), 3);
+        }
+        assert!(
+            held.iter().all(|&n| n == 1),
+            "each row held out exactly once"
+        );
+        // Without groups the folds are the ungrouped ones, as before groups existed.
+        let plain = stratified_folds(&y, None, 2, 4, &mut Rng::new(3));
+        assert!(
+            plain
+                .iter()
+                .any(|(_, ho)| ho.iter().any(|&i| !ho.contains(&(i / 3 * 3))))
+        );
+        // A group list of the wrong length is refused.
+        let ex = Examples {
+            dim: 1,
+            data: &[0.0; 24],
+            labels: &y,
+            groups: Some(&g[..5]),
+        };
+        assert!(matches!(
+            validate(&ex, &["a".into(), "b".into()]),
+            Err(TrainError::Shape(_))
+        ));
     }
 }

@@ -409,8 +409,12 @@ pub fn event_msg(t: &Topics, event: &Event, unix_ms: u64) -> Option<Msg> {
             origin: o,
         } => json!({"type": "capture_refused", "class": class,
             "reason": reason.to_string(), "origin": origin(o)}),
-        Event::Undone { sample, origin: o } => json!({"type": "undone",
-            "class": sample.label, "sample": sample.id, "origin": origin(o)}),
+        Event::Undone {
+            sample,
+            ids,
+            origin: o,
+        } => json!({"type": "undone",
+            "class": sample.label, "sample": sample.id, "samples": ids, "origin": origin(o)}),
         Event::NothingToUndo { origin: o } => {
             json!({"type": "nothing_to_undo", "origin": origin(o)})
         }

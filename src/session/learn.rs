@@ -124,16 +124,9 @@ impl Session {
             }
             Ok(_) if generation != self.generation => FineTuneResult::Stale,
             Ok(ft) => {
-                let live = self.live.as_ref();
-                // The bar: the live head's held-out accuracy; for an imprinted head, the
-                // imprint's accuracy on the fine-tune's own folds.
-                let needed = live
-                    .and_then(|l| l.accuracy)
-                    .or(ft.imprint_accuracy)
-                    .unwrap_or(0.0);
-                // No held-out estimate (too few samples): nothing says it is worse.
-                let accuracy = ft.holdout_accuracy.unwrap_or(1.0);
-                if accuracy + 1e-6 >= needed {
+                let live = self.live.as_ref().and_then(|l| l.accuracy);
+                let (wins, accuracy, needed) = fine_tune_wins(live, &ft);
+                if wins {
                     let samples = ft.head.info.samples_per_class.iter().sum();
                     self.set_live(
                         Arc::clone(&ft.head),
@@ -177,6 +170,16 @@ impl Session {
     }
 
     // ---------------------------------------------------------------- status
+}
+
+/// Whether a fine-tune replaces the live head, with its held-out accuracy and the bar it had
+/// to reach: the live head's held-out accuracy (`live`), or, for an imprinted head (which has
+/// none), the imprint's accuracy on the fine-tune's own folds. A fine-tune without a held-out
+/// estimate (too few samples) wins: nothing says it is worse.
+pub fn fine_tune_wins(live: Option<f32>, ft: &FineTune) -> (bool, f32, f32) {
+    let needed = live.or(ft.imprint_accuracy).unwrap_or(0.0);
+    let accuracy = ft.holdout_accuracy.unwrap_or(1.0);
+    (accuracy + 1e-6 >= needed, accuracy, needed)
 }
 
 pub(super) fn map_classes(head: &Head, classes: &[String]) -> Vec<Option<usize>> {

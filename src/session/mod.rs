@@ -52,6 +52,7 @@ mod teach;
 mod tests;
 
 pub use input::{Action, ClassRef, Fault, FineTune, FrameReport, Guess, Input, Stages};
+pub use learn::fine_tune_wins;
 pub use origin::{Origin, RequestId, Source};
 pub use output::{Change, Effect, Event, FaultKind, Refusal, StoreRequest};
 pub use status::{
@@ -77,6 +78,11 @@ pub const SMOOTHING: usize = 5;
 pub const MAX_BURST: u32 = 100;
 /// Shortest period between two captures of a burst, ms.
 pub const MIN_BURST_MS: u64 = 50;
+/// Frames a press captures by default: a short burst, so one press shows the object a little
+/// differently several times (a hand-held object moves).
+pub const PRESS_FRAMES: u32 = 5;
+/// Milliseconds between a press's frames by default (5 frames over 0.8 s).
+pub const PRESS_EVERY_MS: u64 = 200;
 /// Most classes a session keeps.
 pub const MAX_CLASSES: usize = 64;
 /// At most one [`Event::Fault`] per kind in this long, ms (the counters count every one).
@@ -97,6 +103,10 @@ pub struct SessionConfig {
     pub camera_timeout_ms: u64,
     /// How long an alert lights every LED, ms.
     pub alert_ms: u64,
+    /// Frames one press captures (1..=[`MAX_BURST`]; `[teach] burst`).
+    pub press_frames: u32,
+    /// Milliseconds between a press's frames (at least [`MIN_BURST_MS`]).
+    pub press_every_ms: u64,
 }
 
 impl Default for SessionConfig {
@@ -107,6 +117,8 @@ impl Default for SessionConfig {
             watchdog_every_ms: None,
             camera_timeout_ms: 3000,
             alert_ms: 1500,
+            press_frames: PRESS_FRAMES,
+            press_every_ms: PRESS_EVERY_MS,
         }
     }
 }
@@ -131,6 +143,8 @@ struct Burst {
     every_ms: u64,
     next_ms: u64,
     origin: Origin,
+    /// The press's first sample, once stored: the rest of the burst continue it.
+    press: Option<u64>,
 }
 
 /// A fault kind's counter and report throttle.
@@ -339,12 +353,12 @@ impl Session {
             if now >= b.next_ms && b.remaining > 0 {
                 b.remaining -= 1;
                 b.next_ms = now + b.every_ms;
-                due.push((b.label.clone(), b.origin));
+                due.push((b.label.clone(), b.origin, b.press));
             }
         }
         self.bursts.retain(|b| b.remaining > 0);
-        for (label, origin) in due {
-            self.capture(now, label, origin, fx);
+        for (label, origin, press) in due {
+            self.capture(now, label, origin, press, fx);
         }
         // The camera: lost after the timeout without a usable frame.
         let since = self.last_frame_ms.unwrap_or(self.started_ms);

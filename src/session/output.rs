@@ -46,8 +46,8 @@ impl fmt::Display for Refusal {
 /// What a store edit means (for the mirrors and the events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Undo: the newest sample was removed.
-    Undo(SampleInfo),
+    /// Undo: the newest press's samples were removed (oldest first).
+    Undo(Vec<SampleInfo>),
     /// These samples were deleted.
     Delete(Vec<SampleInfo>),
     /// These samples were relabelled.
@@ -84,6 +84,8 @@ pub enum StoreRequest {
         label: String,
         /// Who asked.
         origin: Origin,
+        /// The press this capture continues (its first sample's id); `None` starts one.
+        press: Option<u64>,
     },
     /// Apply a journaled edit.
     Edit {
@@ -156,10 +158,12 @@ pub enum Event {
         /// Who asked.
         origin: Origin,
     },
-    /// Undo removed this sample.
+    /// Undo removed the newest press.
     Undone {
-        /// The sample.
+        /// Its newest sample.
         sample: SampleInfo,
+        /// Every sample of the press (a burst's frames), oldest first.
+        ids: Vec<u64>,
         /// Who asked.
         origin: Origin,
     },

@@ -41,7 +41,7 @@ impl Session {
         fx: &mut Vec<Effect>,
     ) {
         match self.plan(now, &action, origin) {
-            Ok(Plan::Capture(label)) => self.capture(now, label, origin, fx),
+            Ok(Plan::Capture(label)) => self.capture(now, label, origin, None, fx),
             Ok(Plan::Burst(b)) => self.bursts.push(b),
             Ok(Plan::Edit(edit, change)) => fx.push(Effect::Store(StoreRequest::Edit {
                 edit,
@@ -94,6 +94,15 @@ impl Session {
             Ok(())
         };
         Ok(match action {
+            // A press is a burst when the configuration says so (`[teach] burst`).
+            Action::Capture(c) if self.cfg.press_frames > 1 => Plan::Burst(Burst {
+                label: self.resolve(c)?,
+                remaining: self.cfg.press_frames,
+                every_ms: self.cfg.press_every_ms,
+                next_ms: now,
+                origin,
+                press: None,
+            }),
             Action::Capture(c) => Plan::Capture(self.resolve(c)?),
             Action::Burst {
                 class,
@@ -111,11 +120,23 @@ impl Session {
                     every_ms: *every_ms,
                     next_ms: now,
                     origin,
+                    press: None,
                 })
             }
+            // The newest press goes whole: a burst's frames are one press.
             Action::Undo => match self.samples.iter().max_by_key(|s| s.id) {
                 None => Plan::NothingToUndo,
-                Some(s) => Plan::Edit(Edit::delete(vec![s.id]), Change::Undo(s.clone())),
+                Some(newest) => {
+                    let mut press: Vec<SampleInfo> = self
+                        .samples
+                        .iter()
+                        .filter(|s| s.press == newest.press)
+                        .cloned()
+                        .collect();
+                    press.sort_by_key(|s| s.id);
+                    let ids = press.iter().map(|s| s.id).collect();
+                    Plan::Edit(Edit::delete(ids), Change::Undo(press))
+                }
             },
             Action::AddClass(name) => {
                 new_name(name)?;
@@ -240,6 +261,7 @@ impl Session {
         now: u64,
         label: String,
         origin: Origin,
+        press: Option<u64>,
         fx: &mut Vec<Effect>,
     ) {
         let fresh = self
@@ -250,7 +272,11 @@ impl Session {
             self.refuse_capture(now, label, Refusal::NoFrame, origin, fx);
             return;
         }
-        fx.push(Effect::Store(StoreRequest::Capture { label, origin }));
+        fx.push(Effect::Store(StoreRequest::Capture {
+            label,
+            origin,
+            press,
+        }));
     }
 
     pub(super) fn refuse_capture(
@@ -300,7 +326,7 @@ impl Session {
             self.errors.store += 1;
         }
         match request {
-            StoreRequest::Capture { label, origin } => {
+            StoreRequest::Capture { label, origin, .. } => {
                 self.refuse_capture(now, label, refusal, origin, fx);
             }
             StoreRequest::Edit { change, origin, .. } => {
@@ -359,6 +385,10 @@ impl Session {
         match request {
             StoreRequest::Capture { origin, .. } => {
                 let Some(sample) = sample else { return };
+                // The rest of a burst continues this press.
+                for b in self.bursts.iter_mut().filter(|b| b.origin == origin) {
+                    b.press.get_or_insert(sample.press);
+                }
                 self.samples.push(sample.clone());
                 self.changed(origin);
                 fx.push(Effect::Publish(Event::CaptureSaved { sample, origin }));
@@ -397,9 +427,17 @@ impl Session {
     /// Update the mirrors for a committed edit; the event that tells it.
     pub(super) fn apply_change(&mut self, change: Change, origin: Origin) -> Event {
         match change {
-            Change::Undo(sample) => {
-                self.samples.retain(|s| s.id != sample.id);
-                Event::Undone { sample, origin }
+            Change::Undo(press) => {
+                self.samples.retain(|s| !press.iter().any(|p| p.id == s.id));
+                let ids = press.iter().map(|s| s.id).collect();
+                match press.last() {
+                    Some(sample) => Event::Undone {
+                        sample: sample.clone(),
+                        ids,
+                        origin,
+                    },
+                    None => Event::NothingToUndo { origin },
+                }
             }
             Change::Delete(gone) => {
                 self.samples.retain(|s| !gone.iter().any(|g| g.id == s.id));

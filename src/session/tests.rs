@@ -46,6 +46,8 @@ fn cfg() -> SessionConfig {
         smoothing: 1,
         // Out of the way of the deadlines these tests look at.
         status_every_ms: 60_000,
+        // One frame per press, unless a test says otherwise.
+        press_frames: 1,
         ..SessionConfig::default()
     }
 }
@@ -64,8 +66,12 @@ struct Rig {
 
 impl Rig {
     fn new(classes: &[&str]) -> Self {
+        Rig::with(cfg(), classes)
+    }
+
+    fn with(cfg: SessionConfig, classes: &[&str]) -> Self {
         let mut r = Rig {
-            s: Session::new(cfg(), 0, names(classes), Vec::new(), None),
+            s: Session::new(cfg, 0, names(classes), Vec::new(), None),
             next_id: 1,
             refuse: None,
             effects: Vec::new(),
@@ -86,13 +92,14 @@ impl Rig {
                     Effect::Store(req) => {
                         let outcome = match (&self.refuse, req) {
                             (Some(r), _) => Err(r.clone()),
-                            (None, StoreRequest::Capture { label, .. }) => {
+                            (None, StoreRequest::Capture { label, press, .. }) => {
                                 self.next_id += 1;
                                 Ok(Some(SampleInfo {
                                     id: self.next_id - 1,
                                     label: label.clone(),
                                     time_ms: now,
                                     thumb_sha256: String::new(),
+                                    press: press.unwrap_or(self.next_id - 1),
                                 }))
                             }
                             (None, _) => Ok(None),
@@ -357,6 +364,63 @@ fn a_fine_tune_is_swapped_in_only_if_no_worse() {
 }
 
 #[test]
+fn a_press_is_a_burst_whose_frames_share_the_press_and_undo_takes_it_whole() {
+    let mut r = Rig::with(
+        SessionConfig {
+            press_frames: 3,
+            press_every_ms: 100,
+            ..cfg()
+        },
+        &["a", "b"],
+    );
+    r.act(10, Action::Capture(ClassRef::Index(0)));
+    for t in [10, 60, 110, 160, 210, 260] {
+        r.frame(t, None);
+        r.tick(t);
+    }
+    r.act(300, Action::Capture(ClassRef::Index(1)));
+    for t in [300, 400, 500, 600] {
+        r.frame(t, None);
+        r.tick(t);
+    }
+    let presses: Vec<(u64, String, u64)> =
+        r.s.samples()
+            .iter()
+            .map(|s| (s.id, s.label.clone(), s.press))
+            .collect();
+    let want: Vec<(u64, String, u64)> = [
+        (1, "a", 1),
+        (2, "a", 1),
+        (3, "a", 1),
+        (4, "b", 4),
+        (5, "b", 4),
+        (6, "b", 4),
+    ]
+    .into_iter()
+    .map(|(i, l, p)| (i, l.to_string(), p))
+    .collect();
+    assert_eq!(
+        presses, want,
+        "three frames a press, 100 ms apart, one press id each"
+    );
+    r.take_events();
+    r.act(700, Action::Undo);
+    assert!(matches!(
+        &r.take_events()[..],
+        [Event::Undone { sample, ids, .. }] if sample.id == 6 && ids == &[4, 5, 6]
+    ));
+    assert_eq!(r.labels().len(), 3);
+    r.act(710, Action::Undo);
+    assert!(r.labels().is_empty(), "the first press went whole too");
+    // An explicit burst request keeps its own count, and a single-frame configuration
+    // stores one sample a press.
+    let mut one = Rig::new(&["a"]);
+    one.act(10, Action::Capture(ClassRef::Index(0)));
+    one.tick(500);
+    assert_eq!(one.labels().len(), 1);
+}
+
+#[test]
 fn undo_removes_the_newest_sample_and_says_when_there_is_none() {
     let mut r = Rig::new(&["a", "b"]);
     r.act(10, Action::Capture(ClassRef::Index(0)));
@@ -560,6 +624,7 @@ fn an_import_adds_staged_samples_and_their_new_classes_once_the_store_commits() 
         label: label.into(),
         time_ms: 5,
         thumb_sha256: format!("t{id}"),
+        press: id,
     };
     // Staged with ids reserved past the capture; one brings a new class.
     let staged = vec![info(3, "pen"), info(4, "mug"), info(5, "mug")];
@@ -917,6 +982,7 @@ fn a_loaded_head_is_used_at_once_and_without_one_the_samples_are_imprinted() {
         label: "a".into(),
         time_ms: 1,
         thumb_sha256: String::new(),
+        press: 4,
     }];
     let s = Session::new(
         cfg(),

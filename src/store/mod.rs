@@ -329,7 +329,8 @@ impl Store {
         &self.dir
     }
 
-    /// Store a capture durably. When this returns `Ok`, the sample survives a power cut.
+    /// Store a capture durably, as a press of its own. When this returns `Ok`, the sample
+    /// survives a power cut.
     pub fn add(
         &mut self,
         label: &str,
@@ -337,11 +338,25 @@ impl Store {
         thumb_jpeg: &[u8],
         time_ms: u64,
     ) -> Result<u64, StoreError> {
+        self.add_to_press(label, embedding, thumb_jpeg, time_ms, None)
+    }
+
+    /// [`Store::add`], continuing the press whose first sample is `press` (a burst's later
+    /// frames), or starting one (`None`).
+    pub fn add_to_press(
+        &mut self,
+        label: &str,
+        embedding: &[f32],
+        thumb_jpeg: &[u8],
+        time_ms: u64,
+        press: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let capture = Capture {
             label,
             embedding,
             thumb_jpeg,
             time_ms,
+            press,
         };
         // Checked before an id is taken; the id is set once taken, below.
         let mut sample = capture.sample(0, &self.backbone, self.dim())?;
@@ -352,6 +367,7 @@ impl Store {
         // Taken before anything is written: a reservation made meanwhile gets other ids.
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         sample.id = id;
+        sample.press = press.unwrap_or(id);
         let give_back = || {
             // Not committed: the id is free again unless a reservation came after it.
             let _ = self

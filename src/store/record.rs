@@ -29,6 +29,9 @@ pub struct Sample {
     pub backbone: String,
     /// SHA-256 of the thumbnail JPEG.
     pub thumb_sha256: String,
+    /// The press it came from: the id of that press's first sample (its own id for a single
+    /// capture, and in records from before presses were recorded).
+    pub press: u64,
 }
 
 /// What observers see of a sample: no embedding, cheap to copy into snapshots.
@@ -42,6 +45,8 @@ pub struct SampleInfo {
     pub time_ms: u64,
     /// SHA-256 of its thumbnail (see [`read_thumbnail`]).
     pub thumb_sha256: String,
+    /// The press it came from (the id of its first sample).
+    pub press: u64,
 }
 
 impl Sample {
@@ -52,6 +57,7 @@ impl Sample {
             label: self.label.clone(),
             time_ms: self.time_ms,
             thumb_sha256: self.thumb_sha256.clone(),
+            press: self.press,
         }
     }
 }
@@ -65,6 +71,9 @@ pub(super) struct RecMeta {
     thumb_sha256: String,
     #[serde(default)]
     backbone: String,
+    /// Only when the sample is not its press's first (older records have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    press: Option<u64>,
 }
 
 pub(super) fn check_label(label: &str) -> Result<(), StoreError> {
@@ -89,6 +98,7 @@ pub(super) fn record_bytes(s: &Sample) -> Vec<u8> {
         dim: s.embedding.len(),
         thumb_sha256: s.thumb_sha256.clone(),
         backbone: s.backbone.clone(),
+        press: (s.press != s.id).then_some(s.press),
     };
     let meta = serde_json::to_value(meta).unwrap_or_default();
     framed::encode(REC_KIND, 1, &meta, &s.embedding)
@@ -105,6 +115,8 @@ pub struct Capture<'a> {
     pub thumb_jpeg: &'a [u8],
     /// Capture time, milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The press this capture continues (its first sample's id); `None` starts a press.
+    pub press: Option<u64>,
 }
 
 impl Capture<'_> {
@@ -130,6 +142,7 @@ impl Capture<'_> {
             embedding: self.embedding.to_vec(),
             backbone: backbone.to_string(),
             thumb_sha256: crate::fsutil::sha256_hex(self.thumb_jpeg),
+            press: self.press.unwrap_or(id),
         })
     }
 }
@@ -195,5 +208,6 @@ pub fn decode_record(p: &Path, bytes: &[u8]) -> Result<Sample, StoreError> {
         embedding: payload,
         backbone: m.backbone,
         thumb_sha256: m.thumb_sha256,
+        press: m.press.unwrap_or(m.id),
     })
 }

@@ -208,6 +208,7 @@ fn a_batch_adds_all_or_nothing_with_one_index_write() {
         embedding: &[0.0, 1.0],
         thumb_jpeg: b"x",
         time_ms: 2,
+        press: None,
     })
     .unwrap();
     assert!(matches!(
@@ -216,6 +217,7 @@ fn a_batch_adds_all_or_nothing_with_one_index_write() {
             embedding: &[0.0, 1.0, 2.0],
             thumb_jpeg: b"y",
             time_ms: 2,
+            press: None,
         }),
         Err(StoreError::Dim { want: 2, got: 3 })
     ));
@@ -235,6 +237,7 @@ fn a_batch_adds_all_or_nothing_with_one_index_write() {
             embedding: &[i as f32, 1.0],
             thumb_jpeg: format!("t{i}").as_bytes(),
             time_ms: 10 + i,
+            press: None,
         })
         .unwrap();
     }
@@ -268,6 +271,7 @@ fn a_reserved_batch_staged_beside_captures_takes_ids_no_capture_takes() {
             embedding,
             thumb_jpeg,
             time_ms,
+            press: None,
         }
     }
     for i in 0..3 {

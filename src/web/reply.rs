@@ -56,7 +56,11 @@ pub(super) fn outcome(e: &Event, id: u64, extra: &Value) -> Option<Response> {
             409,
             json!({ "error": reason.to_string(), "class": class }),
         ),
-        Event::Undone { sample, origin } => (origin, 200, json!({ "undone": sample })),
+        Event::Undone {
+            sample,
+            ids,
+            origin,
+        } => (origin, 200, json!({ "undone": sample, "samples": ids })),
         Event::NothingToUndo { origin } => (origin, 409, json!({ "error": "nothing to undo" })),
         Event::SamplesDeleted { ids, origin } => (origin, 200, json!({ "deleted": ids })),
         Event::SamplesRelabelled { ids, to, origin } => {
