@@ -78,6 +78,9 @@ pub struct GpioSection {
     pub repeat_ms: Option<u64>,
 }
 
+/// Frames the inbox of unsure frames keeps by default.
+pub const INBOX_SIZE: usize = 50;
+
 /// Most frames one press may capture (`[train] burst`).
 pub const MAX_PRESS_FRAMES: u32 = 20;
 
@@ -91,6 +94,18 @@ pub struct TrainSection {
     pub burst: Option<u32>,
     /// Milliseconds between a press's frames: 50..=2000.
     pub burst_every_ms: Option<u64>,
+}
+
+/// `[inbox]`: frames the appliance was unsure of, kept to label or dismiss.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSection {
+    /// Most frames kept: 0..=1000 (0: no inbox).
+    pub size: Option<usize>,
+    /// At most one frame in this long, seconds: 1..=3600.
+    pub every_s: Option<f64>,
+    /// A best class that beats the second by less than this is unsure: 0..=1.
+    pub margin: Option<f32>,
 }
 
 /// `[model]`.
@@ -169,6 +184,9 @@ pub struct ConfigFile {
     /// `[model]`.
     #[serde(default)]
     pub model: ModelSection,
+    /// `[inbox]`.
+    #[serde(default)]
+    pub inbox: InboxSection,
     /// `[http]` (absent: no web console unless `--http` is given).
     pub http: Option<HttpSection>,
     /// `[mqtt]` (absent: no MQTT).
@@ -451,6 +469,12 @@ pub struct RunConfig {
     pub timing: crate::gpio::debounce::Timing,
     /// Fine-tune budget.
     pub train_budget: Budget,
+    /// Most frames the inbox keeps (0: none).
+    pub inbox_size: usize,
+    /// At most one frame to the inbox in this long, ms.
+    pub inbox_every_ms: u64,
+    /// The inbox's margin.
+    pub inbox_margin: f32,
     /// Frames one press captures.
     pub press_frames: u32,
     /// Milliseconds between a press's frames.
@@ -642,6 +666,31 @@ impl RunConfig {
             },
             train_budget: from_file(f.train.budget_s, Budget::new, |w| bad("train.budget_s", w))?
                 .unwrap_or(Budget::DEFAULT),
+            inbox_size: match f.inbox.size {
+                None => INBOX_SIZE,
+                Some(n) if n <= crate::inbox::MAX_CAPACITY => n,
+                Some(n) => {
+                    return Err(bad(
+                        "inbox.size",
+                        format!("must be 0..={} frames, got {n}", crate::inbox::MAX_CAPACITY),
+                    ));
+                }
+            },
+            inbox_every_ms: match f.inbox.every_s {
+                None => crate::session::INBOX_EVERY_MS,
+                Some(s) if s.is_finite() && (1.0..=3600.0).contains(&s) => (s * 1000.0) as u64,
+                Some(s) => {
+                    return Err(bad(
+                        "inbox.every_s",
+                        format!("must be 1..=3600 seconds, got {s}"),
+                    ));
+                }
+            },
+            inbox_margin: match f.inbox.margin {
+                None => crate::session::INBOX_MARGIN,
+                Some(m) if (0.0..=1.0).contains(&m) => m,
+                Some(m) => return Err(bad("inbox.margin", format!("must be 0..=1, got {m}"))),
+            },
             press_frames: match cli.burst.or(f.train.burst) {
                 None => crate::session::PRESS_FRAMES,
                 Some(n) if (1..=MAX_PRESS_FRAMES).contains(&n) => n,
@@ -830,6 +879,10 @@ mod tests {
             "dir",
             "backbone",
             "precision",
+            "[inbox]",
+            "size",
+            "every_s",
+            "margin",
             "[http]",
             "enabled",
             "listen",
@@ -882,6 +935,9 @@ mod tests {
             ("[gpio]\nhold_ms = 10", "`gpio.hold_ms`"),
             ("[train]\nbudget_s = 0", "`train.budget_s`"),
             ("[train]\nburst = 0", "`train.burst`"),
+            ("[inbox]\nsize = 5000", "`inbox.size`"),
+            ("[inbox]\nevery_s = 0", "`inbox.every_s`"),
+            ("[inbox]\nmargin = 2", "`inbox.margin`"),
             ("[train]\nburst_every_ms = 10", "`train.burst_every_ms`"),
             ("[model]\nprecision = \"int4\"", "`model.precision`"),
             ("[model]\nbackbone = \"resnet50\"", "`model.backbone`"),

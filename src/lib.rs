@@ -20,6 +20,7 @@
 //! | [`imagefolder`], [`embcache`] | datasets on disk, embedding caches |
 //! | [`decode`] | bounded image decoding (pixel limit, truncation) |
 //! | [`embedding`] | what a usable embedding is (finite, right length, plausible norm) |
+//! | [`inbox`] | the ring of frames the appliance was unsure of, to label or dismiss |
 //! | [`tarball`] | the bounded, validating tar reader behind `dataset import` |
 //! | [`metrics`] | accuracy, confusion, latency summaries |
 //! | [`demo`] | synthetic scenes for demos and tests |
@@ -53,6 +54,7 @@ pub mod gpio;
 pub mod grad;
 pub mod head;
 pub mod imagefolder;
+pub mod inbox;
 pub mod inspect;
 pub mod linalg;
 pub mod metrics;

@@ -5,7 +5,8 @@ the W3C WebDriver HTTP protocol (Python standard library only, no selenium).
 It starts `teachcam run` on the synthetic camera (the object changes every few seconds),
 opens the login URL, checks that the live picture updates, teaches three classes by clicking
 their buttons while the camera shows each object, checks that the page then names each
-object, ticks the heat map and checks it is drawn over the picture, asks for a class's dream
+object, labels an unsure frame from the inbox with one click (it becomes a sample) and
+dismisses another, ticks the heat map and checks it is drawn over the picture, asks for a class's dream
 and waits for the image, shows `teachcam doctor`'s checks, deletes a sample in the gallery and
 checks the store, imports a tarball downloaded before the delete through the page's file input
 (only the deleted sample comes back), and saves screenshots at desktop and phone sizes.
@@ -129,9 +130,14 @@ def main():
     state = os.path.join(tmp, "state")
     procs = []
     try:
+        # Unsure frames may reach the inbox every second (the default is every 10 s).
+        config = os.path.join(tmp, "teachcam.toml")
+        with open(config, "w") as f:
+            f.write("[inbox]\nevery_s = 1\n")
         dev = subprocess.Popen(
-            [binary, "run", "--state", state, "--camera", f"synthetic:{PHASE_MS}", "--fps", "5",
-             "--classes", ",".join(CLASSES), "--http", "127.0.0.1:0", "--duration", "600"],
+            [binary, "run", "--config", config, "--state", state, "--camera",
+             f"synthetic:{PHASE_MS}", "--fps", "5", "--classes", ",".join(CLASSES),
+             "--http", "127.0.0.1:0", "--duration", "600"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(dev)
         login = None
@@ -197,6 +203,34 @@ def main():
                 wait(f"the page to say {name}", lambda: wd.text("#answer") == name and shown() == name,
                      timeout=PHASE_MS / 1000)
                 print(f"page names {name}")
+
+            # Inbox: unsure frames (object changes make the answer flip) appear as cards; one is
+            # labelled with one click and becomes a sample, another is dismissed.
+            def inbox():
+                return json.loads(api("/api/inbox")[1])["items"]
+            cards = "document.querySelectorAll('#inboxitems .inboxitem')"
+            wait("an unsure frame in the inbox", lambda: wd.js(f"return {cards}.length") >= 2,
+                 timeout=60)
+            first = int(wd.js(f"return {cards}[0].dataset.id"))
+            balls = len([s for s in samples() if s["label"] == "ball"])
+            wd.js(f"const c=[...{cards}].find(c => c.dataset.id==='{first}');"
+                  "c.querySelector('select').value='ball';")
+            wd.click(f"#inboxitems .inboxitem[data-id='{first}'] button.label")
+            wait("the labelled frame to become a sample",
+                 lambda: len([s for s in samples() if s["label"] == "ball"]) == balls + 1)
+            wait("the page to say so", lambda: "is now sample" in wd.text("#inboxmsg"))
+            assert first not in [i["id"] for i in inbox()], "a labelled frame leaves the inbox"
+            other = int(wait("another card", lambda: wd.js(
+                f"const c=[...{cards}].find(c => c.dataset.id!=='{first}'); return c ? c.dataset.id : 0")))
+            wd.click(f"#inboxitems .inboxitem[data-id='{other}'] button.dismiss")
+            wait("the dismissed frame to go", lambda: other not in [i["id"] for i in inbox()])
+            assert len([s for s in samples() if s["label"] == "ball"]) == balls + 1, \
+                "dismissing stores nothing"
+            status = json.loads(api("/api/status")[1])
+            metrics = api("/metrics")[1].decode()
+            assert "teachcam_inbox_frames" in metrics and "inbox" in status, status.keys()
+            print(f"inbox: frame {first} labelled ball (now a sample), frame {other} dismissed; "
+                  f"{status['inbox']} waiting")
 
             # Heat map: ticked, maps arrive and are drawn over the picture (non-transparent
             # pixels on the canvas), for the class the page names.

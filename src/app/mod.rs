@@ -728,11 +728,14 @@ fn cmd_run(g: &Global, a: &RunCmd) -> Result<()> {
         status: c.status_file.clone(),
         timing: c.timing,
         threshold: c.threshold.get(),
+        inbox: c.inbox_size,
         session: crate::session::SessionConfig {
             smoothing: c.smoothing.get(),
             // The camera is lost after 3 s, or three frame periods at low rates.
             camera_timeout_ms: 3000.max(3 * c.camera_opts.period_ms()),
             press_frames: c.press_frames,
+            inbox_every_ms: c.inbox_every_ms,
+            inbox_margin: c.inbox_margin,
             // A burst's frames are distinct frames: no faster than the camera delivers them.
             press_every_ms: c.press_every_ms.max(c.camera_opts.period_ms()),
             ..crate::session::SessionConfig::default()

@@ -26,7 +26,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use crate::backbone::{Backbone, BackboneId, Embedder, FeatureMap};
@@ -88,6 +88,8 @@ pub struct Settings {
     pub threshold: f32,
     /// The core's knobs.
     pub session: SessionConfig,
+    /// Most frames the inbox of unsure frames keeps (0: no inbox).
+    pub inbox: usize,
 }
 
 /// Milliseconds since the loop started, and wall time for capture records.
@@ -234,8 +236,45 @@ pub struct Shell<'a> {
     samples_seen: u64,
     /// The live head prepared for class-activation maps (rebuilt when the head changes).
     explainer: Option<(Arc<Head>, Explainer)>,
+    /// Unsure frames to the inbox's writer (bounded: a full queue drops the frame).
+    inbox_tx: Option<SyncSender<InboxFrame>>,
     /// Print console lines (off in simulations).
     pub print: bool,
+}
+
+/// An unsure frame for the inbox's writer thread (it makes the thumbnail there).
+pub struct InboxFrame {
+    frame: Arc<Frame>,
+    embedding: Vec<f32>,
+    reason: crate::inbox::Reason,
+    guess: Option<String>,
+    confidence: f32,
+    time_ms: u64,
+}
+
+/// Write unsure frames to `inbox` until the queue closes: encode the thumbnail, add it.
+/// A frame that cannot be kept is logged and dropped: the inbox only suggests.
+pub fn write_inbox(rx: Receiver<InboxFrame>, inbox: &crate::inbox::Inbox) {
+    for f in rx {
+        let thumb = match crate::frame::thumbnail_jpeg(&f.frame) {
+            Ok(t) => t,
+            Err(e) => {
+                log::debug!("inbox: frame not kept: {e}");
+                continue;
+            }
+        };
+        let entry = crate::inbox::Entry {
+            thumb_jpeg: &thumb,
+            embedding: &f.embedding,
+            reason: f.reason,
+            guess: f.guess,
+            confidence: f.confidence,
+            time_ms: f.time_ms,
+        };
+        if let Err(e) = inbox.add(&entry) {
+            log::warn!("inbox: frame not kept: {e}");
+        }
+    }
 }
 
 impl<'a> Shell<'a> {
@@ -258,6 +297,7 @@ impl<'a> Shell<'a> {
             head,
             last: None,
             thumb: None,
+            inbox_tx: None,
             backbone,
             threshold,
             samples_seen: 0,
@@ -359,7 +399,16 @@ impl<'a> Shell<'a> {
         let guess = self.head.as_ref().map(|h| {
             let p = h.predict(&embedding);
             best = Some(p.best);
+            let second = p
+                .probs
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != p.best)
+                .map(|(_, &v)| v)
+                .fold(0.0f32, f32::max);
             Guess {
+                best: p.best,
+                margin: p.confidence - second,
                 class: p.known.then_some(p.best),
                 confidence: p.confidence,
             }
@@ -416,6 +465,12 @@ impl<'a> Shell<'a> {
         })
     }
 
+    /// Send unsure frames to the inbox's writer through `tx`.
+    pub fn with_inbox(mut self, tx: SyncSender<InboxFrame>) -> Self {
+        self.inbox_tx = Some(tx);
+        self
+    }
+
     /// Step the core with `input` and everything its effects feed back, in order.
     fn feed(&mut self, input: Input) {
         let mut queue = VecDeque::from([input]);
@@ -456,6 +511,24 @@ impl<'a> Shell<'a> {
                 self.hub.set_head(h.clone());
                 self.head = h;
             }
+            Effect::Inbox {
+                reason,
+                guess,
+                confidence,
+            } => {
+                if let (Some(tx), Some((frame, embedding))) = (&self.inbox_tx, &self.last) {
+                    let f = InboxFrame {
+                        frame: Arc::clone(frame),
+                        embedding: embedding.clone(),
+                        reason,
+                        guess,
+                        confidence,
+                        time_ms: self.parts.clock.unix_ms(),
+                    };
+                    // Full: the writer is behind (a slow card); this frame is skipped.
+                    let _ = tx.try_send(f);
+                }
+            }
             Effect::Publish(event) => self.publish(event),
             Effect::PingWatchdog => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -481,6 +554,29 @@ impl<'a> Shell<'a> {
                     .store
                     .add(label, embedding, thumb, time, *press)
                     .map(Some)
+            }
+            StoreRequest::FromInbox { id, label, .. } => {
+                let inbox = self
+                    .hub
+                    .inbox()
+                    .ok_or_else(|| Refusal::Failed("this appliance keeps no inbox".into()))?;
+                let (item, embedding, thumb) =
+                    inbox.get(*id).map_err(|e| Refusal::Failed(e.to_string()))?;
+                if item.backbone != self.backbone.digest {
+                    return Err(Refusal::Failed(format!(
+                        "inbox frame {id} was embedded by another backbone; dismiss it"
+                    )));
+                }
+                let stored = self
+                    .parts
+                    .store
+                    .add(label, &embedding, &thumb, item.time_ms, None);
+                if stored.is_ok()
+                    && let Err(e) = inbox.remove(*id)
+                {
+                    log::warn!("inbox: {e}");
+                }
+                stored.map(Some)
             }
             StoreRequest::Edit { edit, .. } => self.parts.store.apply(edit).map(|()| None),
             StoreRequest::SaveHead { head, .. } => self.parts.store.save_head(head).map(|()| None),
@@ -531,6 +627,15 @@ impl<'a> Shell<'a> {
                 console::Line::Warn(l) => log::warn!("{l}"),
             }
         }
+        let event = match (event, self.hub.inbox()) {
+            // The inbox's count is the inbox's to tell.
+            (Event::Status(s), Some(inbox)) => {
+                let mut s = (*s).clone();
+                s.inbox = inbox.len();
+                Event::Status(Arc::new(s))
+            }
+            (e, _) => e,
+        };
         if let Event::Status(s) = &event {
             self.hub.status.put(Arc::clone(s));
         }
@@ -730,6 +835,21 @@ pub fn run(
     })?;
     let mut embedder = backbone.embedder();
     let tx = hub.sender();
+    // The inbox of unsure frames: an inbox that cannot be opened is reported and done
+    // without (it only suggests; the appliance runs on).
+    let inbox = match settings.inbox {
+        0 => None,
+        n => match crate::inbox::Inbox::open(store.dir(), &id.digest, n) {
+            Ok(i) => Some(Arc::new(i)),
+            Err(e) => {
+                log::warn!("no inbox of unsure frames: {e}");
+                None
+            }
+        },
+    };
+    if let Some(i) = &inbox {
+        hub.set_inbox(Arc::clone(i));
+    }
     let frames = std::thread::scope(|scope| {
         let _stop_threads = StopOnDrop(&stop);
         scope.spawn(|| read_buttons(buttons, settings, &clock, &tx, &stop));
@@ -758,6 +878,12 @@ pub fn run(
             id,
             settings.threshold,
         );
+        if let Some(inbox) = &inbox {
+            // Two frames may wait; the writer encodes and writes them off the loop.
+            let (itx, irx) = sync_channel(2);
+            scope.spawn(move || write_inbox(irx, inbox));
+            shell = shell.with_inbox(itx);
+        }
         // systemd: ready now that the model is loaded and the store is open; watchdog pings
         // come from the loop itself (an effect of the core), so a hung loop gets restarted.
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -150,6 +150,8 @@ pub struct Hub {
     ids: Mutex<Option<IdReserver>>,
     /// A staged import on its way to the loop, with its request id.
     import: Mutex<Option<(RequestId, Batch)>>,
+    /// The inbox of unsure frames, when the appliance keeps one.
+    inbox: Mutex<Option<Arc<crate::inbox::Inbox>>>,
 }
 
 impl Hub {
@@ -174,8 +176,19 @@ impl Hub {
             heat: Latest::new(),
             ids: Mutex::new(None),
             import: Mutex::new(None),
+            inbox: Mutex::new(None),
         };
         (Arc::new(hub), rx)
+    }
+
+    /// Share the inbox of unsure frames with observers (the loop sets it once at start).
+    pub fn set_inbox(&self, inbox: Arc<crate::inbox::Inbox>) {
+        *self.inbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(inbox);
+    }
+
+    /// The inbox of unsure frames (`None`: the appliance keeps none).
+    pub fn inbox(&self) -> Option<Arc<crate::inbox::Inbox>> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Every event from now on, keeping at most `capacity` unread.

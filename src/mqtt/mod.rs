@@ -490,6 +490,7 @@ pub fn stats_msg(t: &Topics, s: &Status, link: &LinkStatus, unix_ms: u64) -> Msg
             "frames": s.frames,
             "samples": s.samples,
             "samples_per_class": s.samples_per_class,
+            "inbox": s.inbox,
             "head_version": s.head_version,
             "stages": s.stages,
             "errors": s.errors,
@@ -520,7 +521,8 @@ pub struct DiscoveryOptions {
 }
 
 /// Home Assistant discovery configs for one device: sensor class and confidence, image
-/// snapshot, a teach button per class, an undo button, diagnostic fps and samples. Retained;
+/// snapshot, a teach button per class, an undo button, diagnostic fps and samples, and the
+/// count of unsure frames waiting in the inbox. Retained;
 /// entities the options switch off come as empty configs (Home Assistant removes them).
 pub fn discovery(t: &Topics, classes: &[String], o: DiscoveryOptions) -> Vec<Msg> {
     let device = json!({
@@ -570,6 +572,12 @@ pub fn discovery(t: &Topics, classes: &[String], o: DiscoveryOptions) -> Vec<Msg
     v["state_class"] = json!("measurement");
     v["entity_category"] = json!("diagnostic");
     put("sensor", "samples", v);
+    let mut v = base("inbox", "Unsure frames");
+    v["state_topic"] = json!(t.stats());
+    v["value_template"] = json!("{{ value_json.inbox }}");
+    v["state_class"] = json!("measurement");
+    v["icon"] = json!("mdi:inbox");
+    put("sensor", "inbox", v);
     // Entities switched off by the configuration are removed (an empty retained config), so
     // a device that had them does not keep dead ones in Home Assistant.
     let mut removed = Vec::new();

@@ -179,8 +179,15 @@ fn discovery_is_one_device_with_stable_ids_and_removes_a_removed_class() {
         snapshot: true,
     };
     let msgs = discovery(&t, &classes, all);
-    // class, confidence, fps, samples, snapshot, undo, two teach buttons.
-    assert_eq!(msgs.len(), 8);
+    // class, confidence, fps, samples, inbox, snapshot, undo, two teach buttons.
+    assert_eq!(msgs.len(), 9);
+    let inbox = msgs
+        .iter()
+        .find(|m| m.topic.ends_with("/inbox/config"))
+        .expect("the unsure-frames sensor");
+    let v: serde_json::Value = serde_json::from_slice(&inbox.payload).unwrap();
+    assert_eq!(v["value_template"], "{{ value_json.inbox }}");
+    assert_eq!(v["state_topic"], t.stats());
     assert!(msgs.iter().all(|m| !m.payload.is_empty()));
     let mut ids = BTreeSet::new();
     for m in &msgs {
@@ -217,9 +224,9 @@ fn discovery_is_one_device_with_stable_ids_and_removes_a_removed_class() {
             snapshot: false,
         },
     );
-    // Four entities; the image, undo and two buttons removed (empty retained configs).
+    // Five entities; the image, undo and two buttons removed (empty retained configs).
     let (kept, gone): (Vec<_>, Vec<_>) = few.iter().partition(|m| !m.payload.is_empty());
-    assert_eq!((kept.len(), gone.len()), (4, 4));
+    assert_eq!((kept.len(), gone.len()), (5, 4));
     assert!(gone.iter().all(|m| m.retain));
     let topics: BTreeSet<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
     assert!(gone.iter().all(|m| topics.contains(m.topic.as_str())));

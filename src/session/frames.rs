@@ -9,6 +9,7 @@ use super::output::{Effect, Event, FaultKind};
 use super::status::CameraState;
 use super::{FAULT_REPORT_MS, MAX_SMOOTHING, Session};
 use crate::gpio::Lamp;
+use crate::inbox::Reason;
 
 impl Session {
     /// A usable frame arrived (whatever the backbone then made of it).
@@ -41,6 +42,8 @@ impl Session {
         };
         self.confidence = g.confidence;
         let class = g.class.and_then(|i| live.map.get(i).copied().flatten());
+        let best = live.map.get(g.best).copied().flatten();
+        self.unsure(now, class, best, g.confidence, g.margin, fx);
         if let Some(change) = self.vote(class) {
             self.shown = Some(change);
             if self.alert_until.is_none() && self.camera != CameraState::Lost {
@@ -52,6 +55,39 @@ impl Session {
                 tag: f.tag,
             }));
         }
+    }
+
+    /// Send the frame to the inbox when it is unsure (below the threshold, a small margin over
+    /// the second class, or another answer than the previous frame's), at most once every
+    /// `inbox_every_ms`.
+    fn unsure(
+        &mut self,
+        now: u64,
+        answer: Option<usize>,
+        best: Option<usize>,
+        confidence: f32,
+        margin: f32,
+        fx: &mut Vec<Effect>,
+    ) {
+        let previous = self.last_answer.replace(answer);
+        if self.cfg.inbox_every_ms == 0 || now < self.inbox_next_ms {
+            return;
+        }
+        let reason = if answer.is_none() {
+            Reason::Unknown
+        } else if margin < self.cfg.inbox_margin {
+            Reason::LowMargin
+        } else if previous.is_some_and(|p| p != answer) {
+            Reason::Flip
+        } else {
+            return;
+        };
+        self.inbox_next_ms = now + self.cfg.inbox_every_ms;
+        fx.push(Effect::Inbox {
+            reason,
+            guess: best.map(|k| self.classes[k].clone()),
+            confidence,
+        });
     }
 
     /// Majority vote over the window; the new decision when it changes.

@@ -45,6 +45,13 @@ pub enum Action {
     },
     /// Remove the newest sample.
     Undo,
+    /// Store an inbox frame as a sample of a class (the inbox forgets it once stored).
+    LabelInbox {
+        /// The inbox frame.
+        id: u64,
+        /// Its class.
+        class: ClassRef,
+    },
     /// Add a class at the end of the list.
     AddClass(String),
     /// Rename a class (its samples follow; its button stays).
@@ -74,6 +81,10 @@ pub enum Action {
 /// The head's answer for one frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Guess {
+    /// The head's best class (index into the head's classes), whatever its probability.
+    pub best: usize,
+    /// Its probability minus the second best's (1 with one class).
+    pub margin: f32,
     /// Index into the live head's classes, `None` below its threshold ("unknown").
     pub class: Option<usize>,
     /// Top probability.

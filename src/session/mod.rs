@@ -83,6 +83,10 @@ pub const MIN_BURST_MS: u64 = 50;
 pub const PRESS_FRAMES: u32 = 5;
 /// Milliseconds between a press's frames by default (5 frames over 0.8 s).
 pub const PRESS_EVERY_MS: u64 = 200;
+/// At most one unsure frame to the inbox in this long by default, ms.
+pub const INBOX_EVERY_MS: u64 = 10_000;
+/// A best class that beats the second by less than this is unsure by default.
+pub const INBOX_MARGIN: f32 = 0.2;
 /// Most classes a session keeps.
 pub const MAX_CLASSES: usize = 64;
 /// At most one [`Event::Fault`] per kind in this long, ms (the counters count every one).
@@ -107,6 +111,10 @@ pub struct SessionConfig {
     pub press_frames: u32,
     /// Milliseconds between a press's frames (at least [`MIN_BURST_MS`]).
     pub press_every_ms: u64,
+    /// At most one frame to the inbox in this long, ms (0: no inbox).
+    pub inbox_every_ms: u64,
+    /// A frame whose best class beats the second by less than this is unsure.
+    pub inbox_margin: f32,
 }
 
 impl Default for SessionConfig {
@@ -119,6 +127,8 @@ impl Default for SessionConfig {
             alert_ms: 1500,
             press_frames: PRESS_FRAMES,
             press_every_ms: PRESS_EVERY_MS,
+            inbox_every_ms: INBOX_EVERY_MS,
+            inbox_margin: INBOX_MARGIN,
         }
     }
 }
@@ -185,6 +195,10 @@ pub struct Session {
     started_ms: u64,
     alert_until: Option<u64>,
     bursts: Vec<Burst>,
+    /// No unsure frame to the inbox before this.
+    inbox_next_ms: u64,
+    /// The previous frame's answer (class list index, `None` for unknown), for flips.
+    last_answer: Option<Option<usize>>,
     next_status_ms: u64,
     next_ping_ms: u64,
     errors: Errors,
@@ -249,6 +263,8 @@ impl Session {
             started_ms: now_ms,
             alert_until: None,
             bursts: Vec::new(),
+            inbox_next_ms: 0,
+            last_answer: None,
             next_status_ms: now_ms,
             next_ping_ms: now_ms,
             errors: Errors::default(),

@@ -87,6 +87,15 @@ pub enum StoreRequest {
         /// The press this capture continues (its first sample's id); `None` starts one.
         press: Option<u64>,
     },
+    /// Store inbox frame `id` as a sample of `label` (its own press).
+    FromInbox {
+        /// The inbox frame.
+        id: u64,
+        /// Class name.
+        label: String,
+        /// Who asked.
+        origin: Origin,
+    },
     /// Apply a journaled edit.
     Edit {
         /// The files' change.
@@ -288,6 +297,16 @@ pub enum Event {
 pub enum Effect {
     /// Show this on the indicator.
     Show(Lamp),
+    /// Keep the newest frame in the inbox of unsure frames (the shell hands it to the inbox's
+    /// writer without waiting; a full queue drops it).
+    Inbox {
+        /// Why it is unsure.
+        reason: crate::inbox::Reason,
+        /// The head's best class for it.
+        guess: Option<String>,
+        /// That class's probability.
+        confidence: f32,
+    },
     /// Ask the store; answer with [`Input::Stored`].
     Store(StoreRequest),
     /// Imprint a head from the stored samples of `classes`; answer with [`Input::Imprinted`].

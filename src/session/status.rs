@@ -156,6 +156,8 @@ pub struct Status {
     pub uptime_s: u64,
     /// Time per stage.
     pub stages: StageReport,
+    /// Frames waiting in the inbox of unsure frames (filled in by the shell).
+    pub inbox: usize,
 }
 
 impl Session {
@@ -209,6 +211,7 @@ impl Session {
                 backbone: share(self.stages[2]),
                 head: share(self.stages[3]),
             },
+            inbox: 0,
         }
     }
 }

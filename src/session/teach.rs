@@ -42,6 +42,9 @@ impl Session {
     ) {
         match self.plan(now, &action, origin) {
             Ok(Plan::Capture(label)) => self.capture(now, label, origin, None, fx),
+            Ok(Plan::FromInbox(id, label)) => {
+                fx.push(Effect::Store(StoreRequest::FromInbox { id, label, origin }));
+            }
             Ok(Plan::Burst(b)) => self.bursts.push(b),
             Ok(Plan::Edit(edit, change)) => fx.push(Effect::Store(StoreRequest::Edit {
                 edit,
@@ -55,7 +58,9 @@ impl Session {
             })),
             Ok(Plan::NothingToUndo) => fx.push(Effect::Publish(Event::NothingToUndo { origin })),
             Err(reason) => match &action {
-                Action::Capture(c) | Action::Burst { class: c, .. } => {
+                Action::Capture(c)
+                | Action::Burst { class: c, .. }
+                | Action::LabelInbox { class: c, .. } => {
                     self.refuse_capture(now, c.to_string(), Refusal::Failed(reason), origin, fx);
                 }
                 _ => fx.push(Effect::Publish(Event::ActionRefused {
@@ -104,6 +109,7 @@ impl Session {
                 press: None,
             }),
             Action::Capture(c) => Plan::Capture(self.resolve(c)?),
+            Action::LabelInbox { id, class } => Plan::FromInbox(*id, self.resolve(class)?),
             Action::Burst {
                 class,
                 count,
@@ -326,7 +332,8 @@ impl Session {
             self.errors.store += 1;
         }
         match request {
-            StoreRequest::Capture { label, origin, .. } => {
+            StoreRequest::Capture { label, origin, .. }
+            | StoreRequest::FromInbox { label, origin, .. } => {
                 self.refuse_capture(now, label, refusal, origin, fx);
             }
             StoreRequest::Edit { change, origin, .. } => {
@@ -383,7 +390,7 @@ impl Session {
         fx: &mut Vec<Effect>,
     ) {
         match request {
-            StoreRequest::Capture { origin, .. } => {
+            StoreRequest::Capture { origin, .. } | StoreRequest::FromInbox { origin, .. } => {
                 let Some(sample) = sample else { return };
                 // The rest of a burst continues this press.
                 for b in self.bursts.iter_mut().filter(|b| b.origin == origin) {
@@ -488,6 +495,7 @@ impl Session {
 /// What an action takes.
 pub(super) enum Plan {
     Capture(String),
+    FromInbox(u64, String),
     Burst(Burst),
     Edit(Edit, Change),
     Import(Vec<SampleInfo>, Option<Vec<String>>),

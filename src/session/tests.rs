@@ -46,8 +46,9 @@ fn cfg() -> SessionConfig {
         smoothing: 1,
         // Out of the way of the deadlines these tests look at.
         status_every_ms: 60_000,
-        // One frame per press, unless a test says otherwise.
+        // One frame per press and no inbox, unless a test says otherwise.
         press_frames: 1,
+        inbox_every_ms: 0,
         ..SessionConfig::default()
     }
 }
@@ -102,6 +103,16 @@ impl Rig {
                                     press: press.unwrap_or(self.next_id - 1),
                                 }))
                             }
+                            (None, StoreRequest::FromInbox { label, .. }) => {
+                                self.next_id += 1;
+                                Ok(Some(SampleInfo {
+                                    id: self.next_id - 1,
+                                    label: label.clone(),
+                                    time_ms: now,
+                                    thumb_sha256: String::new(),
+                                    press: self.next_id - 1,
+                                }))
+                            }
                             (None, _) => Ok(None),
                         };
                         queue.push_back(Input::Stored {
@@ -149,10 +160,16 @@ impl Rig {
     }
 
     fn frame(&mut self, now: u64, class: Option<usize>) {
+        self.guess(now, class, class.unwrap_or(0), 1.0);
+    }
+
+    fn guess(&mut self, now: u64, class: Option<usize>, best: usize, margin: f32) {
         self.feed(
             now,
             Input::Frame(FrameReport {
                 guess: Some(Guess {
+                    best,
+                    margin,
                     class,
                     confidence: 0.9,
                 }),
@@ -418,6 +435,95 @@ fn a_press_is_a_burst_whose_frames_share_the_press_and_undo_takes_it_whole() {
     one.act(10, Action::Capture(ClassRef::Index(0)));
     one.tick(500);
     assert_eq!(one.labels().len(), 1);
+}
+
+#[test]
+fn unsure_frames_go_to_the_inbox_at_most_once_a_period_and_only_with_a_head() {
+    let mut r = Rig::with(
+        SessionConfig {
+            inbox_every_ms: 1000,
+            inbox_margin: 0.2,
+            ..cfg()
+        },
+        &["a", "b"],
+    );
+    let inboxed = |r: &mut Rig| -> Vec<(crate::inbox::Reason, Option<String>)> {
+        let v = r
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Inbox { reason, guess, .. } => Some((*reason, guess.clone())),
+                _ => None,
+            })
+            .collect();
+        r.effects.clear();
+        v
+    };
+    // No head yet: every frame is "unknown", and none is worth keeping.
+    r.guess(5, None, 0, 0.0);
+    assert!(inboxed(&mut r).is_empty());
+    r.act(10, Action::Capture(ClassRef::Index(0)));
+    r.act(20, Action::Capture(ClassRef::Index(1)));
+    r.tick(30);
+    assert!(r.s.head().is_some());
+    r.effects.clear();
+    use crate::inbox::Reason;
+    r.guess(100, None, 1, 0.05);
+    assert_eq!(inboxed(&mut r), [(Reason::Unknown, Some("b".to_string()))]);
+    // Within the period nothing more, however unsure.
+    r.guess(600, None, 1, 0.0);
+    assert!(inboxed(&mut r).is_empty());
+    r.guess(1100, Some(0), 0, 0.1);
+    assert_eq!(
+        inboxed(&mut r),
+        [(Reason::LowMargin, Some("a".to_string()))]
+    );
+    // A sure answer that stays is not unsure; one that changes is a flip.
+    r.guess(2200, Some(0), 0, 0.9);
+    assert!(inboxed(&mut r).is_empty());
+    r.guess(2300, Some(1), 1, 0.9);
+    assert_eq!(inboxed(&mut r), [(Reason::Flip, Some("b".to_string()))]);
+    // Off: nothing.
+    let mut off = Rig::new(&["a"]);
+    off.act(10, Action::Capture(ClassRef::Index(0)));
+    off.tick(20);
+    off.effects.clear();
+    off.guess(100, None, 0, 0.0);
+    assert!(inboxed(&mut off).is_empty());
+}
+
+#[test]
+fn an_inbox_frame_labelled_becomes_a_sample_of_its_own_press() {
+    let mut r = Rig::new(&["a", "b"]);
+    r.act(
+        10,
+        Action::LabelInbox {
+            id: 7,
+            class: ClassRef::Name("b".into()),
+        },
+    );
+    assert!(r.effects.iter().any(|e| matches!(e,
+        Effect::Store(StoreRequest::FromInbox { id: 7, label, .. }) if label == "b")));
+    assert!(
+        r.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::CaptureSaved { sample, .. } if sample.label == "b"))
+    );
+    assert_eq!(r.labels(), [(1, "b".to_string())]);
+    // An unknown class is refused before the store is asked.
+    r.act(
+        20,
+        Action::LabelInbox {
+            id: 8,
+            class: ClassRef::Name("nope".into()),
+        },
+    );
+    assert!(!r.effects.iter().any(|e| matches!(e, Effect::Store(_))));
+    assert!(
+        r.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::CaptureRefused { .. }))
+    );
 }
 
 #[test]
@@ -868,6 +974,8 @@ fn the_display_needs_a_majority_and_reports_only_changes() {
             t,
             Input::Frame(FrameReport {
                 guess: Some(Guess {
+                    best: 0,
+                    margin: 1.0,
                     class,
                     confidence: 0.8,
                 }),
@@ -914,6 +1022,8 @@ fn the_smoothing_window_is_configurable() {
         let frame = |class| {
             Input::Frame(FrameReport {
                 guess: Some(Guess {
+                    best: 0,
+                    margin: 1.0,
                     class: Some(class),
                     confidence: 0.8,
                 }),

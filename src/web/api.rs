@@ -89,6 +89,7 @@ pub(super) fn route(s: &Shared, req: &Request) -> Response {
                 &json!({ "classes": list.classes, "samples": list.samples }),
             )
         }
+        "/api/inbox" => inbox_list(s),
         "/api/health" => Response::json(200, &health(s)),
         "/api/doctor" => doctor(s),
         "/api/heatmap" => heatmap(s, req),
@@ -104,6 +105,14 @@ pub(super) fn route(s: &Shared, req: &Request) -> Response {
                 None => Response::error(500, "cannot encode the frame"),
             },
             None => Response::error(503, "no frame yet"),
+        },
+        _ if path.starts_with("/api/inbox/") => match numbered(path, "/api/inbox/", "/thumb") {
+            Some(Some(id)) => match s.hub.inbox().map(|i| i.thumbnail(id)) {
+                Some(Ok(jpeg)) => Response::new(200, "image/jpeg", jpeg),
+                Some(Err(e)) => Response::error(404, &e.to_string()),
+                None => Response::error(404, "this appliance keeps no inbox"),
+            },
+            _ => Response::error(404, "inbox frame ids are numbers"),
         },
         _ => match sample_thumb_id(path) {
             Some(Some(id)) => match s.hub.thumbnail(id) {
@@ -192,9 +201,54 @@ pub(super) fn dream_look(s: &Shared, req: &Request) -> Response {
 /// `/api/samples/ID/thumb` → `Some(Some(ID))`; a malformed id → `Some(None)`; other paths
 /// `None`. Only decimal digits are accepted: nothing in the path reaches the file system.
 pub(super) fn sample_thumb_id(path: &str) -> Option<Option<u64>> {
-    let id = path.strip_prefix("/api/samples/")?.strip_suffix("/thumb")?;
+    numbered(path, "/api/samples/", "/thumb")
+}
+
+/// `PREFIX` ID `SUFFIX` → `Some(Some(ID))`; a malformed id → `Some(None)`; other paths `None`.
+fn numbered(path: &str, prefix: &str, suffix: &str) -> Option<Option<u64>> {
+    let id = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
     let ok = !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit());
     Some(ok.then(|| id.parse().ok()).flatten())
+}
+
+/// `GET /api/inbox`: the frames the appliance was unsure of, oldest first.
+fn inbox_list(s: &Shared) -> Response {
+    match s.hub.inbox() {
+        Some(inbox) => {
+            let items: Vec<Value> = inbox
+                .items()
+                .iter()
+                .map(|i| {
+                    json!({ "id": i.id, "time_ms": i.time_ms, "reason": i.reason.name(),
+                        "guess": i.guess, "confidence": i.confidence })
+                })
+                .collect();
+            Response::json(
+                200,
+                &json!({ "capacity": inbox.capacity(), "items": items }),
+            )
+        }
+        None => Response::json(200, &json!({ "capacity": 0, "items": [] })),
+    }
+}
+
+/// `POST /api/inbox/dismiss {"ids": [...]}` or `{"all": true}`: forget inbox frames. The
+/// inbox is not what was taught, so this is the console's own business, not the loop's.
+fn inbox_dismiss(s: &Shared, body: &Value) -> Result<Response, String> {
+    let inbox = s.hub.inbox().ok_or("this appliance keeps no inbox")?;
+    if body.get("all").and_then(Value::as_bool) == Some(true) {
+        return Ok(Response::json(200, &json!({ "dismissed": inbox.clear() })));
+    }
+    let mut gone = Vec::new();
+    for id in ids_field(body)? {
+        if inbox.remove(id).is_ok() {
+            gone.push(id);
+        }
+    }
+    Ok(Response::json(
+        200,
+        &json!({ "dismissed": gone.len(), "ids": gone }),
+    ))
 }
 
 pub(super) fn str_field<'a>(body: &'a Value, key: &str) -> Result<&'a str, String> {
@@ -249,6 +303,14 @@ pub(super) fn post(s: &Shared, path: &str, body: &Value) -> Result<Response, Str
             }
         }
         "/api/undo" => Action::Undo,
+        "/api/inbox/label" => Action::LabelInbox {
+            id: body
+                .get("id")
+                .and_then(Value::as_u64)
+                .ok_or("needs \"id\": an inbox frame's number")?,
+            class: ClassRef::Name(str_field(body, "class")?.to_string()),
+        },
+        "/api/inbox/dismiss" => return inbox_dismiss(s, body),
         "/api/classes/add" => Action::AddClass(str_field(body, "name")?.to_string()),
         "/api/classes/rename" => Action::RenameClass {
             from: str_field(body, "from")?.to_string(),

@@ -185,6 +185,12 @@ pub(super) fn metrics(s: &Shared) -> String {
             "Samples stored.",
             &one(st.samples as f64),
         );
+        metric(
+            "inbox_frames",
+            "gauge",
+            "Frames the appliance was unsure of, waiting to be labelled or dismissed.",
+            &one(st.inbox as f64),
+        );
         let per: Vec<_> = st
             .samples_per_class
             .iter()

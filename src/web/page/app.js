@@ -77,9 +77,11 @@ async function dreamPoll(cls) {
   $("dreammsg").textContent = j.error || r.statusText;
 }
 
-function capture(index, name) {
-  return api("/api/capture", { class: name }).then(
-    (r) => say("saved #" + r.saved.id + " as " + r.saved.label),
+// A click is a press (a short burst, as a button press); `count` asks for that many frames.
+function capture(index, name, count) {
+  const body = count === undefined ? { class: name } : { class: name, count };
+  return api("/api/capture", body).then(
+    (r) => say(r.saved ? "saved #" + r.saved.id + " as " + r.saved.label : "capturing " + name),
     (e) => say("capture refused: " + e.message, true));
 }
 
@@ -99,8 +101,8 @@ function teachButtons() {
       ev.preventDefault();
       held = false;
       b.classList.add("busy");
-      // Held for 500 ms: a capture every 250 ms until released (a burst).
-      timer = setTimeout(() => { held = true; capture(i, name); timer = setInterval(() => capture(i, name), 250); }, 500);
+      // Held for 500 ms: one frame every 250 ms until released.
+      timer = setTimeout(() => { held = true; capture(i, name, 1); timer = setInterval(() => capture(i, name, 1), 250); }, 500);
     });
     b.addEventListener("pointerup", () => { const wasHeld = held; stop(); if (!wasHeld) capture(i, name); });
     b.addEventListener("pointerleave", stop);
@@ -185,6 +187,33 @@ function gallery() {
 }
 const selected = () => [...$("thumbs").querySelectorAll("input:checked")].map((c) => Number(c.value));
 
+// The inbox: unsure frames, each labelled with one click (it becomes a sample) or dismissed.
+let inboxKey = "";
+async function refreshInbox() {
+  const r = await api("/api/inbox");
+  const box = $("inboxitems");
+  $("inboxcount").textContent = r.capacity ? "(" + r.items.length + " of at most " + r.capacity + ")" : "(off)";
+  box.replaceChildren();
+  for (const it of r.items.slice().reverse()) {
+    const card = el("div"); card.className = "inboxitem"; card.dataset.id = String(it.id);
+    const img = el("img"); img.loading = "lazy"; img.src = "/api/inbox/" + it.id + "/thumb"; img.alt = "unsure frame " + it.id;
+    const why = el("div", it.reason + (it.guess ? " · " + it.guess + " " + Math.round(100 * it.confidence) + " %" : ""));
+    why.className = "small";
+    const row = el("div"); row.className = "row";
+    const sel = el("select"); fillSelect(sel, status ? status.classes : []);
+    if (it.guess && status && status.classes.includes(it.guess)) sel.value = it.guess;
+    const add = el("button", "Add"); add.type = "button"; add.className = "label";
+    add.onclick = () => api("/api/inbox/label", { id: it.id, class: sel.value }).then(
+      (j) => { $("inboxmsg").textContent = "frame " + it.id + " is now sample #" + j.saved.id + " of " + j.saved.label; inboxKey = ""; samplesKey = ""; },
+      (e) => { $("inboxmsg").textContent = e.message; });
+    const dis = el("button", "Dismiss"); dis.type = "button"; dis.className = "dismiss";
+    dis.onclick = () => api("/api/inbox/dismiss", { ids: [it.id] }).then(() => { card.remove(); inboxKey = ""; }, (e) => { $("inboxmsg").textContent = e.message; });
+    row.append(sel, add, dis);
+    card.append(img, why, row);
+    box.append(card);
+  }
+}
+
 async function health() {
   const h = await api("/api/health");
   const dl = $("healthlist");
@@ -245,12 +274,15 @@ async function tick() {
     learning();
     const key = status.samples + "|" + status.classes.join(",") + "|" + status.head_version;
     if (key !== samplesKey) { samplesKey = key; await refreshSamples(); }
+    const ikey = status.inbox + "|" + status.classes.join(",");
+    if (ikey !== inboxKey) { inboxKey = ikey; await refreshInbox(); }
   } catch (e) {
     $("conn").textContent = "no answer: " + e.message;
   }
 }
 
-$("undo").onclick = () => api("/api/undo", {}).then((r) => say("removed #" + r.undone.id), (e) => say(e.message, true));
+$("undo").onclick = () => api("/api/undo", {}).then((r) => say("removed the press of #" + r.undone.id + " (" + r.samples.length + " samples)"), (e) => say(e.message, true));
+$("inboxclear").onclick = () => api("/api/inbox/dismiss", { all: true }).then((r) => { $("inboxmsg").textContent = "dismissed " + r.dismissed; inboxKey = ""; }, (e) => { $("inboxmsg").textContent = e.message; });
 $("addform").onsubmit = (ev) => { ev.preventDefault(); const name = $("newclass").value.trim(); api("/api/classes/add", { name }).then(() => { say("added " + name); $("newclass").value = ""; }, (e) => say(e.message, true)); };
 $("galclass").onchange = gallery;
 $("delsel").onclick = () => { const ids = selected(); if (ids.length) api("/api/samples/delete", { ids }).then((r) => { say("deleted " + r.deleted.length); samplesKey = ""; }, (e) => say(e.message, true)); };
