@@ -40,8 +40,23 @@ impl BackboneKind {
     /// Every shipped backbone, in the order tables print them.
     pub const ALL: [BackboneKind; 2] = [BackboneKind::MobileNetV2, BackboneKind::EfficientNetLite2];
 
-    /// The backbone used when none is chosen (`--backbone`, `[model] backbone`).
-    pub const DEFAULT: BackboneKind = BackboneKind::MobileNetV2;
+    /// The default backbone for a CPU with `cpu`'s features, and why: EfficientNet-Lite2 where
+    /// its cost is a frame rate a teaching appliance keeps (x86-64, aarch64), MobileNetV2 where
+    /// it is not (armv7 and CPUs without SIMD int8 kernels). docs/measurements.md, "Backbones",
+    /// has the measurements behind both.
+    pub fn for_cpu(cpu: &crate::qnn::cpu::Cpu) -> (BackboneKind, &'static str) {
+        use crate::qnn::cpu::Arch;
+        match cpu.arch {
+            Arch::X86_64 | Arch::Aarch64 => (
+                BackboneKind::EfficientNetLite2,
+                "EfficientNet-Lite2 taught more from 1 to 10 presses on every real photo set (+0.07 to +0.09 on 37 pet breeds) for 1.9x MobileNetV2's work",
+            ),
+            _ => (
+                BackboneKind::MobileNetV2,
+                "MobileNetV2: half of EfficientNet-Lite2's work, where a frame already takes a third of a second or more (armv7, CPUs without SIMD int8 kernels)",
+            ),
+        }
+    }
 
     /// Name on the command line, in files and in messages.
     pub fn name(self) -> &'static str {
@@ -72,8 +87,9 @@ impl BackboneKind {
 }
 
 impl Default for BackboneKind {
+    /// The default for this machine's CPU ([`BackboneKind::for_cpu`]).
     fn default() -> Self {
-        BackboneKind::DEFAULT
+        BackboneKind::for_cpu(&crate::qnn::cpu::Cpu::detect()).0
     }
 }
 
@@ -1092,6 +1108,34 @@ mod tests {
         // The masked machine gets the masked machine's default.
         let detected = Cpu::detect();
         assert_eq!(Precision::default(), Precision::for_cpu(&detected).0);
+    }
+
+    #[test]
+    fn the_default_backbone_is_chosen_for_the_cpu_it_runs_on() {
+        use crate::qnn::cpu::{Arch, Cpu};
+        let kind = |arch| BackboneKind::for_cpu(&Cpu::bare(arch)).0;
+        assert_eq!(kind(Arch::X86_64), BackboneKind::EfficientNetLite2);
+        assert_eq!(
+            kind(Arch::Aarch64),
+            BackboneKind::EfficientNetLite2,
+            "Pi 4, Pi 5, Jetson"
+        );
+        assert_eq!(
+            kind(Arch::Arm),
+            BackboneKind::MobileNetV2,
+            "Pi 2/3 on 32-bit Pi OS"
+        );
+        assert_eq!(kind(Arch::Other), BackboneKind::MobileNetV2);
+        assert_eq!(
+            BackboneKind::default(),
+            BackboneKind::for_cpu(&Cpu::detect()).0
+        );
+        for k in BackboneKind::ALL {
+            assert_eq!(k.name().parse::<BackboneKind>(), Ok(k));
+            assert!(k.ships(Precision::Int8) && k.ships(Precision::F32));
+        }
+        assert!(!BackboneKind::EfficientNetLite2.ships(Precision::Qdq));
+        assert!("resnet".parse::<BackboneKind>().is_err());
     }
 
     #[test]

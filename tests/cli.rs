@@ -75,23 +75,41 @@ fn info_reports_model_and_precision() {
             "{layer}: {k}"
         );
     }
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&["info", "--json", "--precision", "int8"])).unwrap();
-    assert!(
-        v["model_path"]
-            .as_str()
-            .unwrap()
-            .ends_with("mobilenetv2_qop.onnx")
-    );
-    assert_eq!(v["model_ok"], true);
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&["info", "--json", "--precision", "f32"])).unwrap();
-    assert!(
-        v["model_path"]
-            .as_str()
-            .unwrap()
-            .ends_with("mobilenetv2_f32.onnx")
-    );
+    // The backbone too, and each backbone's files are its own.
+    let backbone = &v["default_backbone"];
+    assert_eq!(v["backbone"], backbone["backbone"]);
+    assert!(!backbone["why"].as_str().unwrap().is_empty());
+    for (kind, prefix) in [
+        ("mobilenetv2", "mobilenetv2"),
+        ("efficientnet-lite2", "efficientnet_lite2"),
+    ] {
+        for (p, file) in [("int8", "qop"), ("f32", "f32")] {
+            let v: serde_json::Value = serde_json::from_str(&ok(&[
+                "info",
+                "--json",
+                "--backbone",
+                kind,
+                "--precision",
+                p,
+            ]))
+            .unwrap();
+            let path = v["model_path"].as_str().unwrap();
+            assert!(path.ends_with(&format!("{prefix}_{file}.onnx")), "{path}");
+            assert_eq!(
+                (v["model_ok"].as_bool(), v["backbone"].as_str()),
+                (Some(true), Some(kind))
+            );
+        }
+    }
+    // A variant a backbone does not ship is named.
+    let e = fails(&[
+        "info",
+        "--backbone",
+        "efficientnet-lite2",
+        "--precision",
+        "qdq",
+    ]);
+    assert!(e.contains("ships no qdq"), "{e}");
 }
 
 #[test]
@@ -202,10 +220,7 @@ fn bad_inputs_get_one_line_errors_and_exit_code_2() {
         "--models",
         s(t.path()),
     ]);
-    assert!(
-        e.contains("mobilenetv2_qop.onnx") && e.contains("make models"),
-        "{e}"
-    );
+    assert!(e.contains("_qop.onnx") && e.contains("make models"), "{e}");
     // A damaged model file.
     let models = t.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
@@ -214,7 +229,15 @@ fn bad_inputs_get_one_line_errors_and_exit_code_2() {
     let mut bytes = std::fs::read(repo_models.join("mobilenetv2_qop.onnx")).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(models.join("mobilenetv2_qop.onnx"), bytes).unwrap();
-    let e = fails(&["info", "--models", s(&models)]);
+    let e = fails(&[
+        "info",
+        "--models",
+        s(&models),
+        "--backbone",
+        "mobilenetv2",
+        "--precision",
+        "int8",
+    ]);
     assert!(e.contains("damaged"), "{e}");
     // A train/val dataset without val/: the missing folder is named.
     let only_train = t.path().join("only_train");

@@ -475,8 +475,8 @@ fn over_tls_discovery_state_per_class_change_commands_and_stable_ids() {
             .collect()
     };
     let first = ids(&configs);
-    // class, confidence, fps, samples, snapshot, undo, three teach buttons.
-    assert_eq!(first.len(), 9, "{first:?}");
+    // class, confidence, fps, samples, inbox, snapshot, undo, three teach buttons.
+    assert_eq!(first.len(), 10, "{first:?}");
     assert!(first.contains_key(&hoop) && !configs.contains_key(&ring));
     let snap = retained(b.port, &format!("teachcam/{id}/snapshot"));
     let jpeg = &snap.values().next().expect("a retained snapshot").payload;

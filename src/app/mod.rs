@@ -606,17 +606,26 @@ fn int8_kernels_json() -> Result<serde_json::Value> {
 }
 
 fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
+    if !g.backbone().ships(g.precision()) {
+        return Err(backbone::ModelError::NotShipped {
+            kind: g.backbone(),
+            precision: g.precision(),
+        }
+        .into());
+    }
     let dir = backbone::find_models_dir(g.models.as_deref())?;
     let path = dir.join(g.backbone().file_name(g.precision()));
     let check = backbone::verify_model(&path);
     let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+    let (kind, why) = backbone::BackboneKind::for_cpu(&crate::qnn::cpu::Cpu::detect());
+    let default_backbone = json!({"backbone": kind.name(), "why": why});
     let v = json!({
         "teachcam_version": env!("CARGO_PKG_VERSION"),
         "tract_version": TRACT_VERSION,
         "model_path": path.to_string_lossy(),
         "models_dir": dir.to_string_lossy(),
         "backbone": g.backbone().name(),
-        "default_backbone": backbone::BackboneKind::DEFAULT.name(),
+        "default_backbone": default_backbone,
         "precision": g.precision().name(),
         "model_bytes": size,
         "model_sha256": check.as_ref().ok(),
