@@ -3,6 +3,7 @@
 
   throughput   frames/s with dir: replay as fast as possible, and the share of time per stage
                (decode, preprocess, backbone, head) as the daemon itself reports it on exit;
+               with the default thread count, then with each of --thread-counts;
   learning     time from a button press to the imprinted head being live, and to the
                fine-tuned head being live, with 500 samples already stored;
   memory       RSS a few seconds after start and its growth over a long run at full speed
@@ -26,11 +27,13 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def throughput(tc, work):
+def throughput(tc, work, threads=None):
     imgs = work / "imgs"
-    run([tc, "synth", str(imgs), "--train", "10", "--val", "0", "--seed", "5"])
-    state = work / "tp-state"
-    out = run([tc, "run", "--state", str(state), "--camera", f"dir:{imgs}", "--fps", "0",
+    if not imgs.exists():
+        run([tc, "synth", str(imgs), "--train", "10", "--val", "0", "--seed", "5"])
+    state = work / f"tp-state-{threads or 'default'}"
+    flags = ["--threads", str(threads)] if threads else []
+    out = run([tc, *flags, "run", "--state", str(state), "--camera", f"dir:{imgs}", "--fps", "0",
                "--classes", "ball,block,ring", "--gpio", "script:500@1,1000@2,1500@3",
                "--duration", "20", "-q"]).stdout
     frames = int(re.search(r"stopped after (\d+) frames", out).group(1))
@@ -38,7 +41,7 @@ def throughput(tc, work):
     for name, ms, pct in re.findall(r"(\w+) ([\d.]+) ms \((\d+) %\)", out.split("per frame:")[1]):
         stages[name] = {"ms_per_frame": float(ms), "share_percent": int(pct)}
     return {"seconds": 20, "frames": frames, "fps": frames / 20.0, "stages": stages,
-            "frame": "256x192 JPEG"}
+            "frame": "256x192 JPEG", "threads": threads or "default"}
 
 
 def learning(tc, work, samples, rounds):
@@ -104,20 +107,29 @@ def main():
     ap.add_argument("--soak-seconds", type=int, default=60)
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--thread-counts", default="1,2",
+                    help="also measure the frame loop with each of these --threads values")
     ap.add_argument("--json-out")
     ap.add_argument("--only", choices=["throughput", "learning", "memory"], action="append")
     a = ap.parse_args()
     tc = str(Path(a.teachcam).resolve())
+    info = json.loads(run([tc, "info", "--json"]).stdout)
+    res = {"backbone": info.get("backbone"), "cores": info.get("cores"),
+           "default_threads": info.get("threads")}
+    print(f"backbone {res['backbone']}, {res['cores']} cores, default --threads {res['default_threads']}")
     only = set(a.only or ["throughput", "learning", "memory"])
-    res = {}
     with tempfile.TemporaryDirectory() as w:
         work = Path(w)
         if "throughput" in only or "memory" in only:
             res["throughput"] = throughput(tc, work)
             t = res["throughput"]
-            print(f"frame loop (dir: replay, {t['frame']}, 1 inference thread): {t['fps']:.1f} frames/s")
-            for k, v in t["stages"].items():
-                print(f"  {k:<11} {v['ms_per_frame']:6.1f} ms/frame  {v['share_percent']:3d} %")
+            runs = [t] + [throughput(tc, work, int(n)) for n in a.thread_counts.split(",") if n]
+            res["throughput_by_threads"] = runs[1:]
+            for t in runs:
+                print(f"frame loop (dir: replay, {t['frame']}, --threads {t['threads']}): "
+                      f"{t['fps']:.1f} frames/s")
+                for k, v in t["stages"].items():
+                    print(f"  {k:<11} {v['ms_per_frame']:6.1f} ms/frame  {v['share_percent']:3d} %")
         if "learning" in only:
             res["learning"] = l = learning(tc, work, a.samples, a.rounds)
             print(f"press -> imprinted head live: {l['imprint_ms_median']} ms (median of {a.rounds}, "

@@ -145,7 +145,7 @@ def main() -> int:
     for p in (DEFAULT, "w8"):
         base = None
         for n in (1, 2, 4):
-            r = run_json([tc, "bench", "--json", "--precision", p, "--runs", str(args.runs), "--threads", str(n)])
+            r = run_json([tc, "bench", "--json", "--precision", p, "--runs", str(args.runs), "--concurrent", str(n)])
             if n == 1:
                 tput, lm, lp = 1000.0 / r["backbone_ms_median"], r["backbone_ms_median"], r["backbone_ms_p95"]
             else:

@@ -49,7 +49,7 @@ impl BackboneKind {
         match cpu.arch {
             Arch::X86_64 | Arch::Aarch64 => (
                 BackboneKind::EfficientNetLite2,
-                "EfficientNet-Lite2 taught more from 1 to 10 presses on every real photo set (+0.07 to +0.09 on 37 pet breeds) for 1.9x MobileNetV2's work",
+                "EfficientNet-Lite2 taught more from 1 to 10 presses on every real photo set (+0.04 to +0.09 on 37 pet breeds) for 1.6-1.9x MobileNetV2's time (x86 latency; qemu instruction proxy on ARM)",
             ),
             _ => (
                 BackboneKind::MobileNetV2,
@@ -120,21 +120,41 @@ pub struct Spec {
     pub precision: Precision,
     /// Input side in pixels (one of [`INPUT_SIZES`]).
     pub input_size: usize,
+    /// Threads one frame's int8 layers are split over (1..=[`MAX_THREADS`]).
+    pub threads: usize,
+}
+
+/// Most threads one frame may be split over.
+pub const MAX_THREADS: usize = 64;
+
+/// The default thread count for a machine with `cores` cores: all but one, which is left to
+/// the camera, JPEG decoding, the web console and training.
+pub fn default_threads(cores: usize) -> usize {
+    cores.saturating_sub(1).clamp(1, MAX_THREADS)
 }
 
 impl Spec {
-    /// `kind` at `precision` and the native input size.
+    /// `kind` at `precision`, the native input size, one thread.
     pub fn new(kind: BackboneKind, precision: Precision) -> Self {
         Spec {
             kind,
             precision,
             input_size: INPUT_SIZE,
+            threads: 1,
         }
     }
 
     /// The same at another input side.
     pub fn sized(self, input_size: usize) -> Self {
         Spec { input_size, ..self }
+    }
+
+    /// The same on `threads` threads (clamped to 1..=[`MAX_THREADS`]).
+    pub fn threaded(self, threads: usize) -> Self {
+        Spec {
+            threads: threads.clamp(1, MAX_THREADS),
+            ..self
+        }
     }
 }
 
@@ -554,6 +574,8 @@ pub struct Backbone {
     size: usize,
     /// The int8 path's kernel for each layer type (`None` for tract's own operators).
     kernels: Option<crate::qnn::KernelPlan>,
+    /// The threads a frame's int8 layers are split over (`None`: the caller's thread only).
+    pool: Option<Arc<crate::qnn::pool::Pool>>,
 }
 
 impl fmt::Debug for Backbone {
@@ -590,6 +612,11 @@ impl Backbone {
         let path = models_dir.join(spec.kind.file_name(spec.precision));
         let int8 = spec.precision == Precision::Int8;
         let mut b = Self::load_inner(&path, int8, spec.input_size, with_map)?;
+        b.set_threads(spec.threads)
+            .map_err(|message| ModelError::Tract {
+                path: path.clone(),
+                message,
+            })?;
         b.precision = Some(spec.precision);
         b.kind = Some(spec.kind);
         b.id.precision = spec.precision.name().to_string();
@@ -708,7 +735,34 @@ impl Backbone {
             dim,
             size,
             kernels,
+            pool: None,
         })
+    }
+
+    /// Split each frame's int8 layers over `threads` threads (a pool made once, here; 1: the
+    /// caller's thread only). Results are identical for every count.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), String> {
+        self.pool = match threads.clamp(1, MAX_THREADS) {
+            1 => None,
+            n => Some(Arc::new(crate::qnn::pool::Pool::new(n).map_err(|e| {
+                format!("cannot start {n} inference threads: {e}")
+            })?)),
+        };
+        Ok(())
+    }
+
+    /// Threads a frame is split over.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.threads())
+    }
+
+    /// Run `f` where the int8 layers find this backbone's threads (its pool), or on this
+    /// thread alone when it has none.
+    fn in_pool<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.pool {
+            Some(p) => crate::qnn::par::with_pool(p, f),
+            None => f(),
+        }
     }
 
     /// The int8 path's kernels (`None` when the model runs on tract's own operators).
@@ -777,8 +831,7 @@ impl Backbone {
             }
         })?;
         let out = self
-            .plan
-            .run(tvec!(t.into()))
+            .in_pool(|| self.plan.run(tvec!(t.into())))
             .map_err(|e| ModelError::Tract {
                 path: self.path.clone(),
                 message: format!("{e:#}"),
@@ -812,8 +865,7 @@ impl Backbone {
         let t = Tensor::from_shape(&[1, 3, self.size, self.size], input)
             .map_err(|e| err(format!("{e:#}")))?;
         let out = self
-            .plan
-            .run(tvec!(t.into()))
+            .in_pool(|| self.plan.run(tvec!(t.into())))
             .map_err(|e| err(format!("{e:#}")))?;
         let emb: Vec<f32> = out[0]
             .to_plain_array_view::<f32>()
@@ -899,15 +951,16 @@ impl Backbone {
             let t = Tensor::from_shape(&[1, 3, self.size, self.size], input).map_err(err)?;
             let mut state = self.plan.spawn().map_err(err)?;
             let mut times: BTreeMap<String, f64> = BTreeMap::new();
-            state
-                .run_plan_with_eval(tvec!(t.into()), |ctx, st, node, inputs| {
+            self.in_pool(|| {
+                state.run_plan_with_eval(tvec!(t.into()), |ctx, st, node, inputs| {
                     let start = Instant::now();
                     let r = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
                     *times.entry(node.op().name().to_string()).or_default() +=
                         start.elapsed().as_secs_f64() * 1e3;
                     r
                 })
-                .map_err(err)?;
+            })
+            .map_err(err)?;
             per_run.push(times);
         }
         let mut out = Vec::new();
@@ -992,8 +1045,8 @@ impl Embedder {
         }
         let state = self.state.as_mut().expect("spawned just above");
         let input = TValue::from_const(Arc::clone(&self.input));
-        state
-            .run(tvec!(input))
+        self.backbone
+            .in_pool(|| state.run(tvec!(input)))
             .map_err(|e| self.backbone.tract_err(e))
     }
 

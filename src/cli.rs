@@ -38,6 +38,10 @@ pub struct Global {
     /// Backbone precision: int8 (default), w8, f32, qdq or qop.
     #[arg(long, global = true, value_name = "P")]
     pub precision: Option<Precision>,
+    /// Threads one frame's int8 layers are split over (default: the cores but one, at least
+    /// 1; `[model] threads`). Results are identical for every count.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: Option<u32>,
     /// Side of the square model input: 224 (default), 192 or 160. Smaller is faster and
     /// less accurate; heads and stored samples record the size they were made with.
     #[arg(long, global = true, value_name = "PX")]
@@ -132,9 +136,21 @@ impl Global {
         self.backbone.unwrap_or_default()
     }
 
-    /// The backbone to load: network, precision and input size as asked for.
+    /// The threads asked for, or the default for this machine's cores.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            Some(n) => n as usize,
+            None => crate::backbone::default_threads(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
+        }
+    }
+
+    /// The backbone to load: network, precision, input size and threads as asked for.
     pub fn spec(&self) -> Spec {
-        Spec::new(self.backbone(), self.precision()).sized(self.input_size())
+        Spec::new(self.backbone(), self.precision())
+            .sized(self.input_size())
+            .threaded(self.threads())
     }
 }
 
@@ -318,10 +334,14 @@ pub struct BenchArgs {
     /// Also time every node and print a per-operator profile.
     #[arg(long)]
     pub profile: bool,
-    /// Also run the backbone on this many threads at once (one plan per thread, shared
+    /// Also run this many backbones at once (independent frames, one plan each, shared
     /// weights) and report throughput and latency under that load.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub threads: u32,
+    pub concurrent: u32,
+    /// Also time one frame split over each of these thread counts, alternated in rounds,
+    /// and check their embeddings are identical (e.g. 1,2,4).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub thread_counts: Vec<u32>,
 }
 
 /// `run`.
@@ -386,7 +406,8 @@ pub enum Command {
     /// and without bursts and training variations, and how often an untaught thing is
     /// called "unknown" (a photo set with train/ and val/).
     Fewshot(FewshotArgs),
-    /// Time preprocessing, backbone and head on this machine (1 thread; see --threads).
+    /// Time preprocessing, backbone and head on this machine (see --thread-counts and
+    /// --concurrent).
     Bench(BenchArgs),
     /// Show the model, precision, CPU features and versions.
     Info(InfoArgs),

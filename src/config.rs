@@ -120,6 +120,8 @@ pub struct ModelSection {
     pub precision: Option<String>,
     /// Side of the square model input: 224, 192 or 160.
     pub input_size: Option<usize>,
+    /// Threads one frame's int8 layers are split over: 1..=64 (default: the cores but one).
+    pub threads: Option<u32>,
 }
 
 /// `[http]`: the web console.
@@ -487,6 +489,8 @@ pub struct RunConfig {
     pub precision: Precision,
     /// Model input side in pixels.
     pub input_size: InputSize,
+    /// Threads one frame's int8 layers are split over (1..=[`crate::backbone::MAX_THREADS`]).
+    pub threads: usize,
     /// Where the web console listens (`None`: no console).
     pub http: Option<std::net::SocketAddr>,
     /// The console's upload limit and login lifetime.
@@ -500,7 +504,9 @@ pub struct RunConfig {
 impl RunConfig {
     /// The backbone to load.
     pub fn spec(&self) -> Spec {
-        Spec::new(self.backbone, self.precision).sized(self.input_size.get())
+        Spec::new(self.backbone, self.precision)
+            .sized(self.input_size.get())
+            .threaded(self.threads)
     }
 }
 
@@ -529,6 +535,8 @@ pub struct Overrides {
     pub precision: Option<Precision>,
     /// `--input-size`.
     pub input_size: Option<InputSize>,
+    /// `--threads`.
+    pub threads: Option<u32>,
     /// `--http`.
     pub http: Option<std::net::SocketAddr>,
     /// `--burst`.
@@ -723,6 +731,24 @@ impl RunConfig {
             backbone,
             precision,
             input_size,
+            threads: match (cli.threads, f.model.threads) {
+                (Some(n), _) => n as usize,
+                (None, Some(n)) if (1..=crate::backbone::MAX_THREADS as u32).contains(&n) => {
+                    n as usize
+                }
+                (None, Some(n)) => {
+                    return Err(bad(
+                        "model.threads",
+                        format!(
+                            "must be 1..={} threads, got {n}",
+                            crate::backbone::MAX_THREADS
+                        ),
+                    ));
+                }
+                (None, None) => crate::backbone::default_threads(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ),
+            },
             http: match (cli.http, &f.http) {
                 (Some(a), _) => Some(a),
                 (None, Some(h)) if h.enabled != Some(false) => Some(
@@ -879,6 +905,7 @@ mod tests {
             "dir",
             "backbone",
             "precision",
+            "threads",
             "[inbox]",
             "size",
             "every_s",
@@ -942,6 +969,8 @@ mod tests {
             ("[model]\nprecision = \"int4\"", "`model.precision`"),
             ("[model]\nbackbone = \"resnet50\"", "`model.backbone`"),
             ("[model]\ninput_size = 100", "`model.input_size`"),
+            ("[model]\nthreads = 0", "`model.threads`"),
+            ("[model]\nthreads = 65", "`model.threads`"),
             ("classes = [\"cat\", \"cat\"]", "`classes`"),
             ("classes = [\"a/b\"]", "`classes`"),
             ("classes = [\"unknown\"]", "`classes`"),

@@ -157,3 +157,24 @@ fn embeddings_match_onnxruntime_for_every_variant_of_every_backbone() {
     }
     assert_eq!(checked, 4 * (5 + 4), "every image, every shipped variant");
 }
+
+#[test]
+fn int8_embeddings_are_identical_on_any_thread_count() {
+    let g = golden();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden");
+    for kind in BackboneKind::ALL {
+        let spec = Spec::new(kind, Precision::Int8);
+        let one = Backbone::load(&models(), spec).unwrap();
+        let three = Backbone::load(&models(), spec.threaded(3)).unwrap();
+        assert_eq!((one.threads(), three.threads()), (1, 3));
+        let (mut e1, mut e3) = (one.embedder(), three.embedder());
+        for im in g["images"].as_array().unwrap() {
+            let img = load_rgb(&dir.join(im["file"].as_str().unwrap())).unwrap();
+            let a = e1.embed(&img.rgb, img.width, img.height).unwrap();
+            let b = e3.embed(&img.rgb, img.width, img.height).unwrap();
+            assert!(a.iter().any(|&v| v != 0.0));
+            let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{kind} {}: 3 threads differ from 1", im["file"]);
+        }
+    }
+}

@@ -78,10 +78,47 @@ fn parallel_backbone(
     Ok(((threads * runs) as f64 / wall, m, p))
 }
 
-/// Run `teachcam bench` (`--runs` and `--threads` are range-checked by clap).
+/// One frame split over each of `counts` threads (a backbone per count, sharing the plan),
+/// the counts taking turns frame by frame on the same input (so a slower or busier moment of
+/// the machine falls on every count alike): per count the median ms, the speed-up over the
+/// first count, and whether every count gave the first count's embedding bit for bit.
+fn thread_sweep(
+    backbone: &Backbone,
+    input: &[f32],
+    counts: &[usize],
+    runs: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let mut bbs = Vec::new();
+    for &n in counts {
+        let mut b = backbone.clone();
+        b.set_threads(n).map_err(anyhow::Error::msg)?;
+        // Warm the pool and check the result.
+        let e = b.run_tensor(input)?;
+        bbs.push((b, e, Vec::new()));
+    }
+    for _ in 0..runs {
+        for (b, _, times) in bbs.iter_mut() {
+            let t = Instant::now();
+            b.run_tensor(input)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let base = metrics::median_p95(&bbs[0].2).0;
+    let first = bbs[0].1.clone();
+    Ok(bbs
+        .iter()
+        .map(|(b, e, times)| {
+            let m = metrics::median_p95(times).0;
+            json!({"threads": b.threads(), "ms_median": m, "speedup": base / m,
+                   "identical": e.iter().zip(&first).all(|(x, y)| x.to_bits() == y.to_bits())})
+        })
+        .collect())
+}
+
+/// Run `teachcam bench` (`--runs` and `--concurrent` are range-checked by clap).
 pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
     let (runs, warmup, json_out, profile) = (a.runs as usize, a.warmup, a.json, a.profile);
-    let threads = a.threads as usize;
+    let threads = a.concurrent as usize;
     let t = Instant::now();
     let backbone = load_backbone(g)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -177,7 +214,8 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
     let mut v = json!({
         "precision": g.precision().name(),
         "model_path": backbone.path().to_string_lossy(),
-        "threads": 1,
+        "backbone": g.backbone().name(),
+        "threads": backbone.threads(),
         "runs": runs,
         "load_ms": load_ms,
         "decode_jpeg_640x480_ms_median": dm, "decode_jpeg_640x480_ms_p95": dp,
@@ -188,8 +226,12 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
         "train_ms": train_ms.iter().map(|(c, n, ms)| json!({"classes": c, "examples": n, "ms": ms})).collect::<Vec<_>>(),
     });
     if let Some((tput, m, p)) = par {
-        v["parallel"] = json!({"threads": threads, "inferences_per_s": tput,
+        v["parallel"] = json!({"concurrent": threads, "inferences_per_s": tput,
             "latency_ms_median": m, "latency_ms_p95": p});
+    }
+    let counts: Vec<usize> = a.thread_counts.iter().map(|&n| n as usize).collect();
+    if !counts.is_empty() {
+        v["thread_counts"] = json!(thread_sweep(&backbone, &input, &counts, runs)?);
     }
     if profile {
         v["profile"] = serde_json::to_value(&prof)?;
@@ -198,9 +240,11 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
         out!("{v}");
     } else {
         out!(
-            "precision {} ({}), 1 thread, {runs} runs",
+            "{} {} ({}), {} thread(s) a frame, {runs} runs",
+            g.backbone(),
             g.precision(),
-            backbone.path().display()
+            backbone.path().display(),
+            backbone.threads()
         );
         out!("  model load + optimise  {load_ms:8.1} ms");
         out!("  decode 640x480 JPEG    {dm:8.2} ms median  {dp:8.2} ms p95");
@@ -217,7 +261,16 @@ pub fn cmd_bench(g: &Global, a: &BenchArgs) -> Result<()> {
         }
         if let Some((tput, m, p)) = par {
             out!(
-                "  backbone on {threads} threads at once: {tput:.1} inferences/s, {m:.2} ms median, {p:.2} ms p95 each"
+                "  {threads} backbones at once: {tput:.1} inferences/s, {m:.2} ms median, {p:.2} ms p95 each"
+            );
+        }
+        for t in v["thread_counts"].as_array().into_iter().flatten() {
+            out!(
+                "  one frame on {} thread(s), alternated: {:.3} ms median, {:.2}x, identical: {}",
+                t["threads"],
+                t["ms_median"].as_f64().unwrap_or(0.0),
+                t["speedup"].as_f64().unwrap_or(0.0),
+                t["identical"]
             );
         }
         if profile {

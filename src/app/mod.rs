@@ -636,6 +636,7 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         "arch": std::env::consts::ARCH,
         "cpu_features": cpu_features(),
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "threads": g.threads(),
     });
     if json_out {
         out!("{v}");
@@ -659,6 +660,10 @@ fn cmd_info(g: &Global, json_out: bool) -> Result<()> {
         let px = g.input_size();
         out!("input      1x3x{px}x{px} RGB, x/127.5-1");
         out!("cpu        {}", cpu_features().join(" "));
+        out!(
+            "threads    {} per frame (--threads, [model] threads)",
+            g.threads()
+        );
     }
     check.map(|_| ()).map_err(Into::into)
 }
@@ -683,6 +688,7 @@ fn run_config(g: &Global, a: &RunArgs) -> Result<RunConfig, crate::config::Confi
             backbone: g.backbone,
             precision: g.precision,
             input_size: g.input_size,
+            threads: g.threads,
             http: a.http,
             burst: a.burst,
         },

@@ -209,20 +209,28 @@ impl A32Depthwise {
         Some(A32Depthwise { com })
     }
 
-    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]`.
-    pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
+    /// `x`: `[h][w][c]`; `out`: the output rows `out_rows` of `[oh][ow][c]`.
+    pub fn run(
+        &self,
+        x: &[u8],
+        h: usize,
+        w: usize,
+        out_rows: std::ops::Range<usize>,
+        out: &mut [u8],
+    ) {
         let p = &self.com;
         let g = &p.geom;
         let c = g.c;
         let taps = g.taps();
         assert!(c.is_multiple_of(8));
-        let (oh, ow) = p.checked_run(x, (h, w), out, taps * c);
+        let (_, ow) = p.checked_run(x, (h, w), (&out_rows, out), taps * c);
         let mut rows: Vec<*const u8> = vec![p.pad.as_ptr(); taps];
         let k = consts(p.y_zero);
-        for oy in 0..oh {
+        let r0 = out_rows.start;
+        for oy in out_rows {
             for ox in 0..ow {
                 g.tap_rows(x, (h, w), (oy, ox), &p.pad, |t, r| rows[t] = r.as_ptr());
-                let dst = &mut out[(oy * ow + ox) * c..][..c];
+                let dst = &mut out[((oy - r0) * ow + ox) * c..][..c];
                 let args = DwArgs {
                     rows: rows.as_ptr(),
                     taps,

@@ -9,6 +9,8 @@
 //!
 //! Must not: pick a kernel by itself.
 
+use std::ops::Range;
+
 use super::arith::requant;
 use super::cpu::Kernel;
 use super::layer::DwCommon;
@@ -78,6 +80,7 @@ impl Depthwise {
     }
 
     /// `x`: `[h][w][c]`; `out`: `[oh][ow][c]` with `(oh, ow)` from [`DwGeom::out_size`].
+    /// Inside a pool the output rows are split over its threads ([`super::par`]).
     pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
         let c = self.geom.c;
         let (oh, ow) = self
@@ -86,14 +89,24 @@ impl Depthwise {
             .expect("depthwise input smaller than its kernel");
         assert_eq!(x.len(), h * w * c, "depthwise input length");
         assert_eq!(out.len(), oh * ow * c, "depthwise output length");
+        // At least 2 rows' worth of 16 k multiply-adds a part: less is not worth a thread.
+        let min_rows = (16_384 / (ow * c * self.geom.taps()).max(1)).max(1);
+        let parts = super::par::ranges(oh, super::par::threads(), 1, min_rows);
+        super::par::for_rows(out, ow * c, &parts, |rows, o| {
+            self.run_rows(x, h, w, rows, o)
+        });
+    }
+
+    /// [`Depthwise::run`]'s output rows `rows` only, into `out` (exactly those rows).
+    pub fn run_rows(&self, x: &[u8], h: usize, w: usize, rows: Range<usize>, out: &mut [u8]) {
         match &self.imp {
-            Imp::Portable(p) => p.run(&self.geom, x, h, w, out),
+            Imp::Portable(p) => p.run(&self.geom, x, h, w, rows, out),
             #[cfg(target_arch = "x86_64")]
-            Imp::Avx2(p) => p.run(x, h, w, out),
+            Imp::Avx2(p) => p.run(x, h, w, rows, out),
             #[cfg(target_arch = "aarch64")]
-            Imp::Neon(p) => p.run(x, h, w, out),
+            Imp::Neon(p) => p.run(x, h, w, rows, out),
             #[cfg(target_arch = "arm")]
-            Imp::A32(p) => p.run(x, h, w, out),
+            Imp::A32(p) => p.run(x, h, w, rows, out),
         }
     }
 }
@@ -111,13 +124,15 @@ struct Portable {
 }
 
 impl Portable {
-    fn run(&self, g: &DwGeom, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
+    fn run(&self, g: &DwGeom, x: &[u8], h: usize, w: usize, rows: Range<usize>, out: &mut [u8]) {
         let c = g.c;
         let (oh, ow) = g.out_size(h, w).unwrap_or((0, 0));
+        assert!(rows.end <= oh && out.len() == rows.len() * ow * c);
+        let r0 = rows.start;
         let (kh, kw) = g.kernel;
         let xz = self.x_zero as i16;
         let mut acc = vec![0i32; c];
-        for oy in 0..oh {
+        for oy in rows {
             for ox in 0..ow {
                 acc.copy_from_slice(&self.bias);
                 for ky in 0..kh {
@@ -138,7 +153,8 @@ impl Portable {
                         }
                     }
                 }
-                let o = &mut out[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
+                let at = ((oy - r0) * ow + ox) * c;
+                let o = &mut out[at..at + c];
                 for ((q, &a), &s) in o.iter_mut().zip(&acc).zip(&self.scale) {
                     *q = requant(a, s, self.y_zero);
                 }

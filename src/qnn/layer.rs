@@ -172,21 +172,23 @@ impl DwGeom {
         self.kernel.0 * self.kernel.1
     }
 
-    /// Output size of a run on `x` (`[h][w][c]`) into `out`, after checking every length a
-    /// kernel's unsafe code relies on: `x` and `out` hold whole images, the weights `weights`
-    /// values, and each per-channel array (`bias`, `scale`, pad row, …) `c` values.
-    /// Panics otherwise (a caller's bug, never input: shapes are checked at load).
+    /// Output size of a run on `x` (`[h][w][c]`) for the output rows `rows` into `out`,
+    /// after checking every length a kernel's unsafe code relies on: `x` holds a whole image,
+    /// `out` exactly those rows (`rows` within the output), the weights `weights` values, and
+    /// each per-channel array (`bias`, `scale`, pad row, …) `c` values. Panics otherwise (a
+    /// caller's bug, never input: shapes are checked at load).
     pub fn checked_run(
         &self,
         x: &[u8],
         (h, w): (usize, usize),
-        out: &[u8],
+        (rows, out): (&std::ops::Range<usize>, &[u8]),
         (weights, expected_weights): (usize, usize),
         per_channel: &[usize],
     ) -> (usize, usize) {
         let c = self.c;
         let (oh, ow) = self.out_size(h, w).expect("input smaller than the kernel");
-        assert!(x.len() == h * w * c && out.len() == oh * ow * c);
+        assert!(rows.start <= rows.end && rows.end <= oh);
+        assert!(x.len() == h * w * c && out.len() == rows.len() * ow * c);
         assert!(weights == expected_weights && per_channel.iter().all(|&n| n == c));
         (oh, ow)
     }
@@ -349,7 +351,7 @@ impl DwCommon {
         &self,
         x: &[u8],
         (h, w): (usize, usize),
-        out: &[u8],
+        out: (&std::ops::Range<usize>, &[u8]),
         weights: usize,
     ) -> (usize, usize) {
         self.geom.checked_run(

@@ -30,7 +30,9 @@ pub mod layer;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod ops;
+pub mod par;
 pub mod pointwise;
+pub mod pool;
 pub mod rewrite;
 #[cfg(target_arch = "aarch64")]
 pub mod sdot;

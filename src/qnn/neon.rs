@@ -25,6 +25,8 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
+use std::ops::Range;
+
 use super::layer::DwCommon;
 use super::layer::{PointwiseParams, PwCommon};
 
@@ -79,13 +81,14 @@ impl NeonDepthwise {
         NeonDepthwise { com }
     }
 
-    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]`.
-    pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
+    /// `x`: `[h][w][c]`; `out`: the output rows `out_rows` of `[oh][ow][c]`.
+    pub fn run(&self, x: &[u8], h: usize, w: usize, out_rows: Range<usize>, out: &mut [u8]) {
         let p = &self.com;
         let g = &p.geom;
         let c = g.c;
         let taps = g.taps();
-        let (oh, ow) = p.checked_run(x, (h, w), out, taps * c);
+        let (_, ow) = p.checked_run(x, (h, w), (&out_rows, out), taps * c);
+        let r0 = out_rows.start;
         let fast = g.kernel == (3, 3) && c.is_multiple_of(DW_BLOCK);
         // Output columns whose three taps are inside the row: ox·sx - left ≥ 0 and
         // ox·sx - left + 2 ≤ w - 1.
@@ -105,10 +108,10 @@ impl NeonDepthwise {
             Vec::new()
         };
         let mut rows: Vec<&[u8]> = vec![&p.pad; taps];
-        for oy in 0..oh {
+        for oy in out_rows {
             for ox in (0..first).chain(end..ow) {
                 g.tap_rows(x, (h, w), (oy, ox), &p.pad, |t, r| rows[t] = r);
-                self.pixel(&rows, &mut out[(oy * ow + ox) * c..][..c]);
+                self.pixel(&rows, &mut out[((oy - r0) * ow + ox) * c..][..c]);
             }
             if first < end {
                 // Each tap row from the input column of tap 0 of output `first`.
@@ -125,7 +128,7 @@ impl NeonDepthwise {
                 // Each row slice must cover the last output's three taps.
                 let need = ((n - 1) * sx + 3) * c;
                 assert!(in_rows.iter().all(|r| r.len() >= need));
-                let dst = &mut out[(oy * ow + first) * c..(oy * ow + end) * c];
+                let dst = &mut out[((oy - r0) * ow + first) * c..((oy - r0) * ow + end) * c];
                 // SAFETY: the rows hold `need` bytes (asserted), `dst` n * c bytes, and the
                 // weights, bias and scales their lengths (`checked_run`).
                 unsafe { self.row3x3(in_rows.map(<[u8]>::as_ptr), sx * c, n, dst.as_mut_ptr()) };

@@ -90,14 +90,22 @@ impl Pointwise {
         self.kernel
     }
 
-    /// `x`: `[pixels][k]`; `out`: `[pixels][n]`.
+    /// `x`: `[pixels][k]`; `out`: `[pixels][n]`. Inside a pool the pixels are split over its
+    /// threads ([`super::par`]), in whole tiles of 8.
     pub fn run(&self, x: &[u8], out: &mut [u8]) {
         assert!(x.len().is_multiple_of(self.k), "pointwise input length");
-        assert_eq!(
-            out.len(),
-            x.len() / self.k * self.n,
-            "pointwise output length"
-        );
+        let pixels = x.len() / self.k;
+        assert_eq!(out.len(), pixels * self.n, "pointwise output length");
+        // At least 32 k multiply-adds a part: less is not worth a thread.
+        let min = (32_768 / (self.k * self.n).max(1)).max(8);
+        let parts = super::par::ranges(pixels, super::par::threads(), 8, min);
+        super::par::for_rows(out, self.n, &parts, |px, o| {
+            self.run_pixels(&x[px.start * self.k..px.end * self.k], o)
+        });
+    }
+
+    /// [`Pointwise::run`] on one thread.
+    fn run_pixels(&self, x: &[u8], out: &mut [u8]) {
         match &self.imp {
             Imp::Portable(p) => p.run(x, out),
             #[cfg(target_arch = "x86_64")]

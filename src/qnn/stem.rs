@@ -16,6 +16,8 @@
 //!
 //! Must not: pick a kernel by itself.
 
+use std::ops::Range;
+
 use super::arith::{QParams, quantize};
 use super::cpu::Kernel;
 use super::layer::{Blocks, Refs};
@@ -203,29 +205,67 @@ impl Stem {
         h1 * w1 * self.c * self.cin * self.conv.taps() + h2 * w2 * self.c * self.dw.taps()
     }
 
-    /// `x`: NCHW `[cin][h][w]` (batch 1); `out`: NHWC `[oh][ow][c]` `u8`.
+    /// `x`: NCHW `[cin][h][w]` (batch 1); `out`: NHWC `[oh][ow][c]` `u8`. Inside a pool
+    /// the output rows are split over its threads ([`super::par`]); each part makes the
+    /// convolution rows it reads (a boundary's one or two rows are made by both parts).
     pub fn run(&self, x: &[f32], h: usize, w: usize, out: &mut [u8]) {
         let (oh, ow) = self
             .out_size(h, w)
             .expect("stem input smaller than its kernels");
         assert_eq!(x.len(), self.cin * h * w, "stem input length");
         assert_eq!(out.len(), oh * ow * self.c, "stem output length");
-        SCRATCH.with(|scratch| {
-            let scratch = &mut *scratch.borrow_mut();
-            match self.kernel {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Stem::new` accepted this kernel only where AVX2 and FMA were
-                // detected.
-                Kernel::Avx2 => unsafe { run_avx2_fma(self, x, (h, w), out, scratch) },
-                #[cfg(target_arch = "aarch64")]
-                // SAFETY: NEON is part of every aarch64 CPU.
-                Kernel::Neon => unsafe {
-                    run_with::<super::neon::StemNeon>(self, x, (h, w), out, scratch)
-                },
-                // SAFETY: the portable blocks need no instruction-set extension.
-                _ => unsafe { run_with::<PortableBlocks>(self, x, (h, w), out, scratch) },
-            }
+        INPUT.with(|input| {
+            let input = &mut *input.borrow_mut();
+            self.pad_input(x, (h, w), input);
+            let input: &[f32] = input;
+            // At least 4 output rows a part.
+            let parts = super::par::ranges(oh, super::par::threads(), 1, 4);
+            super::par::for_rows(out, ow * self.c, &parts, |rows, o| {
+                RING.with(|ring| self.rows(input, (h, w), rows, o, &mut ring.borrow_mut()))
+            });
         })
+    }
+
+    /// Step 1 of [`run_with`]: the NCHW input copied into `input`, NHWC with the
+    /// convolution's padding as zeros.
+    fn pad_input(&self, x: &[f32], (h, w): (usize, usize), input: &mut Vec<f32>) {
+        let cin = self.cin;
+        let [pt, pl, pb, pr] = self.conv.pads;
+        let (hp, wp) = (h + pt + pb, w + pl + pr);
+        input.clear();
+        input.resize(hp * wp * cin, 0.0);
+        for ci in 0..cin {
+            for y in 0..h {
+                let src = &x[(ci * h + y) * w..(ci * h + y + 1) * w];
+                let dst = &mut input[((y + pt) * wp + pl) * cin..((y + pt) * wp + pl + w) * cin];
+                for (d, &v) in dst.chunks_exact_mut(cin).zip(src) {
+                    d[ci] = v;
+                }
+            }
+        }
+    }
+
+    /// The output rows `rows` from the padded input, on this CPU's kernel.
+    fn rows(
+        &self,
+        input: &[f32],
+        hw: (usize, usize),
+        rows: Range<usize>,
+        out: &mut [u8],
+        ring: &mut Vec<f32>,
+    ) {
+        match self.kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Stem::new` accepted this kernel only where AVX2 and FMA were detected.
+            Kernel::Avx2 => unsafe { run_avx2_fma(self, input, hw, rows, out, ring) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON is part of every aarch64 CPU.
+            Kernel::Neon => unsafe {
+                run_with::<super::neon::StemNeon>(self, input, hw, rows, out, ring)
+            },
+            // SAFETY: the portable blocks need no instruction-set extension.
+            _ => unsafe { run_with::<PortableBlocks>(self, input, hw, rows, out, ring) },
+        }
     }
 }
 
@@ -246,34 +286,30 @@ fn fma_available() -> bool {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2_fma(
     s: &Stem,
-    x: &[f32],
+    input: &[f32],
     hw: (usize, usize),
+    rows: Range<usize>,
     out: &mut [u8],
-    scratch: &mut Scratch,
+    ring: &mut Vec<f32>,
 ) {
     // No closure between here and the loops: a closure would not inherit this function's
     // target features, and the blocks' intrinsics would not be inlined.
     // SAFETY: the caller checked AVX2 and FMA, which `StemAvx2` needs.
-    unsafe { run_with::<super::x86::StemAvx2>(s, x, hw, out, scratch) }
-}
-
-/// Per-thread buffers of the stem: the padded NHWC input and the ring of convolution rows.
-struct Scratch {
-    input: Vec<f32>,
-    ring: Vec<f32>,
+    unsafe { run_with::<super::x86::StemAvx2>(s, input, hw, rows, out, ring) }
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = const {
-        std::cell::RefCell::new(Scratch { input: Vec::new(), ring: Vec::new() })
-    };
+    /// The padded NHWC input, made by the thread that runs the stem and read by every part.
+    static INPUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The ring of convolution rows, one per thread that computes a part.
+    static RING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The stem on explicit buffers (see [`Stem`]'s module doc for the order of work).
+/// The stem's output rows `out_rows` (see [`Stem`]'s module doc for the order of work).
 ///
-/// 1. The NCHW input is copied once into an NHWC buffer with the convolution's padding as
-///    zeros, so each tap row of a 3×3 patch is `kw·cin` contiguous floats and no loop below
-///    needs a bounds test.
+/// 1. ([`Stem::pad_input`], before:) the NCHW input copied once into an NHWC buffer with the
+///    convolution's padding as zeros, so each tap row of a 3×3 patch is `kw·cin` contiguous
+///    floats and no loop below needs a bounds test.
 /// 2. Convolution rows are produced on demand into a ring of `kh2` rows, each with the
 ///    depthwise layer's left and right padding as zero columns.
 /// 3. Each depthwise output pixel sums its taps over blocks of channels held in registers,
@@ -284,31 +320,25 @@ thread_local! {
 #[inline(always)]
 unsafe fn run_with<K: Blocks>(
     s: &Stem,
-    x: &[f32],
+    input: &[f32],
     (h, w): (usize, usize),
+    out_rows: Range<usize>,
     out: &mut [u8],
-    scratch: &mut Scratch,
+    ring: &mut Vec<f32>,
 ) {
-    let Scratch { input, ring } = scratch;
     let (c, cin) = (s.c, s.cin);
     let (h1, w1) = s.conv.out_size(h, w).unwrap_or((0, 0));
     let (h2, w2) = s.dw.out_size(h1, w1).unwrap_or((0, 0));
     let (kh1, kw1) = s.conv.kernel;
     let (kh2, kw2) = s.dw.kernel;
-    // 1. Padded NHWC input.
     let [pt, pl, pb, pr] = s.conv.pads;
     let (hp, wp) = (h + pt + pb, w + pl + pr);
-    input.clear();
-    input.resize(hp * wp * cin, 0.0);
-    for ci in 0..cin {
-        for y in 0..h {
-            let src = &x[(ci * h + y) * w..(ci * h + y + 1) * w];
-            let dst = &mut input[((y + pt) * wp + pl) * cin..((y + pt) * wp + pl + w) * cin];
-            for (d, &v) in dst.chunks_exact_mut(cin).zip(src) {
-                d[ci] = v;
-            }
-        }
-    }
+    assert!(input.len() == hp * wp * cin, "stem: padded input length");
+    assert!(
+        out_rows.end <= h2 && out.len() == out_rows.len() * w2 * c,
+        "stem: output rows"
+    );
+    let r0 = out_rows.start;
     // 2. Ring rows: [w1 + dl + dr][c], zero in the padding columns.
     let [dt, dl, _, dr] = s.dw.pads;
     let rw = w1 + dl + dr;
@@ -317,7 +347,7 @@ unsafe fn run_with<K: Blocks>(
     let mut ready: [Option<usize>; MAX_TAPS] = [None; MAX_TAPS];
     let zero_row = vec![0f32; rw * c];
     let patch_len = kw1 * cin;
-    for oy in 0..h2 {
+    for oy in out_rows {
         // The convolution rows this output row reads (y in 0..h1), made if not in the ring.
         let mut rows: [Option<usize>; MAX_TAPS] = [None; MAX_TAPS];
         for (ky, row) in rows.iter_mut().enumerate().take(kh2) {
@@ -370,7 +400,7 @@ unsafe fn run_with<K: Blocks>(
                     None => &zero_row[at..at + c],
                 }
             });
-            let o = &mut out[(oy * w2 + ox) * c..(oy * w2 + ox + 1) * c];
+            let o = &mut out[((oy - r0) * w2 + ox) * c..((oy - r0) * w2 + ox + 1) * c];
             let mut c0 = 0;
             while c0 + K::B <= c {
                 // SAFETY: the caller checked K's instruction set.
@@ -556,6 +586,52 @@ mod tests {
                 kernel.name()
             );
             assert!(got.iter().any(|&v| v > 10), "degenerate data");
+        }
+    }
+
+    #[test]
+    fn every_stem_kernel_gives_the_same_bytes_on_any_thread_count() {
+        let mut r = crate::rng::Rng::new(6);
+        // 37 output rows: parts of several rows each and a ragged last one.
+        let (cin, c, h, w) = (3usize, 32usize, 74usize, 30usize);
+        let conv_w: Vec<f32> = (0..c * cin * 9).map(|_| r.normal() * 0.3).collect();
+        let conv_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
+        let dw_w: Vec<f32> = (0..c * 9).map(|_| r.normal() * 0.4).collect();
+        let dw_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
+        let x: Vec<f32> = (0..cin * h * w).map(|_| r.normal()).collect();
+        let p = StemParams {
+            cin,
+            c,
+            conv: k3(2, [0, 0, 1, 1]),
+            conv_w: &conv_w,
+            conv_b: &conv_b,
+            clip1: (0.0, 6.0),
+            dw: k3(1, [1, 1, 1, 1]),
+            dw_w: &dw_w,
+            dw_b: &dw_b,
+            clip2: (0.0, 6.0),
+            q: QParams {
+                scale: 0.02,
+                zero: 0,
+            },
+        };
+        for kernel in runnable_kernels(Layer::Stem, &Cpu::detect()) {
+            let Ok(s) = Stem::new(&p, kernel) else {
+                continue;
+            };
+            let (h2, w2) = s.out_size(h, w).unwrap();
+            let run = || {
+                let mut out = vec![0u8; h2 * w2 * c];
+                s.run(&x, h, w, &mut out);
+                out
+            };
+            let one = run();
+            assert!(one.iter().any(|&v| v > 10), "degenerate data");
+            for t in [2, 3] {
+                let pool = std::sync::Arc::new(crate::qnn::pool::Pool::new(t).unwrap());
+                let got = crate::qnn::par::with_pool(&pool, run);
+                assert!(got == one, "{} on {t} threads differs", kernel.name());
+            }
         }
     }
 }

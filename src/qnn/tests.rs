@@ -324,3 +324,95 @@ fn body_cases_match(kernels: &KernelPlan) {
         }
     }
 }
+
+/// `f` on one thread and inside pools of 2 and 3 threads gives the same bytes each time.
+fn same_on_every_thread_count(name: &str, f: impl Fn() -> Vec<u8>) {
+    let one = f();
+    assert!(one.iter().any(|&v| v != one[0]), "{name}: degenerate data");
+    for t in [2, 3] {
+        let pool = std::sync::Arc::new(super::pool::Pool::new(t).unwrap());
+        let got = super::par::with_pool(&pool, &f);
+        assert_eq!(mismatches(&got, &one), 0, "{name} on {t} threads");
+    }
+}
+
+#[test]
+fn every_pointwise_kernel_gives_the_same_bytes_on_any_thread_count() {
+    let mut r = crate::rng::Rng::new(11);
+    // 203 pixels: parts of whole 8-pixel tiles and a ragged last one.
+    let (k, nout, pixels) = (32usize, 64usize, 203usize);
+    let x: Vec<u8> = (0..pixels * k).map(|_| r.below(256) as u8).collect();
+    let w: Vec<i8> = (0..nout * k).map(|_| r.below(255) as i8).collect();
+    let bias: Vec<i32> = (0..nout).map(|_| r.below(4000) as i32 - 2000).collect();
+    let scale = vec![0.0004f32; nout];
+    let p = PointwiseParams {
+        n: nout,
+        k,
+        w: &w,
+        bias: &bias,
+        scale: &scale,
+        x_zero: 3,
+        y_zero: 7,
+    };
+    assert!(super::par::ranges(pixels, 3, 8, (32_768 / (k * nout)).max(8)).len() == 3);
+    for kernel in runnable_kernels(Layer::Pointwise, &Cpu::detect()) {
+        let layer = Pointwise::new(&p, kernel).unwrap();
+        same_on_every_thread_count(&kernel.name(), || {
+            let mut out = vec![0u8; pixels * nout];
+            layer.run(&x, &mut out);
+            out
+        });
+    }
+}
+
+#[test]
+fn every_depthwise_kernel_gives_the_same_bytes_on_any_thread_count() {
+    let mut r = crate::rng::Rng::new(12);
+    let (c, h, w) = (32usize, 29usize, 23usize);
+    let x: Vec<u8> = (0..h * w * c).map(|_| r.below(256) as u8).collect();
+    for (kernel_side, stride, pad) in [(3usize, 1usize, 1usize), (3, 2, 1), (5, 1, 2), (5, 2, 2)] {
+        let geom = DwGeom {
+            c,
+            kernel: (kernel_side, kernel_side),
+            stride: (stride, stride),
+            pads: [pad; 4],
+        };
+        let wts: Vec<i8> = (0..c * kernel_side * kernel_side)
+            .map(|_| r.below(255) as i8)
+            .collect();
+        let bias: Vec<i32> = (0..c).map(|_| r.below(4000) as i32 - 2000).collect();
+        let (w_zero, scale) = (vec![0; c], vec![0.002f32; c]);
+        let p = DepthwiseParams {
+            geom,
+            w: &wts,
+            w_zero: &w_zero,
+            bias: &bias,
+            scale: &scale,
+            x_zero: 5,
+            y_zero: 9,
+        };
+        let (oh, ow) = geom.out_size(h, w).unwrap();
+        for kernel in runnable_kernels(Layer::Depthwise, &Cpu::detect()) {
+            let Ok(layer) = Depthwise::new(&p, kernel) else {
+                continue;
+            };
+            let name = format!("{} {kernel_side}x{kernel_side}/{stride}", kernel.name());
+            same_on_every_thread_count(&name, || {
+                let mut out = vec![0u8; oh * ow * c];
+                layer.run(&x, h, w, &mut out);
+                out
+            });
+        }
+    }
+}
+
+#[test]
+fn int8_section_gives_the_same_embedding_on_any_thread_count() {
+    // The whole rewritten int8 section of both shipped models, default kernels, split over
+    // 2 and 3 threads: still onnxruntime's integers exactly.
+    let kernels = KernelPlan::for_cpu(Cpu::detect());
+    for t in [2, 3] {
+        let pool = std::sync::Arc::new(super::pool::Pool::new(t).unwrap());
+        super::par::with_pool(&pool, || body_cases_match(&kernels));
+    }
+}

@@ -22,6 +22,8 @@
 
 use std::arch::x86_64::*;
 
+use std::ops::Range;
+
 use super::layer::DwCommon;
 use super::layer::{PointwiseParams, PwCommon};
 
@@ -424,29 +426,31 @@ impl Avx2Depthwise {
         Some(Avx2Depthwise { com })
     }
 
-    /// `x`: `[h][w][c]`, `out`: `[oh][ow][c]`.
-    pub fn run(&self, x: &[u8], h: usize, w: usize, out: &mut [u8]) {
+    /// `x`: `[h][w][c]`; `out`: the output rows `rows` of `[oh][ow][c]`.
+    pub fn run(&self, x: &[u8], h: usize, w: usize, rows: Range<usize>, out: &mut [u8]) {
         let g = &self.com.geom;
         let c = g.c;
         let pairs = g.taps().div_ceil(2);
         assert!(c.is_multiple_of(16));
-        let (oh, ow) = self.com.checked_run(x, (h, w), out, pairs * (c / 16) * 32);
+        let (_, ow) = self
+            .com
+            .checked_run(x, (h, w), (&rows, out), pairs * (c / 16) * 32);
         // SAFETY: AVX2 was detected at construction; every length the kernel relies on is
-        // asserted above.
-        unsafe { dw_avx2(self, x, h, w, oh, ow, out) }
+        // asserted above, `rows` within the output and `out` exactly those rows.
+        unsafe { dw_avx2(self, x, h, w, rows, ow, out) }
     }
 }
 
 /// # Safety
-/// The CPU has AVX2; the lengths `Avx2Depthwise::run` asserts hold, and `(oh, ow)` is the
-/// layer's output size for `h × w`.
+/// The CPU has AVX2; the lengths `Avx2Depthwise::run` asserts hold: `rows` are output rows of
+/// the layer for `h × w`, `ow` its output width, `out` exactly those rows.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dw_avx2(
     p: &Avx2Depthwise,
     x: &[u8],
     h: usize,
     w: usize,
-    oh: usize,
+    rows: Range<usize>,
     ow: usize,
     out: &mut [u8],
 ) {
@@ -462,10 +466,10 @@ unsafe fn dw_avx2(
     // Row pointers of each tap (2·pairs of them; an odd last one reads the pad row with a
     // zero weight).
     let mut ptrs = vec![p.pad.as_ptr(); pairs * 2];
-    for oy in 0..oh {
+    for oy in rows.clone() {
         for ox in 0..ow {
             g.tap_rows(x, (h, w), (oy, ox), &p.pad, |t, r| ptrs[t] = r.as_ptr());
-            let dst = out[(oy * ow + ox) * c..][..c].as_mut_ptr();
+            let dst = out[((oy - rows.start) * ow + ox) * c..][..c].as_mut_ptr();
             for b in 0..blocks {
                 // SAFETY: every pointer in `ptrs` starts a row of c readable bytes and
                 // b * 16 + 16 <= c; the packed weights hold pairs * blocks * 32 values and the
