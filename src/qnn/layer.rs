@@ -414,6 +414,25 @@ pub(crate) trait Blocks {
     /// # Safety
     /// The CPU has this implementation's instructions.
     unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]);
+    /// [`Blocks::conv`] for two pixels (`patch` into `o`, `next` into `o2`), each summed in
+    /// the same order as alone, so an implementation may interleave them to hide latency.
+    ///
+    /// # Safety
+    /// The CPU has this implementation's instructions.
+    unsafe fn conv2(
+        r: Refs,
+        patch: &[&[f32]],
+        next: &[&[f32]],
+        c0: usize,
+        o: &mut [f32],
+        o2: &mut [f32],
+    ) {
+        // SAFETY: the caller's contract is `conv`'s.
+        unsafe {
+            Self::conv(r, patch, c0, o);
+            Self::conv(r, next, c0, o2);
+        }
+    }
     /// Depthwise, channels `c0..c0 + B`: `o = quantise(clip2(bias + Σ_t tap_t · w_t))`, each
     /// tap a pixel's `c` values.
     ///

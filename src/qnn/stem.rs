@@ -359,18 +359,39 @@ unsafe fn run_with<K: Blocks>(
             let slot = y % kh2;
             if ready[slot] != Some(y) {
                 let dst = &mut ring[slot * rw * c..(slot + 1) * rw * c];
-                for ox in 0..w1 {
-                    let o = &mut dst[(ox + dl) * c..(ox + dl + 1) * c];
+                let y0 = y * s.conv.stride.0;
+                // The patch of convolution output column `ox`: one slice per kernel row.
+                let patch_at = |ox: usize| -> [&[f32]; MAX_TAPS] {
+                    let mut p: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
                     let x0 = ox * s.conv.stride.1;
-                    let y0 = y * s.conv.stride.0;
-                    let patch: [&[f32]; MAX_TAPS] = std::array::from_fn(|ky| {
-                        if ky < kh1 {
-                            let at = ((y0 + ky) * wp + x0) * cin;
-                            &input[at..at + patch_len]
-                        } else {
-                            &[]
-                        }
-                    });
+                    for (ky, p) in p.iter_mut().enumerate().take(kh1) {
+                        let at = ((y0 + ky) * wp + x0) * cin;
+                        *p = &input[at..at + patch_len];
+                    }
+                    p
+                };
+                // Two columns at a time (twice the independent sums in flight), then the last.
+                let mut ox = 0;
+                while ox + 1 < w1 {
+                    let (pa, pb) = (patch_at(ox), patch_at(ox + 1));
+                    let pair = &mut dst[(ox + dl) * c..(ox + dl + 2) * c];
+                    let (oa, ob) = pair.split_at_mut(c);
+                    let mut c0 = 0;
+                    while c0 + K::B <= c {
+                        // SAFETY: the caller checked K's instruction set.
+                        unsafe { K::conv2(s.refs(), &pa[..kh1], &pb[..kh1], c0, oa, ob) };
+                        c0 += K::B;
+                    }
+                    while c0 < c {
+                        conv_one(s.refs(), &pa[..kh1], c0, oa);
+                        conv_one(s.refs(), &pb[..kh1], c0, ob);
+                        c0 += 1;
+                    }
+                    ox += 2;
+                }
+                if ox < w1 {
+                    let patch = patch_at(ox);
+                    let o = &mut dst[(ox + dl) * c..(ox + dl + 1) * c];
                     let mut c0 = 0;
                     while c0 + K::B <= c {
                         // SAFETY: the caller checked K's instruction set.
@@ -389,17 +410,19 @@ unsafe fn run_with<K: Blocks>(
         // 3. Depthwise over the ring.
         for ox in 0..w2 {
             let x0 = ox * s.dw.stride.1;
-            let taps: [&[f32]; MAX_TAPS] = std::array::from_fn(|t| {
-                if t >= kh2 * kw2 {
-                    return &[][..];
+            // A plain loop, not `array::from_fn`: that one is not inlined into the
+            // target-feature function and cost more than the taps' arithmetic.
+            let mut taps: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+            for ky in 0..kh2 {
+                let base = match rows[ky] {
+                    Some(slot) => &ring[slot * rw * c..(slot + 1) * rw * c],
+                    None => &zero_row[..],
+                };
+                for kx in 0..kw2 {
+                    let at = (x0 + kx) * c;
+                    taps[ky * kw2 + kx] = &base[at..at + c];
                 }
-                let (ky, kx) = (t / kw2, t % kw2);
-                let at = (x0 + kx) * c;
-                match rows[ky] {
-                    Some(slot) => &ring[slot * rw * c + at..slot * rw * c + at + c],
-                    None => &zero_row[at..at + c],
-                }
-            });
+            }
             let o = &mut out[((oy - r0) * w2 + ox) * c..((oy - r0) * w2 + ox + 1) * c];
             let mut c0 = 0;
             while c0 + K::B <= c {

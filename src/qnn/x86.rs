@@ -562,6 +562,49 @@ impl super::layer::Blocks for StemAvx2 {
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    unsafe fn conv2(
+        r: super::layer::Refs,
+        patch: &[&[f32]],
+        next: &[&[f32]],
+        c0: usize,
+        o: &mut [f32],
+        o2: &mut [f32],
+    ) {
+        let c = r.c;
+        let b: &[f32; 32] = r.conv_b[c0..c0 + 32].try_into().expect("32 biases");
+        // SAFETY (whole block): as in `conv`: 8-float accesses inside checked 32-slices.
+        unsafe {
+            let mut acc = super::layer::load4!(_mm256_loadu_ps, b, 8);
+            let mut acc2 = acc;
+            let mut t = 0;
+            for (row, row2) in patch.iter().zip(next) {
+                for (&v, &v2) in row.iter().zip(row2.iter()) {
+                    let w: &[f32; 32] = r.conv_w[t * c + c0..t * c + c0 + 32]
+                        .try_into()
+                        .expect("32 weights");
+                    let (x, x2) = (_mm256_set1_ps(v), _mm256_set1_ps(v2));
+                    for j in 0..4 {
+                        let wj = _mm256_loadu_ps(w.as_ptr().add(8 * j));
+                        acc[j] = _mm256_fmadd_ps(x, wj, acc[j]);
+                        acc2[j] = _mm256_fmadd_ps(x2, wj, acc2[j]);
+                    }
+                    t += 1;
+                }
+            }
+            let (lo, hi) = (_mm256_set1_ps(r.clip1.0), _mm256_set1_ps(r.clip1.1));
+            for (acc, o) in [(acc, o), (acc2, o2)] {
+                let o: &mut [f32; 32] = (&mut o[c0..c0 + 32]).try_into().expect("32 outputs");
+                for (j, a) in acc.iter().enumerate() {
+                    // As in `conv`: max first, so a NaN becomes `lo`.
+                    let v = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * j), v);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
     unsafe fn dw(r: super::layer::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
         let b: &[f32; 32] = r.dw_b[c0..c0 + 32].try_into().expect("32 biases");
         // SAFETY (whole block): as in `conv`: 8-float accesses inside checked 32-slices.
