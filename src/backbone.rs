@@ -133,6 +133,11 @@ pub fn default_threads(cores: usize) -> usize {
     cores.saturating_sub(1).clamp(1, MAX_THREADS)
 }
 
+/// [`default_threads`] for the cores this process may use.
+pub fn default_threads_here() -> usize {
+    default_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl Spec {
     /// `kind` at `precision`, the native input size, one thread.
     pub fn new(kind: BackboneKind, precision: Precision) -> Self {

@@ -140,9 +140,7 @@ impl Global {
     pub fn threads(&self) -> usize {
         match self.threads {
             Some(n) => n as usize,
-            None => crate::backbone::default_threads(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            None => crate::backbone::default_threads_here(),
         }
     }
 

@@ -745,9 +745,7 @@ impl RunConfig {
                         ),
                     ));
                 }
-                (None, None) => crate::backbone::default_threads(
-                    std::thread::available_parallelism().map_or(1, |n| n.get()),
-                ),
+                (None, None) => crate::backbone::default_threads_here(),
             },
             http: match (cli.http, &f.http) {
                 (Some(a), _) => Some(a),
