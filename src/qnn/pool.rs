@@ -17,8 +17,12 @@
 //!   after its increment and before the caller's null store, so the caller's wait sees that
 //!   increment and lasts until the worker has stopped touching the job.
 //!
-//! A panic in `f` is caught where it happens, counted as done, and resumed on the caller
-//! after the job ends. One job at a time per pool: `run` takes the pool's mutex.
+//! A panic in `f` is caught where it happens, counted as done, and the first one's payload is
+//! resumed on the caller after the job ends (later ones are forgotten, not dropped, so a
+//! payload whose drop panics cannot unwind a worker or the caller out of the protocol). One job
+//! at a time per pool: a `run` that finds the pool busy (another thread's frame, or a task of
+//! the running job calling back) runs its tasks on its own thread instead of waiting. The
+//! caller's waits spin, then yield the core, so a descheduled worker is not raced for a slice.
 //!
 //! Must not: know about layers (see [`super::par`]).
 
@@ -37,7 +41,8 @@ struct Job<'a> {
     n: usize,
     next: AtomicUsize,
     done: AtomicUsize,
-    panicked: AtomicBool,
+    /// The first panic's payload.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 impl Job<'_> {
@@ -49,8 +54,12 @@ impl Job<'_> {
                 return;
             }
             let f = self.f;
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))).is_err() {
-                self.panicked.store(true, SeqCst);
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))) {
+                let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+                match first.as_ref() {
+                    None => *first = Some(p),
+                    Some(_) => std::mem::forget(p),
+                }
             }
             self.done.fetch_add(1, SeqCst);
         }
@@ -127,13 +136,21 @@ impl Pool {
             (0..n).for_each(f);
             return;
         }
-        let _one = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = match self.running.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Busy: the same results, on this thread alone, without waiting.
+                (0..n).for_each(f);
+                return;
+            }
+        };
         let job = Job {
             f,
             n,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
+            panic: Mutex::new(None),
         };
         let s = &*self.shared;
         // SAFETY: the pointer's lifetime is erased only for storage in `job`; by the module's
@@ -147,15 +164,25 @@ impl Pool {
             s.wake.notify_all();
         }
         job.work();
-        while job.done.load(SeqCst) < n {
-            std::hint::spin_loop();
-        }
+        wait_until(|| job.done.load(SeqCst) >= n);
         s.job.store(std::ptr::null_mut(), SeqCst);
-        while s.holders.load(SeqCst) != 0 {
-            std::hint::spin_loop();
+        wait_until(|| s.holders.load(SeqCst) == 0);
+        let first = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = first {
+            std::panic::resume_unwind(p);
         }
-        if job.panicked.load(SeqCst) {
-            panic!("a part of a parallel layer panicked");
+    }
+}
+
+/// Spin until `done()`, yielding the core after a while (a worker may have been descheduled).
+fn wait_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        if spins < 4096 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
     }
 }
@@ -259,12 +286,29 @@ mod tests {
                 }
             })
         }));
-        assert!(r.is_err());
+        let payload = r.unwrap_err();
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"part 5"),
+            "the part's own panic"
+        );
         let n = AtomicUsize::new(0);
         pool.run(8, &|_| {
             n.fetch_add(1, SeqCst);
         });
         assert_eq!(n.load(SeqCst), 8);
+    }
+
+    #[test]
+    fn a_run_inside_a_running_job_does_its_tasks_itself() {
+        let pool = Pool::new(2).unwrap();
+        let inner = AtomicUsize::new(0);
+        pool.run(4, &|_| {
+            pool.run(3, &|_| {
+                inner.fetch_add(1, SeqCst);
+            });
+        });
+        assert_eq!(inner.load(SeqCst), 12);
     }
 
     #[test]

@@ -557,32 +557,60 @@ mod tests {
         }
     }
 
+    /// Random weights and input for a stride-2 3×3 convolution then a 3×3 depthwise, both
+    /// clipped to 0..6 and quantised with scale 0.02.
+    struct RandomStem {
+        cin: usize,
+        c: usize,
+        conv_w: Vec<f32>,
+        conv_b: Vec<f32>,
+        dw_w: Vec<f32>,
+        dw_b: Vec<f32>,
+        x: Vec<f32>,
+    }
+
+    impl RandomStem {
+        fn new(seed: u64, cin: usize, c: usize, pixels: usize) -> Self {
+            let mut r = crate::rng::Rng::new(seed);
+            let mut draw =
+                |n: usize, sd: f32| -> Vec<f32> { (0..n).map(|_| r.normal() * sd).collect() };
+            RandomStem {
+                cin,
+                c,
+                conv_w: draw(c * cin * 9, 0.3),
+                conv_b: draw(c, 0.1),
+                dw_w: draw(c * 9, 0.4),
+                dw_b: draw(c, 0.1),
+                x: draw(cin * pixels, 1.0),
+            }
+        }
+
+        fn params(&self) -> StemParams<'_> {
+            StemParams {
+                cin: self.cin,
+                c: self.c,
+                conv: k3(2, [0, 0, 1, 1]),
+                conv_w: &self.conv_w,
+                conv_b: &self.conv_b,
+                clip1: (0.0, 6.0),
+                dw: k3(1, [1, 1, 1, 1]),
+                dw_w: &self.dw_w,
+                dw_b: &self.dw_b,
+                clip2: (0.0, 6.0),
+                q: QParams {
+                    scale: 0.02,
+                    zero: 0,
+                },
+            }
+        }
+    }
+
     #[test]
     fn every_stem_kernel_computes_the_two_convolutions() {
-        let mut r = crate::rng::Rng::new(5);
         let (cin, c, h, w) = (3usize, 48usize, 13usize, 10usize);
-        let conv_w: Vec<f32> = (0..c * cin * 9).map(|_| r.normal() * 0.3).collect();
-        let conv_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
-        let dw_w: Vec<f32> = (0..c * 9).map(|_| r.normal() * 0.4).collect();
-        let dw_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
-        let x: Vec<f32> = (0..cin * h * w).map(|_| r.normal()).collect();
-        let p = StemParams {
-            cin,
-            c,
-            conv: k3(2, [0, 0, 1, 1]),
-            conv_w: &conv_w,
-            conv_b: &conv_b,
-            clip1: (0.0, 6.0),
-            dw: k3(1, [1, 1, 1, 1]),
-            dw_w: &dw_w,
-            dw_b: &dw_b,
-            clip2: (0.0, 6.0),
-            q: QParams {
-                scale: 0.02,
-                zero: 0,
-            },
-        };
-        let (want, (h2, w2)) = reference(&p, &x, h, w);
+        let data = RandomStem::new(5, cin, c, h * w);
+        let (p, x) = (data.params(), &data.x);
+        let (want, (h2, w2)) = reference(&p, x, h, w);
         let cpu = Cpu::detect();
         for kernel in runnable_kernels(Layer::Stem, &cpu) {
             if kernel == Kernel::TractOps {
@@ -593,7 +621,7 @@ mod tests {
             let s = Stem::new(&p, kernel).unwrap();
             assert_eq!(s.out_size(h, w), Some((h2, w2)));
             let mut got = vec![0u8; h2 * w2 * c];
-            s.run(&x, h, w, &mut got);
+            s.run(x, h, w, &mut got);
             // Quantised from the exact values: equal, except where float rounding of a sum
             // lands on the other side of a rounding boundary (at most one step).
             let mut off = 0;
@@ -614,30 +642,10 @@ mod tests {
 
     #[test]
     fn every_stem_kernel_gives_the_same_bytes_on_any_thread_count() {
-        let mut r = crate::rng::Rng::new(6);
         // 37 output rows: parts of several rows each and a ragged last one.
         let (cin, c, h, w) = (3usize, 32usize, 74usize, 30usize);
-        let conv_w: Vec<f32> = (0..c * cin * 9).map(|_| r.normal() * 0.3).collect();
-        let conv_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
-        let dw_w: Vec<f32> = (0..c * 9).map(|_| r.normal() * 0.4).collect();
-        let dw_b: Vec<f32> = (0..c).map(|_| r.normal() * 0.1).collect();
-        let x: Vec<f32> = (0..cin * h * w).map(|_| r.normal()).collect();
-        let p = StemParams {
-            cin,
-            c,
-            conv: k3(2, [0, 0, 1, 1]),
-            conv_w: &conv_w,
-            conv_b: &conv_b,
-            clip1: (0.0, 6.0),
-            dw: k3(1, [1, 1, 1, 1]),
-            dw_w: &dw_w,
-            dw_b: &dw_b,
-            clip2: (0.0, 6.0),
-            q: QParams {
-                scale: 0.02,
-                zero: 0,
-            },
-        };
+        let data = RandomStem::new(6, cin, c, h * w);
+        let (p, x) = (data.params(), &data.x);
         for kernel in runnable_kernels(Layer::Stem, &Cpu::detect()) {
             let Ok(s) = Stem::new(&p, kernel) else {
                 continue;
@@ -645,7 +653,7 @@ mod tests {
             let (h2, w2) = s.out_size(h, w).unwrap();
             let run = || {
                 let mut out = vec![0u8; h2 * w2 * c];
-                s.run(&x, h, w, &mut out);
+                s.run(x, h, w, &mut out);
                 out
             };
             let one = run();
