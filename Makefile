@@ -51,7 +51,7 @@ VENV    := .venv-models
 PY      := $(VENV)/bin/python
 
 .PHONY: all build host-debug demo run test test-host test-deploy test-arm test-arm-aarch64 test-arm-armv7 \
-	setup-host setup-test lint fmt eval bench bench-kernels bench-arm bench-fewshot profile-arm test-icount bench-daemon bench-parity inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
+	setup-host setup-test lint fmt eval bench bench-kernels bench-arm bench-fewshot profile-arm test-icount bench-daemon bench-parity bench-parity-avx2 inspect-figures bench-web bench-stop test-browser test-mqtt-client-cert soak profile models qnn-fixtures setup cross cross-aarch64 cross-armv7 \
 	deploy rollback clean bench-web-long test-arm-armv7-unit test-unit-security fuzz fuzz-build kill-test
 
 all: build
@@ -234,13 +234,18 @@ profile-arm: setup build $(IPROF)
 test-icount: $(ICOUNT)
 	cross/qemu-icount/test.sh $(ICOUNT)
 
-# The appliance loop: frames/s and per-stage shares, press-to-live with 500 stored samples,
-# RSS growth over 60 s (make soak: over 10 minutes).
 # teachcam int8 vs onnxruntime on the same files, one thread, alternated, VNNI native and
 # masked, with both per-operator profiles (docs/measurements.md, "Against onnxruntime").
 bench-parity: build $(VENV)/.installed
 	$(PY) bench/parity_bench.py --teachcam $(BIN) --json-out target/bench-parity.json
 
+# The same comparison with VNNI hidden from both sides: qemu-x86_64 -cpu Haswell (AVX2, no
+# AVX-512), guest instructions per inference as a proxy (not time); about 2 minutes.
+bench-parity-avx2: build $(VENV)/.installed $(ICOUNT)
+	$(PY) bench/avx2_proxy.py --teachcam $(BIN) --plugin $(ICOUNT) --json-out target/bench-parity-avx2.json
+
+# The appliance loop: frames/s and per-stage shares, press-to-live with 500 stored samples,
+# RSS growth over 60 s (make soak: over 10 minutes).
 bench-daemon: build
 	python3 bench/daemon_bench.py --teachcam $(BIN) --json-out target/bench-daemon.json
 

@@ -61,11 +61,15 @@ def make_input(kind: str, shape: list) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
 
 
-def bench(path: Path, runs: int, warmup: int, kind: str, size: int = 224) -> dict:
+def bench(path: Path, runs: int, warmup: int, kind: str, size: int = 224,
+          save_dir: Path | None = None) -> dict:
     sess = make_session(path, size)
     inp = sess.get_inputs()[0]
     x = make_input(kind, inp.shape)
     feed = {inp.name: x}
+    if save_dir is not None:
+        # The first output of one run, to compare what different CPUs' kernels compute.
+        np.save(save_dir / f"{path.stem}.npy", sess.run(None, feed)[0])
     for _ in range(warmup):
         sess.run(None, feed)
     times = []
@@ -123,6 +127,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--profile", action="store_true", help="per-operator-type time instead of latency")
     ap.add_argument("--size", type=int, default=224, help="input side (the model is resized)")
+    ap.add_argument("--save-output", type=Path, metavar="DIR",
+                    help="also save each model's first output of one extra run as DIR/<model>.npy")
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be >= 1")
@@ -132,7 +138,8 @@ def main() -> int:
         return 0
     results = {}
     for path in args.models:
-        results[path.name] = bench(path, args.runs, args.warmup, args.input, args.size)
+        results[path.name] = bench(path, args.runs, args.warmup, args.input, args.size,
+                                   args.save_output)
         if not args.json:
             r = results[path.name]
             print(f"{path.name:28} median {r['median_ms']:8.2f} ms   p95 {r['p95_ms']:8.2f} ms", flush=True)
