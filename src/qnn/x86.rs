@@ -463,52 +463,95 @@ unsafe fn dw_avx2(
     let lo = _mm256_set1_ps(-p.y_zero as f32);
     let hi = _mm256_set1_ps((255 - p.y_zero) as f32);
     let zero = _mm256_set1_epi32(p.y_zero);
-    // Row pointers of each tap (2·pairs of them; an odd last one reads the pad row with a
-    // zero weight).
-    let mut ptrs = vec![p.pad.as_ptr(); pairs * 2];
+    // Row pointers of each tap of up to four neighbouring outputs (2·pairs of them each; an
+    // odd last one reads the pad row with a zero weight).
+    let mut ptrs: [Vec<*const u8>; 4] = std::array::from_fn(|_| vec![p.pad.as_ptr(); pairs * 2]);
+    let q = DwQuant { lo, hi, zero };
     for oy in rows.clone() {
-        for ox in 0..ow {
-            g.tap_rows(x, (h, w), (oy, ox), &p.pad, |t, r| ptrs[t] = r.as_ptr());
-            let dst = out[((oy - rows.start) * ow + ox) * c..][..c].as_mut_ptr();
+        let mut ox = 0;
+        while ox < ow {
+            let n = (ow - ox).min(4);
+            for (i, ptrs) in ptrs.iter_mut().enumerate().take(n) {
+                g.tap_rows(x, (h, w), (oy, ox + i), &p.pad, |t, r| ptrs[t] = r.as_ptr());
+            }
+            let dst = out[((oy - rows.start) * ow + ox) * c..][..n * c].as_mut_ptr();
             for b in 0..blocks {
-                // SAFETY: every pointer in `ptrs` starts a row of c readable bytes and
+                // SAFETY: every pointer in `ptrs[..n]` starts a row of c readable bytes and
                 // b * 16 + 16 <= c; the packed weights hold pairs * blocks * 32 values and the
-                // biases/scales c values; `dst` is a row of c bytes.
+                // biases/scales c values; `dst` is n rows of c bytes.
                 unsafe {
-                    let mut acc_a = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16) as *const _);
-                    let mut acc_b = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16 + 8) as *const _);
-                    for q in 0..pairs {
-                        let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                            ptrs[2 * q].add(b * 16) as *const _
-                        ));
-                        let x1 = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-                            ptrs[2 * q + 1].add(b * 16) as *const _
-                        ));
-                        let wp = p.w.as_ptr().add((q * blocks + b) * 32);
-                        let wl = _mm256_loadu_si256(wp as *const _);
-                        let wh = _mm256_loadu_si256(wp.add(16) as *const _);
-                        acc_a = _mm256_add_epi32(
-                            acc_a,
-                            _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl),
-                        );
-                        acc_b = _mm256_add_epi32(
-                            acc_b,
-                            _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh),
-                        );
+                    match n {
+                        4 => dw_block::<4>(p, [&ptrs[0], &ptrs[1], &ptrs[2], &ptrs[3]], b, &q, dst),
+                        3 => dw_block::<3>(p, [&ptrs[0], &ptrs[1], &ptrs[2]], b, &q, dst),
+                        2 => dw_block::<2>(p, [&ptrs[0], &ptrs[1]], b, &q, dst),
+                        _ => dw_block::<1>(p, [&ptrs[0]], b, &q, dst),
                     }
-                    let sa = _mm256_loadu_ps(p.scale.as_ptr().add(b * 16));
-                    let sb = _mm256_loadu_ps(p.scale.as_ptr().add(b * 16 + 8));
-                    let ia = requant_i32(acc_a, sa, lo, hi, zero);
-                    let ib = requant_i32(acc_b, sb, lo, hi, zero);
-                    let words = _mm256_packs_epi32(ia, ib);
-                    let bytes = _mm256_packus_epi16(words, words);
-                    let ordered = _mm256_permute4x64_epi64::<0b1000>(bytes);
-                    _mm_storeu_si128(
-                        dst.add(b * 16) as *mut __m128i,
-                        _mm256_castsi256_si128(ordered),
-                    );
                 }
             }
+            ox += n;
+        }
+    }
+}
+
+/// The output range and zero point of a depthwise layer, as vectors.
+struct DwQuant {
+    lo: __m256,
+    hi: __m256,
+    zero: __m256i,
+}
+
+/// Channels `b·16 .. b·16 + 16` of `N` neighbouring outputs (one weight load serves all `N`):
+/// output `i` reads its taps through `ptrs[i]` and is written at `dst + i·c`.
+///
+/// # Safety
+/// The CPU has AVX2; every pointer in `ptrs[i][..2·pairs]` starts a row of `c` readable bytes,
+/// `b·16 + 16 <= c`, and `dst` is `N` rows of `c` writable bytes.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dw_block<const N: usize>(
+    p: &DwCommon,
+    ptrs: [&[*const u8]; N],
+    b: usize,
+    q: &DwQuant,
+    dst: *mut u8,
+) {
+    let c = p.geom.c;
+    let pairs = p.geom.taps().div_ceil(2);
+    let blocks = c / 16;
+    debug_assert!(b < blocks && ptrs.iter().all(|r| r.len() >= 2 * pairs));
+    debug_assert!(p.w.len() >= pairs * blocks * 32 && p.bias.len() >= c && p.scale.len() >= c);
+    // SAFETY: the caller's contract (asserted above in debug builds) covers every read and
+    // write below: weights below pairs·blocks·32, bias and scale below c, `dst` below N·c.
+    unsafe {
+        let bias_a = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16) as *const _);
+        let bias_b = _mm256_loadu_si256(p.bias.as_ptr().add(b * 16 + 8) as *const _);
+        let mut acc = [[bias_a, bias_b]; N];
+        for k in 0..pairs {
+            let wp = p.w.as_ptr().add((k * blocks + b) * 32);
+            let wl = _mm256_loadu_si256(wp as *const _);
+            let wh = _mm256_loadu_si256(wp.add(16) as *const _);
+            for (acc, ptrs) in acc.iter_mut().zip(ptrs) {
+                let x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128(ptrs[2 * k].add(b * 16) as *const _));
+                let x1 =
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(ptrs[2 * k + 1].add(b * 16) as *const _));
+                acc[0] =
+                    _mm256_add_epi32(acc[0], _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl));
+                acc[1] =
+                    _mm256_add_epi32(acc[1], _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh));
+            }
+        }
+        let sa = _mm256_loadu_ps(p.scale.as_ptr().add(b * 16));
+        let sb = _mm256_loadu_ps(p.scale.as_ptr().add(b * 16 + 8));
+        for (i, acc) in acc.iter().enumerate() {
+            let ia = requant_i32(acc[0], sa, q.lo, q.hi, q.zero);
+            let ib = requant_i32(acc[1], sb, q.lo, q.hi, q.zero);
+            let words = _mm256_packs_epi32(ia, ib);
+            let bytes = _mm256_packus_epi16(words, words);
+            let ordered = _mm256_permute4x64_epi64::<0b1000>(bytes);
+            _mm_storeu_si128(
+                dst.add(i * c + b * 16) as *mut __m128i,
+                _mm256_castsi256_si128(ordered),
+            );
         }
     }
 }
