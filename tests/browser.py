@@ -7,7 +7,7 @@ opens the login URL, checks that the live picture updates, teaches three classes
 their buttons while the camera shows each object, checks that the page then names each
 object, labels an unsure frame from the inbox with one click (it becomes a sample) and
 dismisses another, ticks the heat map and checks it is drawn over the picture, asks for a class's dream
-and waits for the image, shows `teachcam doctor`'s checks, deletes a sample in the gallery and
+presses once while it dreams and waits for the image (the page asks again for the new head), shows `teachcam doctor`'s checks, deletes a sample in the gallery and
 checks the store, imports a tarball downloaded before the delete through the page's file input
 (only the deleted sample comes back), and saves screenshots at desktop and phone sizes.
 
@@ -247,12 +247,23 @@ def main():
             print(f"heat map drawn over {painted} pixels, class {cls}")
 
             # Dream: the image of a class, made on the device, shown when ready.
+            # A press while it dreams swaps the head the dream was asked for: the page must
+            # ask again for the new head rather than stop at the device's 404.
+            def head_version():
+                return json.loads(api("/api/status")[1])["head_version"]
+
             wd.js("const s=document.getElementById('dreamclass'); s.value='ring';")
+            before = head_version()
             wd.click("#dream")
+            now = shown()
+            wd.click(f"#teach button[data-class='{now if now in CLASSES else CLASSES[0]}']")
             wait("the ring dream", lambda: wd.js(
                 "const i=document.getElementById('dreamimg');"
                 "return i.dataset.cls==='ring' && i.naturalWidth===256"), timeout=300)
-            print("dream of ring shown:", wd.text("#dreammsg"))
+            after = head_version()
+            assert after > before, f"the press did not swap the head ({before} -> {after})"
+            print(f"dream of ring shown after the head changed ({before} -> {after}):",
+                  wd.text("#dreammsg"))
 
             # Health: what `teachcam doctor` says, checked on the device.
             wd.click("#doctorbtn")

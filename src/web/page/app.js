@@ -62,8 +62,10 @@ function drawHeat(m) {
   $("heatinfo").textContent = "red: where " + m.class + "'s score comes from";
 }
 
-// Dreams: one at a time on the device; poll until the PNG is ready.
-async function dreamPoll(cls) {
+// Dreams: one at a time on the device; poll until the PNG is ready. A dream is kept for the
+// head it was made with: when a press or a fine-tune swaps the head while it runs, the device
+// answers 404 and the page asks again for the new head (a few times at most).
+async function dreamPoll(cls, again = 3) {
   const r = await fetch("/api/dream?class=" + encodeURIComponent(cls));
   if (r.status === 200) {
     $("dreamimg").src = URL.createObjectURL(await r.blob());
@@ -73,7 +75,12 @@ async function dreamPoll(cls) {
     return;
   }
   let j = {}; try { j = await r.json(); } catch (e) { /* not JSON */ }
-  if (r.status === 202) { $("dreammsg").textContent = "dreaming " + cls + "… " + Math.round(j.seconds) + " s"; setTimeout(() => dreamPoll(cls), 1000); return; }
+  if (r.status === 202) { $("dreammsg").textContent = "dreaming " + cls + "… " + Math.round(j.seconds) + " s"; setTimeout(() => dreamPoll(cls, again), 1000); return; }
+  if (r.status === 404 && again > 0) {
+    $("dreammsg").textContent = "the head changed while dreaming " + cls + "; dreaming again";
+    api("/api/dream", { class: cls }).then(() => dreamPoll(cls, again - 1), (e) => { $("dreammsg").textContent = e.message; });
+    return;
+  }
   $("dreammsg").textContent = j.error || r.statusText;
 }
 
