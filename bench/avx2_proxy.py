@@ -16,8 +16,9 @@ inference. That is a PROXY: instruction counts, not time (a vpmaddwd and a mov c
   backbone; the best file counts.
 
 The plugin's counter is exact while one guest thread runs at a time. teachcam with
---threads 1 runs one; the onnxruntime process starts a second, idle thread, so its count is
-checked for plausibility only (its difference between runs cancels the start-up).
+--threads 1 runs one (checked: the run fails otherwise); the onnxruntime process starts idle
+helper threads, so its count could lose increments if two ever ran at once. The number of
+guest threads is printed with each onnxruntime count; repeated runs are the check.
 
     python bench/avx2_proxy.py --teachcam target/release/teachcam --plugin libicount.so \
         [--cpus Haswell] [--json-out F]
