@@ -385,6 +385,38 @@ pub(crate) struct Refs<'a> {
     pub q: QParams,
 }
 
+/// One convolution output row's input, as [`Blocks::conv_row`] reads it: the padded NHWC
+/// input rows under the kernel (one per kernel row, each `cin` floats a column from the
+/// padded left edge); output column `ox`'s patch starts at column `ox · sx` of each.
+#[derive(Clone, Copy)]
+pub(crate) struct ConvRow<'a> {
+    /// The kernel's input rows.
+    pub rows: &'a [&'a [f32]],
+    /// Input channels.
+    pub cin: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Column stride.
+    pub sx: usize,
+    /// Output columns.
+    pub cols: usize,
+}
+
+/// One depthwise output row's input, as [`Blocks::dw_row`] reads it: the convolution rows
+/// under the kernel (one per kernel row, `c` floats a column, the depthwise padding included
+/// as zeros); output column `ox` reads columns `ox · sx ..` of each.
+#[derive(Clone, Copy)]
+pub(crate) struct DwRow<'a> {
+    /// The kernel's input rows.
+    pub rows: &'a [&'a [f32]],
+    /// Kernel width.
+    pub kw: usize,
+    /// Column stride.
+    pub sx: usize,
+    /// Output columns.
+    pub cols: usize,
+}
+
 /// Four vector loads of a block's accumulators from `$b` (an array of 4 × `$w` floats) with
 /// the ISA's unaligned load `$load`: the stem kernels' bias set-up, written once. It expands
 /// to the four loads as they were written out before (the stem measured the same with it).
@@ -439,4 +471,30 @@ pub(crate) trait Blocks {
     /// # Safety
     /// The CPU has this implementation's instructions.
     unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]);
+    /// A whole convolution row into `dst` (`cols · c` floats, NHWC), each value summed in the
+    /// order [`Blocks::conv`] sums it. The default runs [`Blocks::conv2`] pixel by pixel.
+    ///
+    /// # Safety
+    /// The CPU has this implementation's instructions.
+    #[inline(always)]
+    unsafe fn conv_row(r: Refs, row: ConvRow, dst: &mut [f32])
+    where
+        Self: Sized,
+    {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { super::stem::conv_row_pixels::<Self>(r, row, dst) }
+    }
+    /// A whole depthwise row into `out` (`cols · c` bytes, NHWC), each value summed in the
+    /// order [`Blocks::dw`] sums it. The default runs [`Blocks::dw`] pixel by pixel.
+    ///
+    /// # Safety
+    /// The CPU has this implementation's instructions.
+    #[inline(always)]
+    unsafe fn dw_row(r: Refs, row: DwRow, out: &mut [u8])
+    where
+        Self: Sized,
+    {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { super::stem::dw_row_pixels::<Self>(r, row, out) }
+    }
 }

@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use super::arith::{QParams, quantize};
 use super::cpu::Kernel;
-use super::layer::{Blocks, Refs};
+use super::layer::{Blocks, ConvRow, DwRow, Refs};
 
 /// A 2-D float convolution's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,9 +123,10 @@ impl Stem {
         if p.dw.pads[0] >= p.dw.kernel.0 || p.dw.pads[2] >= p.dw.kernel.0 {
             return Err("stem depthwise padding as large as its kernel".into());
         }
-        if t2 > MAX_TAPS {
+        if p.conv.kernel.0 > MAX_TAPS || t2 > MAX_TAPS {
             return Err(format!(
-                "stem depthwise kernel of {t2} taps (at most {MAX_TAPS})"
+                "stem kernels of {} rows and {t2} depthwise taps (at most {MAX_TAPS} each)",
+                p.conv.kernel.0
             ));
         }
         if !(p.q.scale.is_finite() && p.q.scale > 0.0 && (0..=255).contains(&p.q.zero)) {
@@ -346,7 +347,6 @@ unsafe fn run_with<K: Blocks>(
     ring.resize(kh2 * rw * c, 0.0);
     let mut ready: [Option<usize>; MAX_TAPS] = [None; MAX_TAPS];
     let zero_row = vec![0f32; rw * c];
-    let patch_len = kw1 * cin;
     for oy in out_rows {
         // The convolution rows this output row reads (y in 0..h1), made if not in the ring.
         let mut rows: [Option<usize>; MAX_TAPS] = [None; MAX_TAPS];
@@ -360,80 +360,136 @@ unsafe fn run_with<K: Blocks>(
             if ready[slot] != Some(y) {
                 let dst = &mut ring[slot * rw * c..(slot + 1) * rw * c];
                 let y0 = y * s.conv.stride.0;
-                // The patch of convolution output column `ox`: one slice per kernel row.
-                let patch_at = |ox: usize| -> [&[f32]; MAX_TAPS] {
-                    let mut p: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
-                    let x0 = ox * s.conv.stride.1;
-                    for (ky, p) in p.iter_mut().enumerate().take(kh1) {
-                        let at = ((y0 + ky) * wp + x0) * cin;
-                        *p = &input[at..at + patch_len];
-                    }
-                    p
+                let mut inrows: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+                for (ky, r) in inrows.iter_mut().enumerate().take(kh1) {
+                    *r = &input[(y0 + ky) * wp * cin..(y0 + ky + 1) * wp * cin];
+                }
+                let conv_row = ConvRow {
+                    rows: &inrows[..kh1],
+                    cin,
+                    kw: kw1,
+                    sx: s.conv.stride.1,
+                    cols: w1,
                 };
-                // Two columns at a time (twice the independent sums in flight), then the last.
-                let mut ox = 0;
-                while ox + 1 < w1 {
-                    let (pa, pb) = (patch_at(ox), patch_at(ox + 1));
-                    let pair = &mut dst[(ox + dl) * c..(ox + dl + 2) * c];
-                    let (oa, ob) = pair.split_at_mut(c);
-                    let mut c0 = 0;
-                    while c0 + K::B <= c {
-                        // SAFETY: the caller checked K's instruction set.
-                        unsafe { K::conv2(s.refs(), &pa[..kh1], &pb[..kh1], c0, oa, ob) };
-                        c0 += K::B;
-                    }
-                    while c0 < c {
-                        conv_one(s.refs(), &pa[..kh1], c0, oa);
-                        conv_one(s.refs(), &pb[..kh1], c0, ob);
-                        c0 += 1;
-                    }
-                    ox += 2;
-                }
-                if ox < w1 {
-                    let patch = patch_at(ox);
-                    let o = &mut dst[(ox + dl) * c..(ox + dl + 1) * c];
-                    let mut c0 = 0;
-                    while c0 + K::B <= c {
-                        // SAFETY: the caller checked K's instruction set.
-                        unsafe { K::conv(s.refs(), &patch[..kh1], c0, o) };
-                        c0 += K::B;
-                    }
-                    while c0 < c {
-                        conv_one(s.refs(), &patch[..kh1], c0, o);
-                        c0 += 1;
-                    }
-                }
+                let dst = &mut dst[dl * c..(dl + w1) * c];
+                // SAFETY: the caller checked K's instruction set.
+                unsafe { K::conv_row(s.refs(), conv_row, dst) };
                 ready[slot] = Some(y);
             }
             *row = Some(slot);
         }
         // 3. Depthwise over the ring.
-        for ox in 0..w2 {
-            let x0 = ox * s.dw.stride.1;
-            // A plain loop, not `array::from_fn`: that one is not inlined into the
-            // target-feature function and cost more than the taps' arithmetic.
-            let mut taps: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
-            for ky in 0..kh2 {
-                let base = match rows[ky] {
-                    Some(slot) => &ring[slot * rw * c..(slot + 1) * rw * c],
-                    None => &zero_row[..],
-                };
-                for kx in 0..kw2 {
-                    let at = (x0 + kx) * c;
-                    taps[ky * kw2 + kx] = &base[at..at + c];
-                }
+        let mut dwrows: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+        for (ky, r) in dwrows.iter_mut().enumerate().take(kh2) {
+            *r = match rows[ky] {
+                Some(slot) => &ring[slot * rw * c..(slot + 1) * rw * c],
+                None => &zero_row[..],
+            };
+        }
+        let dw_row = DwRow {
+            rows: &dwrows[..kh2],
+            kw: kw2,
+            sx: s.dw.stride.1,
+            cols: w2,
+        };
+        let o = &mut out[(oy - r0) * w2 * c..(oy - r0 + 1) * w2 * c];
+        // SAFETY: the caller checked K's instruction set.
+        unsafe { K::dw_row(s.refs(), dw_row, o) };
+    }
+}
+
+/// [`Blocks::conv_row`] pixel by pixel, with the kernel's [`Blocks::conv2`] and
+/// [`Blocks::conv`] (the default for kernels without a row version).
+///
+/// # Safety
+/// The CPU has the instructions `K` uses.
+#[inline(always)]
+pub(super) unsafe fn conv_row_pixels<K: Blocks>(r: Refs, row: ConvRow, dst: &mut [f32]) {
+    let c = r.c;
+    let kh = row.rows.len();
+    let patch_len = row.kw * row.cin;
+    assert!(
+        kh <= MAX_TAPS && dst.len() == row.cols * c,
+        "stem: convolution row"
+    );
+    // The patch of output column `ox`: one slice per kernel row.
+    let patch_at = |ox: usize| -> [&[f32]; MAX_TAPS] {
+        let mut p: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+        let x0 = ox * row.sx * row.cin;
+        for (p, input) in p.iter_mut().zip(row.rows) {
+            *p = &input[x0..x0 + patch_len];
+        }
+        p
+    };
+    // Two columns at a time (twice the independent sums in flight), then the last.
+    let mut ox = 0;
+    while ox + 1 < row.cols {
+        let (pa, pb) = (patch_at(ox), patch_at(ox + 1));
+        let pair = &mut dst[ox * c..(ox + 2) * c];
+        let (oa, ob) = pair.split_at_mut(c);
+        let mut c0 = 0;
+        while c0 + K::B <= c {
+            // SAFETY: the caller checked K's instruction set.
+            unsafe { K::conv2(r, &pa[..kh], &pb[..kh], c0, oa, ob) };
+            c0 += K::B;
+        }
+        while c0 < c {
+            conv_one(r, &pa[..kh], c0, oa);
+            conv_one(r, &pb[..kh], c0, ob);
+            c0 += 1;
+        }
+        ox += 2;
+    }
+    if ox < row.cols {
+        let patch = patch_at(ox);
+        let o = &mut dst[ox * c..(ox + 1) * c];
+        let mut c0 = 0;
+        while c0 + K::B <= c {
+            // SAFETY: the caller checked K's instruction set.
+            unsafe { K::conv(r, &patch[..kh], c0, o) };
+            c0 += K::B;
+        }
+        while c0 < c {
+            conv_one(r, &patch[..kh], c0, o);
+            c0 += 1;
+        }
+    }
+}
+
+/// [`Blocks::dw_row`] pixel by pixel with the kernel's [`Blocks::dw`] (the default for
+/// kernels without a row version).
+///
+/// # Safety
+/// The CPU has the instructions `K` uses.
+#[inline(always)]
+pub(super) unsafe fn dw_row_pixels<K: Blocks>(r: Refs, row: DwRow, out: &mut [u8]) {
+    let c = r.c;
+    let (kh, kw) = (row.rows.len(), row.kw);
+    assert!(
+        kh * kw <= MAX_TAPS && out.len() == row.cols * c,
+        "stem: depthwise row"
+    );
+    for ox in 0..row.cols {
+        let x0 = ox * row.sx;
+        // A plain loop, not `array::from_fn`: that one is not inlined into the
+        // target-feature function and cost more than the taps' arithmetic.
+        let mut taps: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+        for (ky, base) in row.rows.iter().enumerate() {
+            for kx in 0..kw {
+                let at = (x0 + kx) * c;
+                taps[ky * kw + kx] = &base[at..at + c];
             }
-            let o = &mut out[((oy - r0) * w2 + ox) * c..((oy - r0) * w2 + ox + 1) * c];
-            let mut c0 = 0;
-            while c0 + K::B <= c {
-                // SAFETY: the caller checked K's instruction set.
-                unsafe { K::dw(s.refs(), &taps[..kh2 * kw2], c0, o) };
-                c0 += K::B;
-            }
-            while c0 < c {
-                dw_one(s.refs(), &taps[..kh2 * kw2], c0, o);
-                c0 += 1;
-            }
+        }
+        let o = &mut out[ox * c..(ox + 1) * c];
+        let mut c0 = 0;
+        while c0 + K::B <= c {
+            // SAFETY: the caller checked K's instruction set.
+            unsafe { K::dw(r, &taps[..kh * kw], c0, o) };
+            c0 += K::B;
+        }
+        while c0 < c {
+            dw_one(r, &taps[..kh * kw], c0, o);
+            c0 += 1;
         }
     }
 }
@@ -467,7 +523,7 @@ impl Blocks for PortableBlocks {
 }
 
 /// One channel of the convolution (separate multiply and add).
-fn conv_one(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+pub(super) fn conv_one(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
     let mut acc = r.conv_b[c0];
     let mut t = 0;
     for row in patch {
@@ -480,7 +536,7 @@ fn conv_one(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
 }
 
 /// One channel of the depthwise layer, clipped and quantised.
-fn dw_one(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+pub(super) fn dw_one(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
     let mut acc = r.dw_b[c0];
     for (t, px) in taps.iter().enumerate() {
         acc += px[c0] * r.dw_w[t * r.c + c0];
@@ -490,7 +546,7 @@ fn dw_one(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
 
 /// Kernel rows and taps the fixed-size tap lists hold (3×3 and 4×4 kernels; larger ones are
 /// refused at construction).
-const MAX_TAPS: usize = 16;
+pub(super) const MAX_TAPS: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -638,6 +694,86 @@ mod tests {
             );
             assert!(got.iter().any(|&v| v > 10), "degenerate data");
         }
+    }
+
+    /// `K`'s pixel kernels with the trait's default rows: the stem as it ran before the
+    /// row kernels.
+    struct PerPixel<K>(std::marker::PhantomData<K>);
+
+    impl<K: Blocks> Blocks for PerPixel<K> {
+        const B: usize = K::B;
+        unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
+            // SAFETY: the caller's contract is K's.
+            unsafe { K::conv(r, patch, c0, o) }
+        }
+        unsafe fn conv2(
+            r: Refs,
+            patch: &[&[f32]],
+            next: &[&[f32]],
+            c0: usize,
+            o: &mut [f32],
+            o2: &mut [f32],
+        ) {
+            // SAFETY: the caller's contract is K's.
+            unsafe { K::conv2(r, patch, next, c0, o, o2) }
+        }
+        unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
+            // SAFETY: the caller's contract is K's.
+            unsafe { K::dw(r, taps, c0, o) }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_row_kernels_give_the_bytes_of_its_pixel_kernels() {
+        let s_of = |p: &StemParams| Stem::new(p, Kernel::Avx2);
+        // Widths whose convolution rows end on every column tail (6-column steps) and whose
+        // depthwise rows end on every tail of 4; channels in whole blocks of 32 (the pixel
+        // kernels' step), so both paths use the same instructions for every value.
+        let mut tested = 0;
+        for (c, w) in [
+            (32usize, 12usize),
+            (32, 14),
+            (64, 16),
+            (32, 18),
+            (32, 20),
+            (64, 22),
+        ] {
+            let h = 9;
+            let data = RandomStem::new(w as u64, 3, c, h * w);
+            let p = data.params();
+            let Ok(s) = s_of(&p) else {
+                return; // no AVX2 and FMA here
+            };
+            let (h2, w2) = s.out_size(h, w).unwrap();
+            let mut input = Vec::new();
+            s.pad_input(&data.x, (h, w), &mut input);
+            let (mut rows, mut pixels) = (vec![0u8; h2 * w2 * c], vec![0u8; h2 * w2 * c]);
+            let mut ring = Vec::new();
+            // SAFETY: `Stem::new` accepted the AVX2 kernel, so AVX2 and FMA are here.
+            unsafe {
+                run_with::<crate::qnn::x86::StemAvx2>(
+                    &s,
+                    &input,
+                    (h, w),
+                    0..h2,
+                    &mut rows,
+                    &mut ring,
+                );
+                run_with::<PerPixel<crate::qnn::x86::StemAvx2>>(
+                    &s,
+                    &input,
+                    (h, w),
+                    0..h2,
+                    &mut pixels,
+                    &mut ring,
+                );
+            }
+            assert!(rows.iter().any(|&v| v > 10), "degenerate data");
+            assert!(rows == pixels, "c {c}, w {w}: the row kernels differ");
+            tested += 1;
+        }
+        assert_eq!(tested, 6);
     }
 
     #[test]

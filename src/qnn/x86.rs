@@ -646,6 +646,119 @@ impl super::layer::Blocks for StemAvx2 {
         }
     }
 
+    /// 16 channels × 6 columns a step (12 accumulators; each tap's two weight vectors are
+    /// loaded once for the 6 columns), then 1 to 5 columns; channels past the last 16 one
+    /// at a time, as [`Blocks::conv`](super::layer::Blocks::conv) leaves them.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn conv_row(r: super::layer::Refs, row: super::layer::ConvRow, dst: &mut [f32]) {
+        let c = r.c;
+        let patch_len = row.kw * row.cin;
+        let taps = row.rows.len() * patch_len;
+        assert!(
+            dst.len() == row.cols * c && r.conv_w.len() == taps * c && r.conv_b.len() == c,
+            "stem: convolution row sizes"
+        );
+        if row.cols == 0 {
+            return;
+        }
+        // The last column's patch ends inside every row: `conv_cols` reads no further.
+        let end = (row.cols - 1) * row.sx * row.cin + patch_len;
+        assert!(
+            row.rows.iter().all(|x| x.len() >= end),
+            "stem: convolution input row"
+        );
+        let mut c0 = 0;
+        while c0 + 16 <= c {
+            let mut ox = 0;
+            // SAFETY (all calls): the sizes `conv_cols` needs were asserted above; AVX2 and
+            // FMA are this function's contract.
+            while ox + 6 <= row.cols {
+                unsafe { conv_cols::<6>(r, row, ox, c0, dst) };
+                ox += 6;
+            }
+            match row.cols - ox {
+                1 => unsafe { conv_cols::<1>(r, row, ox, c0, dst) },
+                2 => unsafe { conv_cols::<2>(r, row, ox, c0, dst) },
+                3 => unsafe { conv_cols::<3>(r, row, ox, c0, dst) },
+                4 => unsafe { conv_cols::<4>(r, row, ox, c0, dst) },
+                5 => unsafe { conv_cols::<5>(r, row, ox, c0, dst) },
+                _ => {}
+            }
+            c0 += 16;
+        }
+        if c0 < c {
+            let mut patch: [&[f32]; super::stem::MAX_TAPS] = [&[]; super::stem::MAX_TAPS];
+            let patch = &mut patch[..row.rows.len()];
+            for ox in 0..row.cols {
+                let x0 = ox * row.sx * row.cin;
+                for (p, input) in patch.iter_mut().zip(row.rows) {
+                    *p = &input[x0..x0 + patch_len];
+                }
+                for ch in c0..c {
+                    super::stem::conv_one(r, patch, ch, &mut dst[ox * c..(ox + 1) * c]);
+                }
+            }
+        }
+    }
+
+    /// 3×3 kernels only (others pixel by pixel): 8 channels × 4 columns a step with the 9
+    /// weight vectors held in registers, then 1 to 3 columns; channels past the last 8 one at
+    /// a time, as [`Blocks::dw`](super::layer::Blocks::dw) leaves them.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dw_row(r: super::layer::Refs, row: super::layer::DwRow, out: &mut [u8]) {
+        if row.rows.len() != 3 || row.kw != 3 {
+            // SAFETY: this function's contract.
+            return unsafe { super::stem::dw_row_pixels::<Self>(r, row, out) };
+        }
+        let c = r.c;
+        assert!(
+            out.len() == row.cols * c && r.dw_w.len() == 9 * c && r.dw_b.len() == c,
+            "stem: depthwise row sizes"
+        );
+        if row.cols == 0 {
+            return;
+        }
+        // The last column's taps end inside every row: `dw_cols` reads no further.
+        let end = ((row.cols - 1) * row.sx + 3) * c;
+        assert!(
+            row.rows.iter().all(|x| x.len() >= end),
+            "stem: depthwise input row"
+        );
+        let mut c0 = 0;
+        while c0 + 8 <= c {
+            let mut ox = 0;
+            // SAFETY (all calls): the sizes `dw_cols` needs were asserted above; AVX2 and
+            // FMA are this function's contract.
+            while ox + 4 <= row.cols {
+                unsafe { dw_cols::<4>(r, row, ox, c0, out) };
+                ox += 4;
+            }
+            match row.cols - ox {
+                1 => unsafe { dw_cols::<1>(r, row, ox, c0, out) },
+                2 => unsafe { dw_cols::<2>(r, row, ox, c0, out) },
+                3 => unsafe { dw_cols::<3>(r, row, ox, c0, out) },
+                _ => {}
+            }
+            c0 += 8;
+        }
+        if c0 < c {
+            for ox in 0..row.cols {
+                let mut taps: [&[f32]; 9] = [&[]; 9];
+                for (ky, base) in row.rows.iter().enumerate() {
+                    for kx in 0..3 {
+                        let at = (ox * row.sx + kx) * c;
+                        taps[ky * 3 + kx] = &base[at..at + c];
+                    }
+                }
+                for ch in c0..c {
+                    super::stem::dw_one(r, &taps, ch, &mut out[ox * c..(ox + 1) * c]);
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn dw(r: super::layer::Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
@@ -687,6 +800,109 @@ impl super::layer::Blocks for StemAvx2 {
                 _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             let o: &mut [u8; 32] = (&mut o[c0..c0 + 32]).try_into().expect("32 outputs");
             _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, ordered);
+        }
+    }
+}
+
+/// Convolution columns `ox..ox + N`, channels `c0..c0 + 16`, each summed as
+/// [`StemAvx2`]'s `conv` sums it: bias, then every tap in order with a fused multiply-add.
+///
+/// # Safety
+/// AVX2 and FMA; `c0 + 16 <= r.c`; `ox + N <= row.cols`; every input row holds the patch of
+/// column `ox + N - 1`; `r.conv_w` holds every tap's `r.c` weights; `dst` holds `row.cols`
+/// pixels.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn conv_cols<const N: usize>(
+    r: super::layer::Refs,
+    row: super::layer::ConvRow,
+    ox: usize,
+    c0: usize,
+    dst: &mut [f32],
+) {
+    let c = r.c;
+    let step = row.sx * row.cin;
+    let patch_len = row.kw * row.cin;
+    // SAFETY (whole block): every offset below stays inside what the contract names.
+    unsafe {
+        let bias = r.conv_b.as_ptr().add(c0);
+        let mut acc = [[_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))]; N];
+        let mut t = 0;
+        for input in row.rows {
+            let x = input.as_ptr().add(ox * step);
+            for i in 0..patch_len {
+                let w = r.conv_w.as_ptr().add(t * c + c0);
+                let (w0, w1) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let v = _mm256_set1_ps(*x.add(k * step + i));
+                    a[0] = _mm256_fmadd_ps(v, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(v, w1, a[1]);
+                }
+                t += 1;
+            }
+        }
+        let (lo, hi) = (_mm256_set1_ps(r.clip1.0), _mm256_set1_ps(r.clip1.1));
+        for (k, a) in acc.iter().enumerate() {
+            let o = dst.as_mut_ptr().add((ox + k) * c + c0);
+            // As in `conv`: max first, so a NaN becomes `lo`.
+            _mm256_storeu_ps(o, _mm256_min_ps(_mm256_max_ps(a[0], lo), hi));
+            _mm256_storeu_ps(o.add(8), _mm256_min_ps(_mm256_max_ps(a[1], lo), hi));
+        }
+    }
+}
+
+/// Depthwise 3×3 columns `ox..ox + N`, channels `c0..c0 + 8`, each summed, clipped and
+/// quantised as [`StemAvx2`]'s `dw` does it: bias, then the 9 taps in order with a fused
+/// multiply-add.
+///
+/// # Safety
+/// AVX2 and FMA; three input rows; `c0 + 8 <= r.c`; `ox + N <= row.cols`; every input row
+/// holds the taps of column `ox + N - 1`; `r.dw_w` holds 9 taps of `r.c` weights; `out` holds
+/// `row.cols` pixels.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dw_cols<const N: usize>(
+    r: super::layer::Refs,
+    row: super::layer::DwRow,
+    ox: usize,
+    c0: usize,
+    out: &mut [u8],
+) {
+    let c = r.c;
+    // SAFETY (whole block): every offset below stays inside what the contract names.
+    unsafe {
+        let mut w = [_mm256_setzero_ps(); 9];
+        for (t, w) in w.iter_mut().enumerate() {
+            *w = _mm256_loadu_ps(r.dw_w.as_ptr().add(t * c + c0));
+        }
+        let mut acc = [_mm256_loadu_ps(r.dw_b.as_ptr().add(c0)); N];
+        for (ky, input) in row.rows.iter().take(3).enumerate() {
+            let x = input.as_ptr().add(ox * row.sx * c + c0);
+            for kx in 0..3 {
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let v = _mm256_loadu_ps(x.add((k * row.sx + kx) * c));
+                    *a = _mm256_fmadd_ps(v, w[ky * 3 + kx], *a);
+                }
+            }
+        }
+        // As in `dw`: clip, divide by the scale, clamp to the u8 codes, round half to even,
+        // add the zero point.
+        let (c_lo, c_hi) = (_mm256_set1_ps(r.clip2.0), _mm256_set1_ps(r.clip2.1));
+        let z = r.q.zero.clamp(0, 255);
+        let (q_lo, q_hi) = (_mm256_set1_ps(-z as f32), _mm256_set1_ps((255 - z) as f32));
+        let (scale, zero) = (_mm256_set1_ps(r.q.scale), _mm256_set1_epi32(z));
+        for (k, a) in acc.iter().enumerate() {
+            let v = _mm256_min_ps(_mm256_max_ps(*a, c_lo), c_hi);
+            let v = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(v, scale), q_lo), q_hi);
+            let i = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero);
+            // i32 → u8 (values in 0..=255), in order within 128 bits.
+            let words =
+                _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256::<1>(i));
+            let bytes = _mm_packus_epi16(words, words);
+            _mm_storel_epi64(
+                out.as_mut_ptr().add((ox + k) * c + c0) as *mut __m128i,
+                bytes,
+            );
         }
     }
 }
