@@ -59,12 +59,55 @@ impl Operand<'_> {
     }
 }
 
-/// Element-wise float `Add` of two operands, as `DequantizeLinear` + `Add` compute it.
+/// Values each part of a split element-wise op gets at least: below that, handing a part to
+/// another thread costs more than it saves.
+const MIN_PART: usize = 8192;
+
+impl<'a> Operand<'a> {
+    fn part(&self, r: std::ops::Range<usize>) -> Operand<'a> {
+        match *self {
+            Operand::Int8(x, q) => Operand::Int8(&x[r], q),
+            Operand::Float(x) => Operand::Float(&x[r]),
+        }
+    }
+}
+
+/// Whether the AVX2 copies of the element-wise loops may run (the same operations on each
+/// value, eight at a time, so the same results).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// Element-wise float `Add` of two operands, as `DequantizeLinear` + `Add` compute it, split
+/// over this thread's pool ([`super::par`]).
 pub fn add(a: Operand<'_>, b: Operand<'_>, out: &mut [f32]) {
     assert!(
         a.len() == out.len() && b.len() == out.len(),
         "add: lengths differ"
     );
+    let parts = super::par::ranges(out.len(), super::par::threads(), 64, MIN_PART);
+    super::par::for_rows(out, 1, &parts, |r, o| {
+        let (a, b) = (a.part(r.clone()), b.part(r));
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: AVX2 was detected.
+            return unsafe { add_avx2(a, b, o) };
+        }
+        add_values(a, b, o)
+    });
+}
+
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_avx2(a: Operand<'_>, b: Operand<'_>, out: &mut [f32]) {
+    add_values(a, b, out)
+}
+
+#[inline(always)]
+fn add_values(a: Operand<'_>, b: Operand<'_>, out: &mut [f32]) {
     match (a, b) {
         (Operand::Int8(x, qa), Operand::Int8(y, qb)) => {
             for ((o, &u), &v) in out.iter_mut().zip(x).zip(y) {
@@ -84,9 +127,32 @@ pub fn add(a: Operand<'_>, b: Operand<'_>, out: &mut [f32]) {
     }
 }
 
-/// `QuantizeLinear` of a float tensor without changing its layout.
+/// `QuantizeLinear` of a float tensor without changing its layout, split over this thread's
+/// pool.
 pub fn quantize_slice(x: &[f32], q: QParams, out: &mut [u8]) {
     assert_eq!(x.len(), out.len(), "quantize: lengths differ");
+    let parts = super::par::ranges(out.len(), super::par::threads(), 64, MIN_PART);
+    super::par::for_rows(out, 1, &parts, |r, o| {
+        let x = &x[r];
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: AVX2 was detected.
+            return unsafe { quantize_avx2(x, q, o) };
+        }
+        quantize_values(x, q, o)
+    });
+}
+
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_avx2(x: &[f32], q: QParams, out: &mut [u8]) {
+    quantize_values(x, q, out)
+}
+
+#[inline(always)]
+fn quantize_values(x: &[f32], q: QParams, out: &mut [u8]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = quantize(v, q.scale, q.zero);
     }
@@ -144,6 +210,63 @@ mod tests {
         };
         quantize_slice(&[0.5, 1.5, 300.0], qy, &mut o);
         assert_eq!(o, [0, 2, 255]); // halves round to even; saturates
+    }
+
+    #[test]
+    fn split_and_vector_adds_and_quantisations_give_the_scalar_values() {
+        let n = 5 * MIN_PART + 77;
+        let mut r = crate::rng::Rng::new(3);
+        let x: Vec<u8> = (0..n).map(|_| (r.normal() * 60.0 + 128.0) as u8).collect();
+        let y: Vec<u8> = (0..n).map(|_| (r.normal() * 60.0 + 128.0) as u8).collect();
+        let f: Vec<f32> = (0..n).map(|_| r.normal() * 3.0).collect();
+        let (qa, qb, qo) = (
+            QParams {
+                scale: 0.031,
+                zero: 7,
+            },
+            QParams {
+                scale: 0.017,
+                zero: 130,
+            },
+            QParams {
+                scale: 0.043,
+                zero: 121,
+            },
+        );
+        let ops = [
+            (Operand::Int8(&x, qa), Operand::Int8(&y, qb)),
+            (Operand::Float(&f), Operand::Int8(&y, qb)),
+            (Operand::Int8(&x, qa), Operand::Float(&f)),
+        ];
+        let pool = std::sync::Arc::new(crate::qnn::pool::Pool::new(3).unwrap());
+        for (a, b) in ops {
+            let mut want = vec![0f32; n];
+            add_values(a, b, &mut want);
+            let mut want_q = vec![0u8; n];
+            quantize_values(&want, qo, &mut want_q);
+            for pooled in [false, true] {
+                let mut got = vec![0f32; n];
+                let mut got_q = vec![0u8; n];
+                let mut run = || {
+                    add(a, b, &mut got);
+                    quantize_slice(&got, qo, &mut got_q);
+                };
+                if pooled {
+                    crate::qnn::par::with_pool(&pool, run);
+                } else {
+                    run();
+                }
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits()),
+                    "add differs (pool: {pooled})"
+                );
+                assert!(got_q == want_q, "quantisation differs (pool: {pooled})");
+            }
+            let codes: std::collections::BTreeSet<u8> = want_q.iter().copied().collect();
+            assert!(codes.len() > 50, "degenerate data: {} codes", codes.len());
+        }
     }
 
     #[test]

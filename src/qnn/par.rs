@@ -60,20 +60,20 @@ pub fn ranges(n: usize, parts: usize, align: usize, min: usize) -> Vec<Range<usi
 }
 
 /// One part's rows and their output, taken once by the task that runs them.
-type Slot<'a> = std::sync::Mutex<Option<(Range<usize>, &'a mut [u8])>>;
+type Slot<'a, T> = std::sync::Mutex<Option<(Range<usize>, &'a mut [T])>>;
 
-/// Run `f` on each of `parts` (disjoint ranges of rows of `out`, `row` bytes each, in order
+/// Run `f` on each of `parts` (disjoint ranges of rows of `out`, `row` values each, in order
 /// and covering `out`), in parallel when this thread has a pool. `f` gets a range and its
 /// rows of `out`.
-pub fn for_rows(
-    out: &mut [u8],
+pub fn for_rows<T: Send>(
+    out: &mut [T],
     row: usize,
     parts: &[Range<usize>],
-    f: impl Fn(Range<usize>, &mut [u8]) + Sync,
+    f: impl Fn(Range<usize>, &mut [T]) + Sync,
 ) {
     let mut rest = out;
     // Each part's rows, handed to exactly one task (a task takes its slot once).
-    let mut chunks: Vec<Slot<'_>> = Vec::with_capacity(parts.len());
+    let mut chunks: Vec<Slot<'_, T>> = Vec::with_capacity(parts.len());
     for r in parts {
         let (head, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * row);
         chunks.push(std::sync::Mutex::new(Some((r.clone(), head))));
