@@ -215,30 +215,60 @@ impl Stem {
             .expect("stem input smaller than its kernels");
         assert_eq!(x.len(), self.cin * h * w, "stem input length");
         assert_eq!(out.len(), oh * ow * self.c, "stem output length");
-        INPUT.with(|input| {
-            let input = &mut *input.borrow_mut();
-            self.pad_input(x, (h, w), input);
-            let input: &[f32] = input;
-            // At least 4 output rows a part.
-            let parts = super::par::ranges(oh, super::par::threads(), 1, 4);
-            super::par::for_rows(out, ow * self.c, &parts, |rows, o| {
-                RING.with(|ring| self.rows(input, (h, w), rows, o, &mut ring.borrow_mut()))
-            });
-        })
+        // At least 4 output rows a part; each part pads the input rows it reads.
+        let parts = super::par::ranges(oh, super::par::threads(), 1, 4);
+        super::par::for_rows(out, ow * self.c, &parts, |rows, o| {
+            let held = self.input_rows((h, w), rows.clone());
+            INPUT.with(|input| {
+                let input = &mut *input.borrow_mut();
+                self.pad_input(x, (h, w), held.clone(), input);
+                RING.with(|ring| {
+                    let ring = &mut ring.borrow_mut();
+                    self.rows((input, held.start), (h, w), rows, o, ring)
+                })
+            })
+        });
     }
 
-    /// Step 1 of [`run_with`]: the NCHW input copied into `input`, NHWC with the
-    /// convolution's padding as zeros.
-    fn pad_input(&self, x: &[f32], (h, w): (usize, usize), input: &mut Vec<f32>) {
+    /// The padded input rows (row 0 is the top padding) that output rows `rows` read.
+    fn input_rows(&self, (h, w): (usize, usize), rows: Range<usize>) -> Range<usize> {
+        let (h1, _) = self.conv.out_size(h, w).unwrap_or((0, 0));
+        if rows.is_empty() || h1 == 0 {
+            return 0..0;
+        }
+        let dt = self.dw.pads[0];
+        // Convolution rows the depthwise rows read (clipped to the map; the rest is padding).
+        let first = (rows.start * self.dw.stride.0)
+            .saturating_sub(dt)
+            .min(h1 - 1);
+        let last = ((rows.end - 1) * self.dw.stride.0 + self.dw.kernel.0)
+            .saturating_sub(dt + 1)
+            .min(h1 - 1);
+        let first = first.min(last);
+        first * self.conv.stride.0..last * self.conv.stride.0 + self.conv.kernel.0
+    }
+
+    /// Step 1 of [`run_with`]: rows `held` of the input padded for the convolution (zeros in
+    /// the padding), copied from NCHW `x` into `input` in NHWC order.
+    fn pad_input(
+        &self,
+        x: &[f32],
+        (h, w): (usize, usize),
+        held: Range<usize>,
+        input: &mut Vec<f32>,
+    ) {
         let cin = self.cin;
-        let [pt, pl, pb, pr] = self.conv.pads;
-        let (hp, wp) = (h + pt + pb, w + pl + pr);
+        let [pt, pl, _, pr] = self.conv.pads;
+        let wp = w + pl + pr;
         input.clear();
-        input.resize(hp * wp * cin, 0.0);
+        input.resize(held.len() * wp * cin, 0.0);
         for ci in 0..cin {
-            for y in 0..h {
+            for (i, py) in held.clone().enumerate() {
+                let Some(y) = py.checked_sub(pt).filter(|&y| y < h) else {
+                    continue;
+                };
                 let src = &x[(ci * h + y) * w..(ci * h + y + 1) * w];
-                let dst = &mut input[((y + pt) * wp + pl) * cin..((y + pt) * wp + pl + w) * cin];
+                let dst = &mut input[(i * wp + pl) * cin..(i * wp + pl + w) * cin];
                 for (d, &v) in dst.chunks_exact_mut(cin).zip(src) {
                     d[ci] = v;
                 }
@@ -249,7 +279,7 @@ impl Stem {
     /// The output rows `rows` from the padded input, on this CPU's kernel.
     fn rows(
         &self,
-        input: &[f32],
+        input: (&[f32], usize),
         hw: (usize, usize),
         rows: Range<usize>,
         out: &mut [u8],
@@ -287,7 +317,7 @@ fn fma_available() -> bool {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2_fma(
     s: &Stem,
-    input: &[f32],
+    input: (&[f32], usize),
     hw: (usize, usize),
     rows: Range<usize>,
     out: &mut [u8],
@@ -300,7 +330,7 @@ unsafe fn run_avx2_fma(
 }
 
 thread_local! {
-    /// The padded NHWC input, made by the thread that runs the stem and read by every part.
+    /// The padded NHWC input rows one part reads, made by the thread that runs that part.
     static INPUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The ring of convolution rows, one per thread that computes a part.
     static RING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -308,20 +338,21 @@ thread_local! {
 
 /// The stem's output rows `out_rows` (see [`Stem`]'s module doc for the order of work).
 ///
-/// 1. ([`Stem::pad_input`], before:) the NCHW input copied once into an NHWC buffer with the
-///    convolution's padding as zeros, so each tap row of a 3×3 patch is `kw·cin` contiguous
-///    floats and no loop below needs a bounds test.
+/// 1. ([`Stem::pad_input`], before:) the NCHW input rows these output rows read, copied into
+///    an NHWC buffer with the convolution's padding as zeros (`input`, whose first row is
+///    padded row `base`), so each tap row of a 3×3 patch is `kw·cin` contiguous floats and no
+///    loop below needs a bounds test.
 /// 2. Convolution rows are produced on demand into a ring of `kh2` rows, each with the
-///    depthwise layer's left and right padding as zero columns.
-/// 3. Each depthwise output pixel sums its taps over blocks of channels held in registers,
-///    then clips and quantises.
+///    depthwise layer's left and right padding as zero columns ([`Blocks::conv_row`]).
+/// 3. Each depthwise output row sums its taps over blocks of channels held in registers,
+///    then clips and quantises ([`Blocks::dw_row`]).
 ///
 /// # Safety
 /// The CPU has the instructions `K` uses.
 #[inline(always)]
 unsafe fn run_with<K: Blocks>(
     s: &Stem,
-    input: &[f32],
+    (input, base): (&[f32], usize),
     (h, w): (usize, usize),
     out_rows: Range<usize>,
     out: &mut [u8],
@@ -334,7 +365,10 @@ unsafe fn run_with<K: Blocks>(
     let (kh2, kw2) = s.dw.kernel;
     let [pt, pl, pb, pr] = s.conv.pads;
     let (hp, wp) = (h + pt + pb, w + pl + pr);
-    assert!(input.len() == hp * wp * cin, "stem: padded input length");
+    assert!(
+        input.len().is_multiple_of(wp * cin) && base + input.len() / (wp * cin) <= hp,
+        "stem: padded input rows"
+    );
     assert!(
         out_rows.end <= h2 && out.len() == out_rows.len() * w2 * c,
         "stem: output rows"
@@ -362,7 +396,10 @@ unsafe fn run_with<K: Blocks>(
                 let y0 = y * s.conv.stride.0;
                 let mut inrows: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
                 for (ky, r) in inrows.iter_mut().enumerate().take(kh1) {
-                    *r = &input[(y0 + ky) * wp * cin..(y0 + ky + 1) * wp * cin];
+                    let at = (y0 + ky)
+                        .checked_sub(base)
+                        .expect("stem: an input row not held");
+                    *r = &input[at * wp * cin..(at + 1) * wp * cin];
                 }
                 let conv_row = ConvRow {
                     rows: &inrows[..kh1],
@@ -663,36 +700,51 @@ mod tests {
 
     #[test]
     fn every_stem_kernel_computes_the_two_convolutions() {
-        let (cin, c, h, w) = (3usize, 48usize, 13usize, 10usize);
+        let (cin, c, h, w) = (3usize, 48usize, 29usize, 10usize);
         let data = RandomStem::new(5, cin, c, h * w);
-        let (p, x) = (data.params(), &data.x);
-        let (want, (h2, w2)) = reference(&p, x, h, w);
         let cpu = Cpu::detect();
-        for kernel in runnable_kernels(Layer::Stem, &cpu) {
-            if kernel == Kernel::TractOps {
-                // Not a kernel of this op: the stem is then left unfused to tract.
-                assert!(Stem::new(&p, kernel).is_err());
-                continue;
+        let pool = std::sync::Arc::new(crate::qnn::pool::Pool::new(3).unwrap());
+        // The models' padding (none at the top and left) on one thread; padding on every
+        // side split over three threads, so that parts pad rows at the edges and inside.
+        for (pads, pooled) in [([0, 0, 1, 1], false), ([1, 1, 1, 1], true)] {
+            let mut p = data.params();
+            p.conv = k3(2, pads);
+            let x = &data.x;
+            let (want, (h2, w2)) = reference(&p, x, h, w);
+            for kernel in runnable_kernels(Layer::Stem, &cpu) {
+                if kernel == Kernel::TractOps {
+                    // Not a kernel of this op: the stem is then left unfused to tract.
+                    assert!(Stem::new(&p, kernel).is_err());
+                    continue;
+                }
+                let s = Stem::new(&p, kernel).unwrap();
+                assert_eq!(s.out_size(h, w), Some((h2, w2)));
+                let mut got = vec![0u8; h2 * w2 * c];
+                if pooled {
+                    crate::qnn::par::with_pool(&pool, || s.run(x, h, w, &mut got));
+                } else {
+                    s.run(x, h, w, &mut got);
+                }
+                // Quantised from the exact values: equal, except where float rounding of a
+                // sum lands on the other side of a rounding boundary (at most one step).
+                let mut off = 0;
+                for (i, (&g, &v)) in got.iter().zip(&want).enumerate() {
+                    let exact = (v / 0.02).round_ties_even().clamp(0.0, 255.0);
+                    let d = (g as f64 - exact).abs();
+                    assert!(
+                        d <= 1.0,
+                        "{} {pads:?} at {i}: {g} vs {exact}",
+                        kernel.name()
+                    );
+                    off += (d > 0.0) as usize;
+                }
+                assert!(
+                    off * 100 <= got.len(),
+                    "{} {pads:?}: {off} values off by one",
+                    kernel.name()
+                );
+                assert!(got.iter().any(|&v| v > 10), "degenerate data");
             }
-            let s = Stem::new(&p, kernel).unwrap();
-            assert_eq!(s.out_size(h, w), Some((h2, w2)));
-            let mut got = vec![0u8; h2 * w2 * c];
-            s.run(x, h, w, &mut got);
-            // Quantised from the exact values: equal, except where float rounding of a sum
-            // lands on the other side of a rounding boundary (at most one step).
-            let mut off = 0;
-            for (i, (&g, &v)) in got.iter().zip(&want).enumerate() {
-                let exact = (v / 0.02).round_ties_even().clamp(0.0, 255.0);
-                let d = (g as f64 - exact).abs();
-                assert!(d <= 1.0, "{} at {i}: {g} vs {exact}", kernel.name());
-                off += (d > 0.0) as usize;
-            }
-            assert!(
-                off * 100 <= got.len(),
-                "{}: {off} values off by one",
-                kernel.name()
-            );
-            assert!(got.iter().any(|&v| v > 10), "degenerate data");
         }
     }
 
@@ -747,14 +799,15 @@ mod tests {
             };
             let (h2, w2) = s.out_size(h, w).unwrap();
             let mut input = Vec::new();
-            s.pad_input(&data.x, (h, w), &mut input);
+            let held = s.input_rows((h, w), 0..h2);
+            s.pad_input(&data.x, (h, w), held.clone(), &mut input);
             let (mut rows, mut pixels) = (vec![0u8; h2 * w2 * c], vec![0u8; h2 * w2 * c]);
             let mut ring = Vec::new();
             // SAFETY: `Stem::new` accepted the AVX2 kernel, so AVX2 and FMA are here.
             unsafe {
                 run_with::<crate::qnn::x86::StemAvx2>(
                     &s,
-                    &input,
+                    (&input, held.start),
                     (h, w),
                     0..h2,
                     &mut rows,
@@ -762,7 +815,7 @@ mod tests {
                 );
                 run_with::<PerPixel<crate::qnn::x86::StemAvx2>>(
                     &s,
-                    &input,
+                    (&input, held.start),
                     (h, w),
                     0..h2,
                     &mut pixels,
