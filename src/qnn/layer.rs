@@ -472,29 +472,17 @@ pub(crate) trait Blocks {
     /// The CPU has this implementation's instructions.
     unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]);
     /// A whole convolution row into `dst` (`cols · c` floats, NHWC), each value summed in the
-    /// order [`Blocks::conv`] sums it. The default runs [`Blocks::conv2`] pixel by pixel.
+    /// order [`Blocks::conv`] sums it (`super::stem_pixels::conv_row_pixels` runs
+    /// [`Blocks::conv2`] pixel by pixel, for kernels without a row version).
     ///
     /// # Safety
     /// The CPU has this implementation's instructions.
-    #[inline(always)]
-    unsafe fn conv_row(r: Refs, row: ConvRow, dst: &mut [f32])
-    where
-        Self: Sized,
-    {
-        // SAFETY: the caller's contract is this function's.
-        unsafe { super::stem::conv_row_pixels::<Self>(r, row, dst) }
-    }
+    unsafe fn conv_row(r: Refs, row: ConvRow, dst: &mut [f32]);
     /// A whole depthwise row into `out` (`cols · c` bytes, NHWC), each value summed in the
-    /// order [`Blocks::dw`] sums it. The default runs [`Blocks::dw`] pixel by pixel.
+    /// order [`Blocks::dw`] sums it (`super::stem_pixels::dw_row_pixels` runs [`Blocks::dw`]
+    /// pixel by pixel).
     ///
     /// # Safety
     /// The CPU has this implementation's instructions.
-    #[inline(always)]
-    unsafe fn dw_row(r: Refs, row: DwRow, out: &mut [u8])
-    where
-        Self: Sized,
-    {
-        // SAFETY: the caller's contract is this function's.
-        unsafe { super::stem::dw_row_pixels::<Self>(r, row, out) }
-    }
+    unsafe fn dw_row(r: Refs, row: DwRow, out: &mut [u8]);
 }

@@ -37,6 +37,7 @@ pub mod rewrite;
 #[cfg(target_arch = "aarch64")]
 pub mod sdot;
 pub mod stem;
+mod stem_pixels;
 pub mod tractmm;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

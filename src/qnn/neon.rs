@@ -644,4 +644,16 @@ impl super::layer::Blocks for StemNeon {
             vst1q_u8(o.as_mut_ptr(), vcombine_u8(lo8, hi8));
         }
     }
+
+    #[inline]
+    unsafe fn conv_row(r: super::layer::Refs, row: super::layer::ConvRow, dst: &mut [f32]) {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { super::stem_pixels::conv_row_pixels::<Self>(r, row, dst) }
+    }
+
+    #[inline]
+    unsafe fn dw_row(r: super::layer::Refs, row: super::layer::DwRow, out: &mut [u8]) {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { super::stem_pixels::dw_row_pixels::<Self>(r, row, out) }
+    }
 }

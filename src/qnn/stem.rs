@@ -18,9 +18,10 @@
 
 use std::ops::Range;
 
-use super::arith::{QParams, quantize};
+use super::arith::QParams;
 use super::cpu::Kernel;
 use super::layer::{Blocks, ConvRow, DwRow, Refs};
+use super::stem_pixels::{MAX_TAPS, conv_one, conv_row_pixels, dw_one, dw_row_pixels};
 
 /// A 2-D float convolution's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -435,102 +436,6 @@ unsafe fn run_with<K: Blocks>(
     }
 }
 
-/// [`Blocks::conv_row`] pixel by pixel, with the kernel's [`Blocks::conv2`] and
-/// [`Blocks::conv`] (the default for kernels without a row version).
-///
-/// # Safety
-/// The CPU has the instructions `K` uses.
-#[inline(always)]
-pub(super) unsafe fn conv_row_pixels<K: Blocks>(r: Refs, row: ConvRow, dst: &mut [f32]) {
-    let c = r.c;
-    let kh = row.rows.len();
-    let patch_len = row.kw * row.cin;
-    assert!(
-        kh <= MAX_TAPS && dst.len() == row.cols * c,
-        "stem: convolution row"
-    );
-    // The patch of output column `ox`: one slice per kernel row.
-    let patch_at = |ox: usize| -> [&[f32]; MAX_TAPS] {
-        let mut p: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
-        let x0 = ox * row.sx * row.cin;
-        for (p, input) in p.iter_mut().zip(row.rows) {
-            *p = &input[x0..x0 + patch_len];
-        }
-        p
-    };
-    // Two columns at a time (twice the independent sums in flight), then the last.
-    let mut ox = 0;
-    while ox + 1 < row.cols {
-        let (pa, pb) = (patch_at(ox), patch_at(ox + 1));
-        let pair = &mut dst[ox * c..(ox + 2) * c];
-        let (oa, ob) = pair.split_at_mut(c);
-        let mut c0 = 0;
-        while c0 + K::B <= c {
-            // SAFETY: the caller checked K's instruction set.
-            unsafe { K::conv2(r, &pa[..kh], &pb[..kh], c0, oa, ob) };
-            c0 += K::B;
-        }
-        while c0 < c {
-            conv_one(r, &pa[..kh], c0, oa);
-            conv_one(r, &pb[..kh], c0, ob);
-            c0 += 1;
-        }
-        ox += 2;
-    }
-    if ox < row.cols {
-        let patch = patch_at(ox);
-        let o = &mut dst[ox * c..(ox + 1) * c];
-        let mut c0 = 0;
-        while c0 + K::B <= c {
-            // SAFETY: the caller checked K's instruction set.
-            unsafe { K::conv(r, &patch[..kh], c0, o) };
-            c0 += K::B;
-        }
-        while c0 < c {
-            conv_one(r, &patch[..kh], c0, o);
-            c0 += 1;
-        }
-    }
-}
-
-/// [`Blocks::dw_row`] pixel by pixel with the kernel's [`Blocks::dw`] (the default for
-/// kernels without a row version).
-///
-/// # Safety
-/// The CPU has the instructions `K` uses.
-#[inline(always)]
-pub(super) unsafe fn dw_row_pixels<K: Blocks>(r: Refs, row: DwRow, out: &mut [u8]) {
-    let c = r.c;
-    let (kh, kw) = (row.rows.len(), row.kw);
-    assert!(
-        kh * kw <= MAX_TAPS && out.len() == row.cols * c,
-        "stem: depthwise row"
-    );
-    for ox in 0..row.cols {
-        let x0 = ox * row.sx;
-        // A plain loop, not `array::from_fn`: that one is not inlined into the
-        // target-feature function and cost more than the taps' arithmetic.
-        let mut taps: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
-        for (ky, base) in row.rows.iter().enumerate() {
-            for kx in 0..kw {
-                let at = (x0 + kx) * c;
-                taps[ky * kw + kx] = &base[at..at + c];
-            }
-        }
-        let o = &mut out[ox * c..(ox + 1) * c];
-        let mut c0 = 0;
-        while c0 + K::B <= c {
-            // SAFETY: the caller checked K's instruction set.
-            unsafe { K::dw(r, &taps[..kh * kw], c0, o) };
-            c0 += K::B;
-        }
-        while c0 < c {
-            dw_one(r, &taps[..kh * kw], c0, o);
-            c0 += 1;
-        }
-    }
-}
-
 impl Stem {
     fn refs(&self) -> Refs<'_> {
         Refs {
@@ -557,33 +462,15 @@ impl Blocks for PortableBlocks {
     unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
         dw_one(r, taps, c0, o)
     }
-}
-
-/// One channel of the convolution (separate multiply and add).
-pub(super) fn conv_one(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
-    let mut acc = r.conv_b[c0];
-    let mut t = 0;
-    for row in patch {
-        for &v in row.iter() {
-            acc += v * r.conv_w[t * r.c + c0];
-            t += 1;
-        }
+    unsafe fn conv_row(r: Refs, row: ConvRow, dst: &mut [f32]) {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { conv_row_pixels::<Self>(r, row, dst) }
     }
-    o[c0] = acc.max(r.clip1.0).min(r.clip1.1);
-}
-
-/// One channel of the depthwise layer, clipped and quantised.
-pub(super) fn dw_one(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
-    let mut acc = r.dw_b[c0];
-    for (t, px) in taps.iter().enumerate() {
-        acc += px[c0] * r.dw_w[t * r.c + c0];
+    unsafe fn dw_row(r: Refs, row: DwRow, out: &mut [u8]) {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { dw_row_pixels::<Self>(r, row, out) }
     }
-    o[c0] = quantize(acc.max(r.clip2.0).min(r.clip2.1), r.q.scale, r.q.zero);
 }
-
-/// Kernel rows and taps the fixed-size tap lists hold (3×3 and 4×4 kernels; larger ones are
-/// refused at construction).
-pub(super) const MAX_TAPS: usize = 16;
 
 #[cfg(test)]
 mod tests {
@@ -705,10 +592,16 @@ mod tests {
         let cpu = Cpu::detect();
         let pool = std::sync::Arc::new(crate::qnn::pool::Pool::new(3).unwrap());
         // The models' padding (none at the top and left) on one thread; padding on every
-        // side split over three threads, so that parts pad rows at the edges and inside.
-        for (pads, pooled) in [([0, 0, 1, 1], false), ([1, 1, 1, 1], true)] {
+        // side split over three threads, so that parts pad rows at the edges and inside; and
+        // a depthwise stride of 2 (not in the models) split too.
+        for (pads, dw_stride, pooled) in [
+            ([0, 0, 1, 1], 1, false),
+            ([1, 1, 1, 1], 1, true),
+            ([1, 1, 1, 1], 2, true),
+        ] {
             let mut p = data.params();
             p.conv = k3(2, pads);
+            p.dw = k3(dw_stride, [1, 1, 1, 1]);
             let x = &data.x;
             let (want, (h2, w2)) = reference(&p, x, h, w);
             for kernel in runnable_kernels(Layer::Stem, &cpu) {
@@ -733,14 +626,14 @@ mod tests {
                     let d = (g as f64 - exact).abs();
                     assert!(
                         d <= 1.0,
-                        "{} {pads:?} at {i}: {g} vs {exact}",
+                        "{} {pads:?} /{dw_stride} at {i}: {g} vs {exact}",
                         kernel.name()
                     );
                     off += (d > 0.0) as usize;
                 }
                 assert!(
                     off * 100 <= got.len(),
-                    "{} {pads:?}: {off} values off by one",
+                    "{} {pads:?} /{dw_stride}: {off} values off by one",
                     kernel.name()
                 );
                 assert!(got.iter().any(|&v| v > 10), "degenerate data");
@@ -748,8 +641,7 @@ mod tests {
         }
     }
 
-    /// `K`'s pixel kernels with the trait's default rows: the stem as it ran before the
-    /// row kernels.
+    /// `K`'s pixel kernels, rows pixel by pixel: the stem as it ran before the row kernels.
     struct PerPixel<K>(std::marker::PhantomData<K>);
 
     impl<K: Blocks> Blocks for PerPixel<K> {
@@ -772,6 +664,14 @@ mod tests {
         unsafe fn dw(r: Refs, taps: &[&[f32]], c0: usize, o: &mut [u8]) {
             // SAFETY: the caller's contract is K's.
             unsafe { K::dw(r, taps, c0, o) }
+        }
+        unsafe fn conv_row(r: Refs, row: ConvRow, dst: &mut [f32]) {
+            // SAFETY: the caller's contract is this function's.
+            unsafe { conv_row_pixels::<Self>(r, row, dst) }
+        }
+        unsafe fn dw_row(r: Refs, row: DwRow, out: &mut [u8]) {
+            // SAFETY: the caller's contract is this function's.
+            unsafe { dw_row_pixels::<Self>(r, row, out) }
         }
     }
 

@@ -688,7 +688,8 @@ impl super::layer::Blocks for StemAvx2 {
             c0 += 16;
         }
         if c0 < c {
-            let mut patch: [&[f32]; super::stem::MAX_TAPS] = [&[]; super::stem::MAX_TAPS];
+            let mut patch: [&[f32]; super::stem_pixels::MAX_TAPS] =
+                [&[]; super::stem_pixels::MAX_TAPS];
             let patch = &mut patch[..row.rows.len()];
             for ox in 0..row.cols {
                 let x0 = ox * row.sx * row.cin;
@@ -696,7 +697,7 @@ impl super::layer::Blocks for StemAvx2 {
                     *p = &input[x0..x0 + patch_len];
                 }
                 for ch in c0..c {
-                    super::stem::conv_one(r, patch, ch, &mut dst[ox * c..(ox + 1) * c]);
+                    super::stem_pixels::conv_one(r, patch, ch, &mut dst[ox * c..(ox + 1) * c]);
                 }
             }
         }
@@ -710,7 +711,7 @@ impl super::layer::Blocks for StemAvx2 {
     unsafe fn dw_row(r: super::layer::Refs, row: super::layer::DwRow, out: &mut [u8]) {
         if row.rows.len() != 3 || row.kw != 3 {
             // SAFETY: this function's contract.
-            return unsafe { super::stem::dw_row_pixels::<Self>(r, row, out) };
+            return unsafe { super::stem_pixels::dw_row_pixels::<Self>(r, row, out) };
         }
         let c = r.c;
         assert!(
@@ -753,7 +754,7 @@ impl super::layer::Blocks for StemAvx2 {
                     }
                 }
                 for ch in c0..c {
-                    super::stem::dw_one(r, &taps, ch, &mut out[ox * c..(ox + 1) * c]);
+                    super::stem_pixels::dw_one(r, &taps, ch, &mut out[ox * c..(ox + 1) * c]);
                 }
             }
         }
