@@ -642,8 +642,10 @@ mod tests {
     }
 
     /// `K`'s pixel kernels, rows pixel by pixel: the stem as it ran before the row kernels.
+    #[cfg(target_arch = "x86_64")]
     struct PerPixel<K>(std::marker::PhantomData<K>);
 
+    #[cfg(target_arch = "x86_64")]
     impl<K: Blocks> Blocks for PerPixel<K> {
         const B: usize = K::B;
         unsafe fn conv(r: Refs, patch: &[&[f32]], c0: usize, o: &mut [f32]) {
