@@ -587,7 +587,9 @@ mod tests {
 
     #[test]
     fn every_stem_kernel_computes_the_two_convolutions() {
-        let (cin, c, h, w) = (3usize, 48usize, 29usize, 10usize);
+        // 52 channels: past the last whole block of every kernel (32 a pixel step, 16 a
+        // convolution row step, 8 a depthwise row step), so the channel tails run too.
+        let (cin, c, h, w) = (3usize, 52usize, 29usize, 10usize);
         let data = RandomStem::new(5, cin, c, h * w);
         let cpu = Cpu::detect();
         let pool = std::sync::Arc::new(crate::qnn::pool::Pool::new(3).unwrap());

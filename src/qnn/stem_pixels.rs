@@ -20,24 +20,14 @@ use super::layer::{Blocks, ConvRow, DwRow, Refs};
 pub(crate) unsafe fn conv_row_pixels<K: Blocks>(r: Refs, row: ConvRow, dst: &mut [f32]) {
     let c = r.c;
     let kh = row.rows.len();
-    let patch_len = row.kw * row.cin;
     assert!(
         kh <= MAX_TAPS && dst.len() == row.cols * c,
         "stem: convolution row"
     );
-    // The patch of output column `ox`: one slice per kernel row.
-    let patch_at = |ox: usize| -> [&[f32]; MAX_TAPS] {
-        let mut p: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
-        let x0 = ox * row.sx * row.cin;
-        for (p, input) in p.iter_mut().zip(row.rows) {
-            *p = &input[x0..x0 + patch_len];
-        }
-        p
-    };
     // Two columns at a time (twice the independent sums in flight), then the last.
     let mut ox = 0;
     while ox + 1 < row.cols {
-        let (pa, pb) = (patch_at(ox), patch_at(ox + 1));
+        let (pa, pb) = (patch_of(row, ox), patch_of(row, ox + 1));
         let pair = &mut dst[ox * c..(ox + 2) * c];
         let (oa, ob) = pair.split_at_mut(c);
         let mut c0 = 0;
@@ -54,7 +44,7 @@ pub(crate) unsafe fn conv_row_pixels<K: Blocks>(r: Refs, row: ConvRow, dst: &mut
         ox += 2;
     }
     if ox < row.cols {
-        let patch = patch_at(ox);
+        let patch = patch_of(row, ox);
         let o = &mut dst[ox * c..(ox + 1) * c];
         let mut c0 = 0;
         while c0 + K::B <= c {
@@ -83,16 +73,7 @@ pub(crate) unsafe fn dw_row_pixels<K: Blocks>(r: Refs, row: DwRow, out: &mut [u8
         "stem: depthwise row"
     );
     for ox in 0..row.cols {
-        let x0 = ox * row.sx;
-        // A plain loop, not `array::from_fn`: that one is not inlined into the
-        // target-feature function and cost more than the taps' arithmetic.
-        let mut taps: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
-        for (ky, base) in row.rows.iter().enumerate() {
-            for kx in 0..kw {
-                let at = (x0 + kx) * c;
-                taps[ky * kw + kx] = &base[at..at + c];
-            }
-        }
+        let taps = taps_of(row, ox, c);
         let o = &mut out[ox * c..(ox + 1) * c];
         let mut c0 = 0;
         while c0 + K::B <= c {
@@ -103,6 +84,61 @@ pub(crate) unsafe fn dw_row_pixels<K: Blocks>(r: Refs, row: DwRow, out: &mut [u8
         while c0 < c {
             dw_one(r, &taps[..kh * kw], c0, o);
             c0 += 1;
+        }
+    }
+}
+
+/// The patch of convolution output column `ox`: one slice per kernel row (the first
+/// `row.rows.len()` are set).
+#[inline(always)]
+pub(crate) fn patch_of<'a>(row: ConvRow<'a>, ox: usize) -> [&'a [f32]; MAX_TAPS] {
+    let patch_len = row.kw * row.cin;
+    let x0 = ox * row.sx * row.cin;
+    let mut p: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+    for (p, input) in p.iter_mut().zip(row.rows) {
+        *p = &input[x0..x0 + patch_len];
+    }
+    p
+}
+
+/// The taps of depthwise output column `ox` (`c` channels a column), row by row (the first
+/// `row.rows.len() · row.kw` are set). A plain loop, not `array::from_fn`: that one is not
+/// inlined into the target-feature functions and cost more than the taps' arithmetic.
+#[inline(always)]
+pub(crate) fn taps_of<'a>(row: DwRow<'a>, ox: usize, c: usize) -> [&'a [f32]; MAX_TAPS] {
+    let kw = row.kw;
+    let mut taps: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+    for (ky, base) in row.rows.iter().enumerate() {
+        for kx in 0..kw {
+            let at = (ox * row.sx + kx) * c;
+            taps[ky * kw + kx] = &base[at..at + c];
+        }
+    }
+    taps
+}
+
+/// Channels `c0..` of every column of a convolution row, one at a time: the row kernels'
+/// channel tail.
+pub(crate) fn conv_rest(r: Refs, row: ConvRow, c0: usize, dst: &mut [f32]) {
+    let (c, kh) = (r.c, row.rows.len());
+    assert!(kh <= MAX_TAPS, "stem: convolution kernel rows");
+    for ox in 0..row.cols {
+        let patch = patch_of(row, ox);
+        for ch in c0..c {
+            conv_one(r, &patch[..kh], ch, &mut dst[ox * c..(ox + 1) * c]);
+        }
+    }
+}
+
+/// Channels `c0..` of every column of a depthwise row, one at a time: the row kernels'
+/// channel tail.
+pub(crate) fn dw_rest(r: Refs, row: DwRow, c0: usize, out: &mut [u8]) {
+    let (c, n) = (r.c, row.rows.len() * row.kw);
+    assert!(n <= MAX_TAPS, "stem: depthwise taps");
+    for ox in 0..row.cols {
+        let taps = taps_of(row, ox, c);
+        for ch in c0..c {
+            dw_one(r, &taps[..n], ch, &mut out[ox * c..(ox + 1) * c]);
         }
     }
 }

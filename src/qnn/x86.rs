@@ -688,18 +688,7 @@ impl super::layer::Blocks for StemAvx2 {
             c0 += 16;
         }
         if c0 < c {
-            let mut patch: [&[f32]; super::stem_pixels::MAX_TAPS] =
-                [&[]; super::stem_pixels::MAX_TAPS];
-            let patch = &mut patch[..row.rows.len()];
-            for ox in 0..row.cols {
-                let x0 = ox * row.sx * row.cin;
-                for (p, input) in patch.iter_mut().zip(row.rows) {
-                    *p = &input[x0..x0 + patch_len];
-                }
-                for ch in c0..c {
-                    super::stem_pixels::conv_one(r, patch, ch, &mut dst[ox * c..(ox + 1) * c]);
-                }
-            }
+            super::stem_pixels::conv_rest(r, row, c0, dst);
         }
     }
 
@@ -745,18 +734,7 @@ impl super::layer::Blocks for StemAvx2 {
             c0 += 8;
         }
         if c0 < c {
-            for ox in 0..row.cols {
-                let mut taps: [&[f32]; 9] = [&[]; 9];
-                for (ky, base) in row.rows.iter().enumerate() {
-                    for kx in 0..3 {
-                        let at = (ox * row.sx + kx) * c;
-                        taps[ky * 3 + kx] = &base[at..at + c];
-                    }
-                }
-                for ch in c0..c {
-                    super::stem_pixels::dw_one(r, &taps, ch, &mut out[ox * c..(ox + 1) * c]);
-                }
-            }
+            super::stem_pixels::dw_rest(r, row, c0, out);
         }
     }
 
