@@ -79,6 +79,13 @@ fn avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
 }
 
+/// `f` on contiguous parts of `out` (whole multiples of 64 values, at least [`MIN_PART`]
+/// each) with their ranges, split over this thread's pool.
+fn for_values<T: Send>(out: &mut [T], f: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync) {
+    let parts = super::par::ranges(out.len(), super::par::threads(), 64, MIN_PART);
+    super::par::for_rows(out, 1, &parts, f);
+}
+
 /// Element-wise float `Add` of two operands, as `DequantizeLinear` + `Add` compute it, split
 /// over this thread's pool ([`super::par`]).
 pub fn add(a: Operand<'_>, b: Operand<'_>, out: &mut [f32]) {
@@ -86,8 +93,7 @@ pub fn add(a: Operand<'_>, b: Operand<'_>, out: &mut [f32]) {
         a.len() == out.len() && b.len() == out.len(),
         "add: lengths differ"
     );
-    let parts = super::par::ranges(out.len(), super::par::threads(), 64, MIN_PART);
-    super::par::for_rows(out, 1, &parts, |r, o| {
+    for_values(out, |r, o| {
         let (a, b) = (a.part(r.clone()), b.part(r));
         #[cfg(target_arch = "x86_64")]
         if avx2() {
@@ -131,8 +137,7 @@ fn add_values(a: Operand<'_>, b: Operand<'_>, out: &mut [f32]) {
 /// pool.
 pub fn quantize_slice(x: &[f32], q: QParams, out: &mut [u8]) {
     assert_eq!(x.len(), out.len(), "quantize: lengths differ");
-    let parts = super::par::ranges(out.len(), super::par::threads(), 64, MIN_PART);
-    super::par::for_rows(out, 1, &parts, |r, o| {
+    for_values(out, |r, o| {
         let x = &x[r];
         #[cfg(target_arch = "x86_64")]
         if avx2() {
