@@ -117,8 +117,9 @@ pub(crate) fn taps_of<'a>(row: DwRow<'a>, ox: usize, c: usize) -> [&'a [f32]; MA
     taps
 }
 
-/// Channels `c0..` of every column of a convolution row, one at a time: the row kernels'
-/// channel tail.
+/// Channels `c0..` of every column of a convolution row, one at a time: the AVX2 row
+/// kernels' channel tail.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn conv_rest(r: Refs, row: ConvRow, c0: usize, dst: &mut [f32]) {
     let (c, kh) = (r.c, row.rows.len());
     assert!(kh <= MAX_TAPS, "stem: convolution kernel rows");
@@ -130,8 +131,9 @@ pub(crate) fn conv_rest(r: Refs, row: ConvRow, c0: usize, dst: &mut [f32]) {
     }
 }
 
-/// Channels `c0..` of every column of a depthwise row, one at a time: the row kernels'
-/// channel tail.
+/// Channels `c0..` of every column of a depthwise row, one at a time: the AVX2 row
+/// kernels' channel tail.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn dw_rest(r: Refs, row: DwRow, c0: usize, out: &mut [u8]) {
     let (c, n) = (r.c, row.rows.len() * row.kw);
     assert!(n <= MAX_TAPS, "stem: depthwise taps");
